@@ -1,0 +1,210 @@
+# BIMIP: one non-recursive GNU Makefile.
+#
+#   make            build every library, daemon, tool and test (release variant)
+#   make run        install missing packages, build, start one node on loopback
+#   make test       install missing packages, build with DEVELOPER=1, run all tests
+#   make asan       the same tests under AddressSanitizer + UBSan
+#   make fuzz       run every libFuzzer target for FUZZ_SECONDS each (clang)
+#   make bench      benchmarks; prints figures and ratios to raw/peer baselines
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# Sources are found by directory, so adding a file needs no edit here:
+#   common/*.c queue/*.c cluster/*.c client/lib/*.c   -> static libraries
+#   signal/*.c server/*.c client/{cli,bench,ctl}/*.c  -> build/bin/<daemon>
+#   tests/unit/test_*.c, tests/integration/it_*.c     -> one test binary each
+#   tests/support/*.c                                 -> helpers linked into tests
+#   tests/fuzz/fuzz_*.c                               -> libFuzzer targets + replay
+
+VARIANT ?= release
+B       := build/$(VARIANT)
+ifeq ($(VARIANT),release)
+BIN     := build/bin
+else
+BIN     := $(B)/bin
+endif
+GEN     := build/gen
+
+CC      ?= cc
+ifeq ($(VARIANT),fuzz)
+CC      := clang
+endif
+
+PKGS        := libevent libevent_pthreads libzmq jansson
+PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+SYS_LIBS    := $(PKG_LIBS) -lmbedtls -lmbedx509 -lmbedcrypto \
+               -l:libprotobuf-nanopb.a -lpthread -lm
+
+CFLAGS_release := -O2 -g
+CFLAGS_debug   := -O0 -g
+CFLAGS_asan    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+                  -fno-sanitize-recover=undefined
+LDFLAGS_asan   := -fsanitize=address,undefined
+CFLAGS_fuzz    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,fuzzer-no-link
+LDFLAGS_fuzz   := -fsanitize=address,undefined
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wpointer-arith -Wformat=2 -Wno-unused-parameter -Wno-missing-field-initializers
+ifeq ($(DEVELOPER),1)
+WARN    += -Werror -Wvla -Wdeclaration-after-statement -Wno-error=deprecated-declarations
+endif
+
+CPPFLAGS += -I. -I$(GEN) -Icommon -Iqueue -Icluster -Iclient/lib -D_GNU_SOURCE
+CFLAGS   += -std=c11 -pipe $(CFLAGS_$(VARIANT)) $(WARN) $(PKG_CFLAGS) -MMD -MP
+LDFLAGS  += $(LDFLAGS_$(VARIANT))
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+# --- sources -----------------------------------------------------------------
+PROTO_SRC  := $(GEN)/bimip.pb.c
+COMMON_SRC := $(wildcard common/*.c)
+QUEUE_SRC  := $(wildcard queue/*.c)
+CLUSTER_SRC:= $(wildcard cluster/*.c)
+CLIENT_SRC := $(wildcard client/lib/*.c)
+SUPPORT_SRC:= $(wildcard tests/support/*.c)
+
+obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+
+LIB_PROTO   := $(B)/libbm_proto.a
+LIB_COMMON  := $(B)/libbm_common.a
+LIB_QUEUE   := $(B)/libbm_queue.a
+LIB_CLUSTER := $(B)/libbm_cluster.a
+LIB_CLIENT  := $(B)/libbimip_client.a
+LIB_SUPPORT := $(B)/libbm_testsupport.a
+# Link order: dependents first.
+LIBS := $(LIB_CLIENT) $(LIB_CLUSTER) $(LIB_QUEUE) $(LIB_COMMON) $(LIB_PROTO)
+
+DAEMONS := bimip-signal:signal bimip-server:server bimipctl:client/ctl \
+           bimip-cli:client/cli bimip-bench:client/bench
+define daemon_rule
+$(BIN)/$(1): $(call obj,$(wildcard $(2)/*.c)) $(LIBS) | $(BIN)
+	$$(CC) $$(LDFLAGS) -o $$@ $(call obj,$(wildcard $(2)/*.c)) $(LIBS) $$(SYS_LIBS)
+ALL_OBJ += $(call obj,$(wildcard $(2)/*.c))
+PROGRAMS += $(BIN)/$(1)
+endef
+$(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(word 1,$(subst :, ,$(d))),$(word 2,$(subst :, ,$(d))))))
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+IT_SRC   := $(wildcard tests/integration/it_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+IT_BIN   := $(patsubst tests/integration/%.c,$(B)/tests/%,$(IT_SRC))
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(B)/tests/replay_%,$(FUZZ_SRC))
+
+ALL_OBJ += $(call obj,$(COMMON_SRC) $(QUEUE_SRC) $(CLUSTER_SRC) $(CLIENT_SRC) \
+             $(SUPPORT_SRC) $(UNIT_SRC) $(IT_SRC) $(FUZZ_SRC) tests/fuzz/replay_main.c) \
+           $(B)/obj/gen/bimip.pb.o
+
+.PHONY: all tests test check asan fuzz fuzzers bench run install clean deps \
+        soak crash-long
+.DEFAULT_GOAL := all
+
+all: $(PROGRAMS) tests
+
+tests: $(UNIT_BIN) $(IT_BIN) $(FUZZ_REPLAY)
+
+# --- protocol ----------------------------------------------------------------
+NANOPB_GEN ?= /usr/bin/python3 /usr/bin/nanopb_generator.py
+$(GEN)/bimip.pb.c $(GEN)/bimip.pb.h &: proto/bimip.proto proto/bimip.options | $(GEN)
+	$(NANOPB_GEN) -q -I proto -f proto/bimip.options -D $(GEN) proto/bimip.proto
+
+$(B)/obj/gen/bimip.pb.o: $(GEN)/bimip.pb.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Wno-error -c -o $@ $<
+
+# Every object may include the generated header.
+$(filter-out $(B)/obj/gen/%,$(ALL_OBJ)): | $(GEN)/bimip.pb.h
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# --- libraries ---------------------------------------------------------------
+$(LIB_PROTO): $(B)/obj/gen/bimip.pb.o
+$(LIB_COMMON): $(call obj,$(COMMON_SRC))
+$(LIB_QUEUE): $(call obj,$(QUEUE_SRC))
+$(LIB_CLUSTER): $(call obj,$(CLUSTER_SRC))
+$(LIB_CLIENT): $(call obj,$(CLIENT_SRC))
+$(LIB_SUPPORT): $(call obj,$(SUPPORT_SRC))
+$(B)/lib%.a:
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^ $(if $^,,$(B)/.empty.o)
+
+$(B)/.empty.o:
+	@mkdir -p $(dir $@)
+	echo '' | $(CC) -x c -c -o $@ -
+
+$(B)/libbm_cluster.a $(B)/libbm_queue.a $(B)/libbimip_client.a $(B)/libbm_testsupport.a: | $(B)/.empty.o
+
+# --- tests -------------------------------------------------------------------
+TEST_LIBS := $(LIB_SUPPORT) $(LIBS)
+$(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(SYS_LIBS) -lcmocka
+
+$(B)/tests/it_%: $(B)/obj/tests/integration/it_%.o $(TEST_LIBS) $(PROGRAMS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(SYS_LIBS) -lcmocka
+
+# Corpus replay: the fuzz target linked with a plain main() that feeds it files.
+$(B)/tests/replay_%: $(B)/obj/tests/fuzz/%.o $(B)/obj/tests/fuzz/replay_main.o $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(SYS_LIBS)
+
+# libFuzzer binaries (VARIANT=fuzz only: clang, every library built with
+# -fsanitize=fuzzer-no-link so coverage reaches into it).
+$(B)/fuzzers/%: $(B)/obj/tests/fuzz/%.o $(TEST_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) -fsanitize=address,undefined,fuzzer -o $@ $< $(TEST_LIBS) $(SYS_LIBS)
+fuzzers: $(patsubst tests/fuzz/%.c,$(B)/fuzzers/%,$(FUZZ_SRC))
+
+check: tests
+	BIMIP_BIN=$(abspath $(BIN)) tests/run.sh $(B)/tests
+
+# The two commands a new user types.
+deps:
+	@sh deploy/deps.sh
+
+test:
+	@sh deploy/deps.sh
+	@$(MAKE) --no-print-directory DEVELOPER=1 all
+	@$(MAKE) --no-print-directory DEVELOPER=1 check
+
+asan:
+	@sh deploy/deps.sh
+	@$(MAKE) --no-print-directory VARIANT=asan DEVELOPER=1 all check
+
+run:
+	@sh deploy/deps.sh
+	@$(MAKE) --no-print-directory all
+	@deploy/run-single.sh $(BIN)
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@sh deploy/deps.sh
+	@$(MAKE) --no-print-directory VARIANT=fuzz fuzzers
+	@tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS) build/fuzz/fuzzers
+
+bench:
+	@sh deploy/deps.sh --bench
+	@$(MAKE) --no-print-directory all
+	@tests/bench/run-bench.sh $(BIN)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/bimip
+	install -m 0755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 proto/bimip.proto $(DESTDIR)$(PREFIX)/share/bimip/
+	if [ -d deploy/systemd ]; then install -d $(DESTDIR)$(PREFIX)/lib/systemd/system && \
+	    install -m 0644 deploy/systemd/*.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
+	if [ -d deploy/config ]; then install -d $(DESTDIR)$(PREFIX)/share/bimip/config && \
+	    install -m 0644 deploy/config/*.json $(DESTDIR)$(PREFIX)/share/bimip/config/; fi
+
+clean:
+	rm -rf build
+
+$(BIN) $(GEN):
+	@mkdir -p $@
+
+-include $(ALL_OBJ:.o=.d)

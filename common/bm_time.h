@@ -1,0 +1,23 @@
+/*
+ * bm_time.h - monotonic and wall clocks.
+ *
+ * Monotonic time for timeouts and latencies; wall time (Unix milliseconds,
+ * seed 001 section 6) only for timestamps that leave the process.  Tests may
+ * replace both with bm_time_set_fake() to step time deterministically.
+ */
+#ifndef BM_TIME_H
+#define BM_TIME_H
+
+#include <stdint.h>
+
+uint64_t bm_mono_ns(void);
+uint64_t bm_mono_ms(void);
+int64_t bm_wall_ms(void);
+int64_t bm_wall_s(void);
+
+/* Fake clock for tests: when on, every function above returns values derived
+ * from *mono_ns and *wall_ms (borrowed; may be changed between calls).
+ * Pass NULLs to return to the real clocks. */
+void bm_time_set_fake(const uint64_t *mono_ns, const int64_t *wall_ms);
+
+#endif
