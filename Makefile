@@ -16,12 +16,14 @@
 #   tests/fuzz/fuzz_*.c                               -> libFuzzer targets + replay
 
 VARIANT ?= release
+# B may be overridden (make B=build/mine ...) to build in a private tree.
+ifeq ($(origin B),undefined)
 B       := build/$(VARIANT)
 ifeq ($(VARIANT),release)
 BIN     := build/bin
-else
-BIN     := $(B)/bin
 endif
+endif
+BIN     ?= $(B)/bin
 GEN     := build/gen
 
 CC      ?= cc
