@@ -1,0 +1,182 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <pb_encode.h>
+
+#include "bm_env.h"
+#include "bm_err.h"
+#include "bm_ipc.h"
+
+static bimip_MessageScheme m, out;
+static uint8_t buf[BM_ENV_MAX_BYTES + 64];
+
+static size_t encode_raw(bimip_MessageScheme *x)
+{
+	pb_ostream_t os = pb_ostream_from_buffer(buf, sizeof(buf));
+	assert_true(pb_encode(&os, bimip_MessageScheme_fields, x));
+	return os.bytes_written;
+}
+
+static void make_ping(bimip_MessageScheme *x)
+{
+	memset(x, 0, sizeof(*x));
+	x->which_payload = bimip_MessageScheme_pingpong_message_tag;
+	x->payload.pingpong_message.type = 1;
+	x->payload.pingpong_message.request_time = 1000;
+}
+
+static void test_roundtrip(void **state)
+{
+	struct bm_env_err err;
+	struct bm_buf b = BM_BUF_INIT;
+	size_t n;
+
+	make_ping(&m);
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
+	assert_int_equal(m.route, 6);
+	assert_int_equal(bm_env_decode(buf, n, &out, &err), 0);
+	assert_int_equal(out.which_payload, 6);
+	assert_int_equal(out.payload.pingpong_message.request_time, 1000);
+	assert_int_equal(bm_env_encode_buf(&m, &b), 0);
+	assert_int_equal(b.len, n);
+	assert_memory_equal(b.data, buf, n);
+	bm_buf_release(&b);
+}
+
+static void test_route_mismatch(void **state)
+{
+	struct bm_env_err err;
+	size_t n;
+
+	make_ping(&m);
+	m.route = 14;
+	n = encode_raw(&m);
+	assert_int_equal(bm_env_decode(buf, n, &out, &err), BM_EROUTE);
+	assert_int_equal(err.code, 400);
+	assert_int_equal(err.route, 14);
+	assert_non_null(strstr(err.text, "does not match"));
+	/* route unset */
+	m.route = 0;
+	n = encode_raw(&m);
+	assert_int_equal(bm_env_decode(buf, n, &out, &err), BM_EROUTE);
+	/* encoder refuses a mismatch too */
+	m.route = 7;
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), BM_EROUTE);
+}
+
+static void test_no_payload_and_unknown_route(void **state)
+{
+	struct bm_env_err err;
+	size_t n;
+	/* route = 77, no payload: field 1 varint 77 */
+	const uint8_t unknown[] = { 0x08, 77 };
+	/* route = 14 and an unknown field 31 (length-delimited, 1 byte) */
+	const uint8_t nopay[] = { 0x08, 14, 0xfa, 0x01, 0x01, 0x00 };
+
+	assert_int_equal(bm_env_decode(unknown, sizeof(unknown), &out, &err), BM_EROUTE);
+	assert_non_null(strstr(err.text, "unknown route 77"));
+	assert_int_equal(bm_env_decode(nopay, sizeof(nopay), &out, &err), BM_ENOPAYLOAD);
+	assert_int_equal(err.code, 400);
+	memset(&m, 0, sizeof(m));
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), BM_ENOPAYLOAD);
+	assert_int_equal(bm_env_decode(buf, 0, &out, &err), BM_ENOPAYLOAD);
+}
+
+static void test_garbage_and_bounds(void **state)
+{
+	struct bm_env_err err;
+	const uint8_t garbage[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+				    0xff, 0xff, 0xff, 0xff };
+	const uint8_t truncated[] = { 0x08, 0x06, 0x32, 0x10, 0x08 };
+	uint8_t big[600];
+	size_t n = 0;
+
+	assert_int_equal(bm_env_decode(garbage, sizeof(garbage), &out, &err), BM_EDECODE);
+	assert_int_equal(err.code, 400);
+	assert_int_equal(bm_env_decode(truncated, sizeof(truncated), &out, &err), BM_EDECODE);
+	/* Oversized input: refused before decoding. */
+	assert_int_equal(bm_env_decode(buf, BM_ENV_MAX_BYTES + 1, &out, &err), BM_ETOOBIG);
+	assert_int_equal(err.code, 413);
+	/* An eid longer than its bound (128): pingpong.to.eid of 200 bytes. */
+	n = 0;
+	big[n++] = 0x08; big[n++] = 6;
+	big[n++] = 0x32; big[n++] = 0xce; big[n++] = 0x01; /* 206 */
+	big[n++] = 0x0a; big[n++] = 0xcb; big[n++] = 0x01; /* 203 */
+	big[n++] = 0x0a; big[n++] = 0xc8; big[n++] = 0x01; /* 200 */
+	memset(big + n, 'x', 200);
+	n += 200;
+	assert_int_equal(bm_env_decode(big, n, &out, &err), BM_ETOOBIG);
+	assert_int_equal(err.code, 413);
+	assert_non_null(strstr(err.text, "size bound"));
+}
+
+static void test_make_error(void **state)
+{
+	struct bm_env_err err;
+	size_t n;
+
+	bm_env_make_error(&m, 403, 14, "blocked by the receiver", "bob");
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
+	assert_int_equal(bm_env_decode(buf, n, &out, &err), 0);
+	assert_int_equal(out.payload.error_message.code, 403);
+	assert_string_equal(out.payload.error_message.route, "14");
+	assert_string_equal(out.payload.error_message.message, "blocked by the receiver");
+	assert_string_equal(bm_env_route_name(13), "chat_message");
+	assert_null(bm_env_route_name(1));
+	assert_null(bm_env_route_name(31));
+	assert_null(bm_env_route_name(-1));
+}
+
+static void test_ipc(void **state)
+{
+	struct bm_ipc_hdr h, back;
+	uint8_t b[BM_IPC_HDR_MAX];
+	int n;
+
+	memset(&h, 0, sizeof(h));
+	h.kind = BM_IPC_STANZA;
+	h.flags = BM_IPC_F_REPLAY;
+	h.session = 0x1122334455667788ull;
+	h.seq = 7;
+	h.offset = -3;
+	strcpy(h.origin, "sig-1");
+	strcpy(h.eid, "alice@domain.com");
+	strcpy(h.device, "phone");
+	n = bm_ipc_encode(&h, b, sizeof(b));
+	assert_true(n > BM_IPC_FIXED);
+	assert_int_equal(bm_ipc_decode(b, (size_t)n, &back), 0);
+	assert_memory_equal(&h, &back, sizeof(h));
+	/* every truncation is refused */
+	for (int i = 0; i < n; i++)
+		assert_int_equal(bm_ipc_decode(b, (size_t)i, &back), BM_EPROTO);
+	b[0] = 0;
+	assert_int_equal(bm_ipc_decode(b, (size_t)n, &back), BM_EPROTO);
+	b[0] = BM_IPC_MAGIC;
+	b[2] = 99;
+	assert_int_equal(bm_ipc_decode(b, (size_t)n, &back), BM_EPROTO);
+	h.kind = 0;
+	assert_int_equal(bm_ipc_encode(&h, b, sizeof(b)), BM_EINVAL);
+	h.kind = BM_IPC_PUSH;
+	memset(h.eid, 'e', BM_IPC_EID_MAX);
+	h.eid[BM_IPC_EID_MAX] = 0;
+	assert_true(bm_ipc_encode(&h, b, sizeof(b)) > 0);
+	assert_int_equal(bm_ipc_encode(&h, b, 40), BM_ETOOBIG);
+	assert_string_equal(bm_ipc_kind_name(BM_IPC_PUSH), "push");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_roundtrip),
+		cmocka_unit_test(test_route_mismatch),
+		cmocka_unit_test(test_no_payload_and_unknown_route),
+		cmocka_unit_test(test_garbage_and_bounds),
+		cmocka_unit_test(test_make_error),
+		cmocka_unit_test(test_ipc),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
