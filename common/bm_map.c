@@ -1,0 +1,157 @@
+#include "bm_map.h"
+#include "bm_err.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* FNV-1a with a murmur3 finalizer: fast on short keys (EIDs), well mixed. */
+uint64_t bm_hash64(const void *p, size_t n, uint64_t seed)
+{
+	const uint8_t *s = p;
+	uint64_t h = 0xcbf29ce484222325ull ^ seed;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ull;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
+	return h;
+}
+
+void bm_map_init(struct bm_map *m)
+{
+	m->slots = NULL;
+	m->cap = m->count = 0;
+}
+
+void bm_map_release(struct bm_map *m)
+{
+	for (size_t i = 0; i < m->cap; i++)
+		free(m->slots[i].key);
+	free(m->slots);
+	bm_map_init(m);
+}
+
+static size_t find(const struct bm_map *m, const char *key, uint64_t h)
+{
+	size_t mask = m->cap - 1, i = h & mask;
+
+	while (m->slots[i].key) {
+		if (m->slots[i].hash == h && strcmp(m->slots[i].key, key) == 0)
+			return i;
+		i = (i + 1) & mask;
+	}
+	return i;
+}
+
+void *bm_map_get(const struct bm_map *m, const char *key)
+{
+	size_t i;
+
+	if (!m->cap)
+		return NULL;
+	i = find(m, key, bm_hash64(key, strlen(key), 0));
+	return m->slots[i].key ? m->slots[i].val : NULL;
+}
+
+static int grow(struct bm_map *m)
+{
+	size_t ncap = m->cap ? m->cap * 2 : 16;
+	struct bm_map_slot *ns = calloc(ncap, sizeof(*ns)), *old = m->slots;
+	size_t ocap = m->cap;
+
+	if (!ns)
+		return BM_ENOMEM;
+	m->slots = ns;
+	m->cap = ncap;
+	for (size_t i = 0; i < ocap; i++) {
+		if (old[i].key) {
+			size_t j = old[i].hash & (ncap - 1);
+			while (ns[j].key)
+				j = (j + 1) & (ncap - 1);
+			ns[j] = old[i];
+		}
+	}
+	free(old);
+	return 0;
+}
+
+int bm_map_put(struct bm_map *m, const char *key, void *val, void **old)
+{
+	uint64_t h = bm_hash64(key, strlen(key), 0);
+	size_t i;
+	char *k;
+
+	if (old)
+		*old = NULL;
+	if ((m->count + 1) * 4 > m->cap * 3 && grow(m))
+		return BM_ENOMEM;
+	i = find(m, key, h);
+	if (m->slots[i].key) {
+		if (old)
+			*old = m->slots[i].val;
+		m->slots[i].val = val;
+		return 0;
+	}
+	k = strdup(key);
+	if (!k)
+		return BM_ENOMEM;
+	m->slots[i].key = k;
+	m->slots[i].hash = h;
+	m->slots[i].val = val;
+	m->count++;
+	return 0;
+}
+
+void *bm_map_del(struct bm_map *m, const char *key)
+{
+	size_t mask, i, j;
+	void *val;
+
+	if (!m->cap)
+		return NULL;
+	i = find(m, key, bm_hash64(key, strlen(key), 0));
+	if (!m->slots[i].key)
+		return NULL;
+	val = m->slots[i].val;
+	free(m->slots[i].key);
+	m->slots[i].key = NULL;
+	m->count--;
+	/* Backward-shift the cluster that follows so probes stay unbroken. */
+	mask = m->cap - 1;
+	j = i;
+	for (;;) {
+		size_t home;
+		j = (j + 1) & mask;
+		if (!m->slots[j].key)
+			break;
+		home = m->slots[j].hash & mask;
+		/* Move j into the hole i unless home lies cyclically in (i, j]. */
+		if ((j > i && (home <= i || home > j)) ||
+		    (j < i && (home <= i && home > j))) {
+			m->slots[i] = m->slots[j];
+			m->slots[j].key = NULL;
+			i = j;
+		}
+	}
+	return val;
+}
+
+int bm_map_next(const struct bm_map *m, size_t *iter, const char **key, void **val)
+{
+	while (*iter < m->cap) {
+		size_t i = (*iter)++;
+		if (m->slots[i].key) {
+			if (key)
+				*key = m->slots[i].key;
+			if (val)
+				*val = m->slots[i].val;
+			return 1;
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,44 @@
+/*
+ * bm_map.h - a string-keyed hash map (open addressing, linear probing).
+ *
+ * Keys are copied into the map; values are borrowed pointers the caller owns.
+ * Lookups and inserts are O(1) on average; the table doubles at 3/4 load and
+ * never shrinks below its initial size.  Deleting uses backward-shift, so no
+ * tombstones accumulate.  Not thread-safe.
+ */
+#ifndef BM_MAP_H
+#define BM_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bm_map_slot {
+	char *key;        /* NULL = empty */
+	uint64_t hash;
+	void *val;
+};
+
+struct bm_map {
+	struct bm_map_slot *slots;
+	size_t cap;       /* power of two, or 0 before first insert */
+	size_t count;
+};
+
+void bm_map_init(struct bm_map *m);
+/* Frees the keys and the table; values are the caller's. */
+void bm_map_release(struct bm_map *m);
+void *bm_map_get(const struct bm_map *m, const char *key);
+/* Insert or replace.  *old (may be NULL) gets the replaced value or NULL.
+ * Returns 0 or BM_ENOMEM. */
+int bm_map_put(struct bm_map *m, const char *key, void *val, void **old);
+/* Remove; returns the value or NULL when absent. */
+void *bm_map_del(struct bm_map *m, const char *key);
+
+/* Iteration: for (size_t i = 0; bm_map_next(m, &i, &k, &v); ) ...
+ * The map must not change during iteration (except bm_map_del of the key just
+ * returned, after which iteration must restart). */
+int bm_map_next(const struct bm_map *m, size_t *iter, const char **key, void **val);
+
+uint64_t bm_hash64(const void *p, size_t n, uint64_t seed);
+
+#endif

@@ -1,0 +1,333 @@
+#include "bm_zmq.h"
+#include "bm_err.h"
+#include "bm_log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <zmq.h>
+
+struct bm_zsock {
+	void *sock;
+	int type;
+	struct event *ev;
+	struct event *kick;
+	bm_zsock_msg_fn *on_msg;
+	void *ud;
+	uint64_t dropped, received, sent;
+	/* ZAP handler (CURVE server with an allow list). */
+	void *zctx;
+	struct event_base *base;
+	void *zap;
+	struct event *zap_ev;
+	char **allowed;
+	size_t n_allowed;
+};
+
+static void drain(struct bm_zsock *z);
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+	drain(arg);
+}
+
+static int has_input(struct bm_zsock *z)
+{
+	int events = 0;
+	size_t len = sizeof(events);
+
+	if (zmq_getsockopt(z->sock, ZMQ_EVENTS, &events, &len) == -1)
+		return 0;
+	return events & ZMQ_POLLIN;
+}
+
+/* Receive one whole multipart message into parts; returns the part count
+ * (0 = nothing to read).  Parts beyond max are read and dropped. */
+static int recv_parts(void *sock, zmq_msg_t *parts, int max)
+{
+	int n = 0, more;
+	size_t len;
+
+	for (;;) {
+		zmq_msg_t tmp;
+		zmq_msg_t *m = n < max ? &parts[n] : &tmp;
+
+		zmq_msg_init(m);
+		if (zmq_msg_recv(m, sock, n == 0 ? ZMQ_DONTWAIT : 0) == -1) {
+			zmq_msg_close(m);
+			return n;
+		}
+		len = sizeof(more);
+		zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &len);
+		if (m == &tmp)
+			zmq_msg_close(m);
+		n++;
+		if (!more)
+			return n;
+	}
+}
+
+static void drain(struct bm_zsock *z)
+{
+	zmq_msg_t parts[3];
+	struct bm_ipc_hdr h;
+
+	for (int i = 0; i < BM_ZSOCK_BATCH; i++) {
+		int want = z->type == ZMQ_ROUTER ? 3 : 2;
+		int n = recv_parts(z->sock, parts, 3), k = 0;
+
+		if (n == 0)
+			return;
+		if (n != want) {
+			z->dropped++;
+			goto next;
+		}
+		if (want == 3)
+			k = 1;
+		if (bm_ipc_decode(zmq_msg_data(&parts[k]), zmq_msg_size(&parts[k]), &h)) {
+			z->dropped++;
+			goto next;
+		}
+		z->received++;
+		z->on_msg(z, want == 3 ? zmq_msg_data(&parts[0]) : NULL,
+			  want == 3 ? zmq_msg_size(&parts[0]) : 0, &h,
+			  zmq_msg_data(&parts[k + 1]), zmq_msg_size(&parts[k + 1]), z->ud);
+next:
+		for (int j = 0; j < n && j < 3; j++)
+			zmq_msg_close(&parts[j]);
+	}
+	/* Batch used up: come back after other events had their turn. */
+	if (has_input(z))
+		event_active(z->kick, EV_READ, 0);
+}
+
+struct bm_zsock *bm_zsock_new(struct event_base *base, void *zctx, int type,
+			      const char *identity, bm_zsock_msg_fn *on_msg, void *ud)
+{
+	struct bm_zsock *z = calloc(1, sizeof(*z));
+	int fd, one = 1, zero = 0;
+	size_t len = sizeof(fd);
+
+	if (!z)
+		return NULL;
+	z->type = type;
+	z->zctx = zctx;
+	z->base = base;
+	z->on_msg = on_msg;
+	z->ud = ud;
+	z->sock = zmq_socket(zctx, type);
+	if (!z->sock) {
+		bm_err("zmq", "cannot create socket: %s", zmq_strerror(errno));
+		goto out_free;
+	}
+	zmq_setsockopt(z->sock, ZMQ_LINGER, &zero, sizeof(zero));
+	if (type == ZMQ_ROUTER)
+		zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+	if (identity && *identity &&
+	    zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, identity, strlen(identity)) == -1) {
+		bm_err("zmq", "cannot set routing id '%s': %s", identity, zmq_strerror(errno));
+		goto out_close;
+	}
+	if (zmq_getsockopt(z->sock, ZMQ_FD, &fd, &len) == -1)
+		goto out_close;
+	z->ev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, z);
+	z->kick = event_new(base, -1, 0, on_readable, z);
+	if (!z->ev || !z->kick || event_add(z->ev, NULL) == -1)
+		goto out_close;
+	return z;
+out_close:
+	if (z->ev)
+		event_free(z->ev);
+	if (z->kick)
+		event_free(z->kick);
+	zmq_close(z->sock);
+out_free:
+	free(z);
+	return NULL;
+}
+
+void bm_zsock_free(struct bm_zsock *z)
+{
+	if (!z)
+		return;
+	event_free(z->ev);
+	event_free(z->kick);
+	if (z->zap_ev)
+		event_free(z->zap_ev);
+	if (z->zap)
+		zmq_close(z->zap);
+	for (size_t i = 0; i < z->n_allowed; i++)
+		free(z->allowed[i]);
+	free(z->allowed);
+	zmq_close(z->sock);
+	free(z);
+}
+
+int bm_zsock_bind(struct bm_zsock *z, const char *endpoint, char *bound, size_t cap)
+{
+	char ep[256];
+	size_t n = strlen(endpoint);
+
+	/* ZeroMQ spells "any port" as '*'; accept the familiar ':0' too. */
+	if (n >= 2 && n < sizeof(ep) && strcmp(endpoint + n - 2, ":0") == 0)
+		snprintf(ep, sizeof(ep), "%.*s:*", (int)(n - 2), endpoint);
+	else
+		snprintf(ep, sizeof(ep), "%s", endpoint);
+	if (zmq_bind(z->sock, ep) == -1) {
+		bm_err("zmq", "cannot bind '%s': %s", endpoint, zmq_strerror(errno));
+		return BM_ESYS;
+	}
+	if (bound && cap) {
+		size_t len = cap;
+		if (zmq_getsockopt(z->sock, ZMQ_LAST_ENDPOINT, bound, &len) == -1)
+			snprintf(bound, cap, "%s", ep);
+	}
+	return 0;
+}
+
+int bm_zsock_connect(struct bm_zsock *z, const char *endpoint)
+{
+	if (zmq_connect(z->sock, endpoint) == -1) {
+		bm_err("zmq", "cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
+		return BM_ESYS;
+	}
+	/* A connect can change ZMQ_EVENTS without an fd edge. */
+	event_active(z->kick, EV_READ, 0);
+	return 0;
+}
+
+int bm_zsock_disconnect(struct bm_zsock *z, const char *endpoint)
+{
+	return zmq_disconnect(z->sock, endpoint) == -1 ? BM_ESYS : 0;
+}
+
+int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		  const struct bm_ipc_hdr *h, const void *body, size_t body_len)
+{
+	uint8_t hdr[BM_IPC_HDR_MAX];
+	int hn = bm_ipc_encode(h, hdr, sizeof(hdr)), rc = 0;
+
+	if (hn < 0)
+		return BM_EPROTO;
+	if (z->type == ZMQ_ROUTER &&
+	    zmq_send(z->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+		goto fail;
+	/* Once the first part is queued the rest cannot fail for HWM. */
+	if (zmq_send(z->sock, hdr, (size_t)hn, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1 ||
+	    zmq_send(z->sock, body, body_len, ZMQ_DONTWAIT) == -1)
+		goto fail;
+	z->sent++;
+	goto out;
+fail:
+	rc = errno == EHOSTUNREACH ? BM_ENOENT : errno == EAGAIN ? BM_EAGAIN : BM_ESYS;
+out:
+	/* Sending may have consumed the edge that announced pending input. */
+	event_active(z->kick, EV_READ, 0);
+	return rc;
+}
+
+/* --- CURVE and the ZAP handler --------------------------------------------- */
+
+static void on_zap(evutil_socket_t fd, short what, void *arg)
+{
+	struct bm_zsock *z = arg;
+	int events;
+	size_t len;
+
+	for (;;) {
+		zmq_msg_t parts[7];
+		int n, ok = 0;
+		char key[41];
+
+		len = sizeof(events);
+		if (zmq_getsockopt(z->zap, ZMQ_EVENTS, &events, &len) == -1 ||
+		    !(events & ZMQ_POLLIN))
+			return;
+		n = recv_parts(z->zap, parts, 7);
+		if (n == 0)
+			return;
+		/* ZAP request: version, request id, domain, address, identity,
+		 * mechanism, credentials (the 32-byte client public key). */
+		if (n == 7 && zmq_msg_size(&parts[6]) == 32) {
+			zmq_z85_encode(key, zmq_msg_data(&parts[6]), 32);
+			for (size_t i = 0; i < z->n_allowed && !ok; i++)
+				ok = strcmp(key, z->allowed[i]) == 0;
+			if (!ok)
+				bm_warn("zmq", "refused CURVE client with unknown key '%s'", key);
+		}
+		if (n >= 2) {
+			zmq_send(z->zap, "1.0", 3, ZMQ_SNDMORE);
+			zmq_send(z->zap, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), ZMQ_SNDMORE);
+			zmq_send(z->zap, ok ? "200" : "400", 3, ZMQ_SNDMORE);
+			zmq_send(z->zap, ok ? "OK" : "unknown key", ok ? 2 : 11, ZMQ_SNDMORE);
+			zmq_send(z->zap, "", 0, ZMQ_SNDMORE);
+			zmq_send(z->zap, "", 0, 0);
+		}
+		for (int j = 0; j < n && j < 7; j++)
+			zmq_msg_close(&parts[j]);
+	}
+}
+
+int bm_zsock_curve_server(struct bm_zsock *z, const char *secret_z85,
+			  const char *const *allowed_public_z85, size_t n_allowed)
+{
+	int one = 1;
+
+	if (!secret_z85 || strlen(secret_z85) != 40 ||
+	    zmq_setsockopt(z->sock, ZMQ_CURVE_SERVER, &one, sizeof(one)) == -1 ||
+	    zmq_setsockopt(z->sock, ZMQ_CURVE_SECRETKEY, secret_z85, 40) == -1)
+		return BM_EINVAL;
+	if (!n_allowed)
+		return 0;
+	z->allowed = calloc(n_allowed, sizeof(char *));
+	if (!z->allowed)
+		return BM_ENOMEM;
+	for (size_t i = 0; i < n_allowed; i++) {
+		z->allowed[i] = strdup(allowed_public_z85[i]);
+		if (!z->allowed[i])
+			return BM_ENOMEM;
+		z->n_allowed++;
+	}
+	/* The ZAP endpoint is per context: one CURVE server per context. */
+	if (!z->zap) {
+		int fd;
+		size_t len = sizeof(fd);
+
+		z->zap = zmq_socket(z->zctx, ZMQ_REP);
+		if (!z->zap || zmq_bind(z->zap, "inproc://zeromq.zap.01") == -1 ||
+		    zmq_getsockopt(z->zap, ZMQ_FD, &fd, &len) == -1) {
+			bm_err("zmq", "cannot start the ZAP handler: %s", zmq_strerror(errno));
+			return BM_ESYS;
+		}
+		z->zap_ev = event_new(z->base, fd, EV_READ | EV_PERSIST, on_zap, z);
+		if (!z->zap_ev || event_add(z->zap_ev, NULL) == -1)
+			return BM_ENOMEM;
+	}
+	return 0;
+}
+
+int bm_zsock_curve_client(struct bm_zsock *z, const char *server_public_z85,
+			  const char *public_z85, const char *secret_z85)
+{
+	if (!server_public_z85 || !public_z85 || !secret_z85 ||
+	    strlen(server_public_z85) != 40 || strlen(public_z85) != 40 ||
+	    strlen(secret_z85) != 40 ||
+	    zmq_setsockopt(z->sock, ZMQ_CURVE_SERVERKEY, server_public_z85, 40) == -1 ||
+	    zmq_setsockopt(z->sock, ZMQ_CURVE_PUBLICKEY, public_z85, 40) == -1 ||
+	    zmq_setsockopt(z->sock, ZMQ_CURVE_SECRETKEY, secret_z85, 40) == -1)
+		return BM_EINVAL;
+	return 0;
+}
+
+int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41])
+{
+	return zmq_curve_keypair(public_z85, secret_z85) == -1 ? BM_ESYS : 0;
+}
+
+uint64_t bm_zsock_dropped(const struct bm_zsock *z) { return z->dropped; }
+uint64_t bm_zsock_received(const struct bm_zsock *z) { return z->received; }
+uint64_t bm_zsock_sent(const struct bm_zsock *z) { return z->sent; }
+void *bm_zsock_raw(struct bm_zsock *z) { return z->sock; }

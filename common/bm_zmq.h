@@ -1,0 +1,71 @@
+/*
+ * bm_zmq.h - ZeroMQ sockets on a libevent loop, carrying bm_ipc messages.
+ *
+ * A message is [routing id (ROUTER only)] [bm_ipc header] [body] (see
+ * bm_ipc.h).  ZMQ_FD is edge-triggered, so on every wake-up and after every
+ * send the socket is drained while ZMQ_EVENTS says there is input; at most
+ * BM_ZSOCK_BATCH messages are handled per turn, then the loop is re-armed so
+ * one busy peer cannot starve the others.  Malformed messages (wrong frame
+ * count, bad header) are dropped and counted, never fatal.
+ *
+ * CURVE: when keys are configured the socket encrypts and authenticates;
+ * a server socket then accepts only clients whose public key is in the
+ * allowed list handed to bm_zsock_curve_server (checked by a ZAP handler on
+ * the same loop).
+ */
+#ifndef BM_ZMQ_H
+#define BM_ZMQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bm_ipc.h"
+
+struct event_base;
+struct bm_zsock;
+
+#define BM_ZSOCK_BATCH 256
+
+/* rid is the peer's routing id on ROUTER sockets (NULL/0 on DEALER). */
+typedef void bm_zsock_msg_fn(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+			     const struct bm_ipc_hdr *h, const uint8_t *body,
+			     size_t body_len, void *ud);
+
+/* type: ZMQ_ROUTER or ZMQ_DEALER.  identity (may be NULL) sets ZMQ_ROUTING_ID,
+ * which is how a ROUTER peer addresses this socket.  Returns NULL on failure
+ * (logged). */
+struct bm_zsock *bm_zsock_new(struct event_base *base, void *zctx, int type,
+			      const char *identity, bm_zsock_msg_fn *on_msg, void *ud);
+void bm_zsock_free(struct bm_zsock *z);
+
+/* Bind; "tcp://127.0.0.1:0" binds an ephemeral port.  bound (may be NULL)
+ * receives the real endpoint.  Returns 0 or BM_ESYS. */
+int bm_zsock_bind(struct bm_zsock *z, const char *endpoint, char *bound, size_t cap);
+int bm_zsock_connect(struct bm_zsock *z, const char *endpoint);
+int bm_zsock_disconnect(struct bm_zsock *z, const char *endpoint);
+
+/* CURVE.  Keys are Z85 text (40 chars).  Server: own secret key and the list
+ * of allowed client public keys (NULL = any client that knows the server
+ * key).  Client: the server's public key and own key pair.  Call before
+ * bind/connect.  Return 0 or BM_EINVAL. */
+int bm_zsock_curve_server(struct bm_zsock *z, const char *secret_z85,
+			  const char *const *allowed_public_z85, size_t n_allowed);
+int bm_zsock_curve_client(struct bm_zsock *z, const char *server_public_z85,
+			  const char *public_z85, const char *secret_z85);
+
+/* Send one message without blocking; the body is copied.  Returns 0,
+ * BM_EAGAIN when the peer's queue is at its high-water mark, BM_ENOENT when a
+ * ROUTER has no such peer, BM_EPROTO if the header does not encode. */
+int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		  const struct bm_ipc_hdr *h, const void *body, size_t body_len);
+
+/* Counters. */
+uint64_t bm_zsock_dropped(const struct bm_zsock *z);
+uint64_t bm_zsock_received(const struct bm_zsock *z);
+uint64_t bm_zsock_sent(const struct bm_zsock *z);
+void *bm_zsock_raw(struct bm_zsock *z);
+
+/* Make a CURVE key pair (Z85, 41 bytes each with the terminator). */
+int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41]);
+
+#endif

@@ -1,0 +1,60 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "bm_map.h"
+
+static void test_map_model(void **state)
+{
+	/* Random operations checked against a plain array model. */
+	enum { N = 2000, OPS = 50000 };
+	static long model[N];
+	struct bm_map m;
+	char key[32];
+	unsigned seed = 12345;
+
+	bm_map_init(&m);
+	for (int i = 0; i < OPS; i++) {
+		int k = (int)((seed = seed * 1103515245 + 12345) >> 8) % N;
+		int op = (int)(seed >> 4) % 3;
+		void *old;
+		snprintf(key, sizeof(key), "user%d@example.com", k);
+		if (op == 0) {
+			assert_int_equal(bm_map_put(&m, key, (void *)(long)(i + 1), &old), 0);
+			assert_int_equal((long)old, model[k]);
+			model[k] = i + 1;
+		} else if (op == 1) {
+			assert_int_equal((long)bm_map_del(&m, key), model[k]);
+			model[k] = 0;
+		} else {
+			assert_int_equal((long)bm_map_get(&m, key), model[k]);
+		}
+	}
+	size_t count = 0, it = 0;
+	const char *k;
+	void *v;
+	while (bm_map_next(&m, &it, &k, &v)) {
+		int idx = atoi(k + 4);
+		assert_int_equal((long)v, model[idx]);
+		count++;
+	}
+	assert_int_equal(count, m.count);
+	for (int i = 0; i < N; i++)
+		if (model[i])
+			count--;
+	assert_int_equal(count, 0);
+	bm_map_release(&m);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_map_model),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

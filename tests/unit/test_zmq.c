@@ -1,0 +1,154 @@
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <event2/event.h>
+#include <zmq.h>
+
+#include "bm_err.h"
+#include "bm_zmq.h"
+
+struct ctx {
+	struct event_base *base;
+	int got_router, got_dealer;
+	char last_body[64];
+	uint8_t rid[64];
+	size_t rid_len;
+	struct bm_zsock *router;
+};
+
+static void on_router(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		      const struct bm_ipc_hdr *h, const uint8_t *body, size_t n, void *ud)
+{
+	struct ctx *c = ud;
+	struct bm_ipc_hdr r;
+
+	c->got_router++;
+	memcpy(c->rid, rid, rid_len);
+	c->rid_len = rid_len;
+	snprintf(c->last_body, sizeof(c->last_body), "%.*s", (int)n, body);
+	assert_int_equal(h->kind, BM_IPC_STANZA);
+	assert_string_equal(h->eid, "alice");
+	memset(&r, 0, sizeof(r));
+	r.kind = BM_IPC_PUSH;
+	r.session = h->session;
+	strcpy(r.origin, "srv");
+	assert_int_equal(bm_zsock_send(z, rid, rid_len, &r, "pong", 4), 0);
+}
+
+static void on_dealer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		      const struct bm_ipc_hdr *h, const uint8_t *body, size_t n, void *ud)
+{
+	struct ctx *c = ud;
+
+	assert_null(rid);
+	assert_int_equal(h->kind, BM_IPC_PUSH);
+	assert_int_equal(h->session, 42 + c->got_dealer);
+	c->got_dealer++;
+}
+
+static void run_until(struct ctx *c, int want)
+{
+	/* Bounded: at most ~5 s of loop turns. */
+	for (int i = 0; i < 5000 && c->got_dealer < want; i++) {
+		struct timeval tv = { 0, 1000 };
+		event_base_loopexit(c->base, &tv);
+		event_base_dispatch(c->base);
+	}
+}
+
+static void exchange(struct ctx *c, struct bm_zsock *d, int count)
+{
+	for (int i = 0; i < count; i++) {
+		struct bm_ipc_hdr h;
+		memset(&h, 0, sizeof(h));
+		h.kind = BM_IPC_STANZA;
+		h.session = 42 + (uint64_t)i;
+		strcpy(h.origin, "sig-1");
+		strcpy(h.eid, "alice");
+		assert_int_equal(bm_zsock_send(d, NULL, 0, &h, "ping", 4), 0);
+	}
+	run_until(c, count);
+}
+
+static void test_router_dealer(void **state)
+{
+	void *zctx = zmq_ctx_new();
+	struct ctx c = { .base = event_base_new() };
+	char ep[128];
+	struct bm_zsock *r = bm_zsock_new(c.base, zctx, ZMQ_ROUTER, "srv", on_router, &c);
+	struct bm_zsock *d = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "sig-1", on_dealer, &c);
+
+	assert_non_null(r);
+	assert_non_null(d);
+	assert_int_equal(bm_zsock_bind(r, "tcp://127.0.0.1:0", ep, sizeof(ep)), 0);
+	assert_non_null(strstr(ep, "tcp://127.0.0.1:"));
+	assert_int_equal(bm_zsock_connect(d, ep), 0);
+	exchange(&c, d, 300);   /* more than one drain batch */
+	assert_int_equal(c.got_dealer, 300);
+	assert_int_equal(c.got_router, 300);
+	assert_string_equal(c.last_body, "ping");
+	assert_int_equal(c.rid_len, 5);
+	assert_memory_equal(c.rid, "sig-1", 5);
+	/* Unknown routing id on a ROUTER is reported, not silently dropped. */
+	{
+		struct bm_ipc_hdr h = { .kind = BM_IPC_PUSH };
+		assert_int_equal(bm_zsock_send(r, (const uint8_t *)"nobody", 6, &h, "", 0),
+				 BM_ENOENT);
+	}
+	bm_zsock_free(d);
+	bm_zsock_free(r);
+	zmq_ctx_term(zctx);
+	event_base_free(c.base);
+}
+
+static void test_curve(void **state)
+{
+	void *zctx = zmq_ctx_new();
+	struct ctx c = { .base = event_base_new() };
+	char spub[41], ssec[41], cpub[41], csec[41], xpub[41], xsec[41], ep[128];
+	const char *allowed[1];
+	struct bm_zsock *r, *d, *bad;
+
+	assert_int_equal(bm_zmq_curve_keypair(spub, ssec), 0);
+	assert_int_equal(bm_zmq_curve_keypair(cpub, csec), 0);
+	assert_int_equal(bm_zmq_curve_keypair(xpub, xsec), 0);
+	allowed[0] = cpub;
+	r = bm_zsock_new(c.base, zctx, ZMQ_ROUTER, "srv", on_router, &c);
+	assert_int_equal(bm_zsock_curve_server(r, ssec, allowed, 1), 0);
+	assert_int_equal(bm_zsock_bind(r, "tcp://127.0.0.1:0", ep, sizeof(ep)), 0);
+	/* A client with an unknown key is refused by the ZAP handler. */
+	bad = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "evil", on_dealer, &c);
+	assert_int_equal(bm_zsock_curve_client(bad, spub, xpub, xsec), 0);
+	assert_int_equal(bm_zsock_connect(bad, ep), 0);
+	d = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "sig-1", on_dealer, &c);
+	assert_int_equal(bm_zsock_curve_client(d, spub, cpub, csec), 0);
+	assert_int_equal(bm_zsock_connect(d, ep), 0);
+	{
+		struct bm_ipc_hdr h = { .kind = BM_IPC_STANZA, .session = 42 };
+		strcpy(h.eid, "alice");
+		assert_int_equal(bm_zsock_send(bad, NULL, 0, &h, "evil", 4), 0);
+	}
+	exchange(&c, d, 3);
+	assert_int_equal(c.got_dealer, 3);
+	assert_int_equal(c.got_router, 3);  /* nothing from the refused client */
+	assert_string_equal(c.last_body, "ping");
+	assert_int_equal(bm_zsock_curve_client(d, "short", cpub, csec), BM_EINVAL);
+	bm_zsock_free(bad);
+	bm_zsock_free(d);
+	bm_zsock_free(r);
+	zmq_ctx_term(zctx);
+	event_base_free(c.base);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_router_dealer),
+		cmocka_unit_test(test_curve),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
