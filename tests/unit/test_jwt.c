@@ -1,0 +1,869 @@
+/*
+ * test_jwt.c - base64url, JWT keys, keyrings, signing and every refusal path
+ * of bm_jwt_verify; ends by printing sign/verify rates (not asserted).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/pk.h>
+
+#include "bm_b64.h"
+#include "bm_buf.h"
+#include "bm_err.h"
+#include "bm_jwt.h"
+#include "bm_time.h"
+
+#define NOW ((int64_t)1800000000)
+
+/* Keys made once for the whole run: RSA generation is slow. */
+static struct {
+	struct bm_jwt_key *rsa_a, *rsa_b, *ec_a, *ec_b;   /* private */
+	struct bm_jwt_keyring *ring;   /* public halves of rsa_a and ec_a */
+} K;
+
+static struct bm_jwt_key *public_copy(const struct bm_jwt_key *k)
+{
+	struct bm_buf pem = BM_BUF_INIT;
+	struct bm_jwt_key *pub = NULL;
+
+	assert_int_equal(bm_jwt_key_public_pem(k, &pem), 0);
+	assert_non_null(strstr((char *)pem.data, "-----BEGIN PUBLIC KEY-----"));
+	assert_int_equal(bm_jwt_key_parse(pem.data, pem.len, &pub), 0);
+	assert_int_equal(bm_jwt_key_has_private(pub), 0);
+	assert_string_equal(bm_jwt_key_kid(pub), bm_jwt_key_kid(k));
+	assert_int_equal(bm_jwt_key_alg(pub), bm_jwt_key_alg(k));
+	bm_buf_release(&pem);
+	return pub;
+}
+
+static int group_setup(void **state)
+{
+	if (bm_jwt_key_generate(BM_JWT_RS256, &K.rsa_a) ||
+	    bm_jwt_key_generate(BM_JWT_RS256, &K.rsa_b) ||
+	    bm_jwt_key_generate(BM_JWT_ES256, &K.ec_a) ||
+	    bm_jwt_key_generate(BM_JWT_ES256, &K.ec_b) ||
+	    bm_jwt_keyring_new(&K.ring))
+		return -1;
+	if (bm_jwt_keyring_add(K.ring, public_copy(K.rsa_a)) ||
+	    bm_jwt_keyring_add(K.ring, public_copy(K.ec_a)))
+		return -1;
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	bm_jwt_key_free(K.rsa_a);
+	bm_jwt_key_free(K.rsa_b);
+	bm_jwt_key_free(K.ec_a);
+	bm_jwt_key_free(K.ec_b);
+	bm_jwt_keyring_free(K.ring);
+	return 0;
+}
+
+static void claims_fill(struct bm_jwt_claims *c)
+{
+	memset(c, 0, sizeof(*c));
+	strcpy(c->sub, "alice@example");
+	strcpy(c->device, "phone-1");
+	c->iat = NOW;
+	c->exp = NOW + 3600;
+}
+
+/* A token from the three parts given as JSON, JSON and raw signature bytes;
+ * NULL sig means an empty signature part.  Caller releases b. */
+static void make_tok(struct bm_buf *b, const char *hdr, const char *pay,
+		     const void *sig, size_t slen)
+{
+	bm_buf_init(b, 0);
+	assert_int_equal(bm_b64url_encode_buf(b, hdr, strlen(hdr)), 0);
+	assert_int_equal(bm_buf_add(b, ".", 1), 0);
+	assert_int_equal(bm_b64url_encode_buf(b, pay, strlen(pay)), 0);
+	assert_int_equal(bm_buf_add(b, ".", 1), 0);
+	if (sig)
+		assert_int_equal(bm_b64url_encode_buf(b, sig, slen), 0);
+}
+
+static int verify_str(const char *tok, struct bm_jwt_claims *out)
+{
+	return bm_jwt_verify(K.ring, tok, strlen(tok), NOW, 0, out);
+}
+
+static char good_payload[] =
+	"{\"sub\":\"alice\",\"device\":\"d1\",\"jti\":\"j1\",\"iat\":1800000000,"
+	"\"exp\":1800003600}";
+
+/* Sign header/payload with key and verify against K.ring. */
+static int raw_verify(const struct bm_jwt_key *key, const char *hdr,
+		      const char *pay, struct bm_jwt_claims *out)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	int rc;
+
+	assert_int_equal(bm_jwt_sign_raw(key, hdr, pay, &b), 0);
+	rc = bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 0, out);
+	bm_buf_release(&b);
+	return rc;
+}
+
+static const char *hdr_for(const struct bm_jwt_key *key, const char *alg)
+{
+	static char h[128];
+
+	snprintf(h, sizeof(h), "{\"alg\":\"%s\",\"typ\":\"JWT\",\"kid\":\"%s\"}",
+		 alg ? alg : bm_jwt_alg_name(bm_jwt_key_alg(key)),
+		 bm_jwt_key_kid(key));
+	return h;
+}
+
+/* --- base64 ------------------------------------------------------------------ */
+
+static void test_b64url_vectors(void **state)
+{
+	static const char *plain[] = { "", "f", "fo", "foo", "foob", "fooba", "foobar" };
+	static const char *enc[] = { "", "Zg", "Zm8", "Zm9v", "Zm9vYg", "Zm9vYmE", "Zm9vYmFy" };
+	char out[64];
+	uint8_t dec[64];
+	size_t n;
+
+	for (int i = 0; i < 7; i++) {
+		assert_int_equal(bm_b64url_encode(plain[i], strlen(plain[i]), out,
+						  sizeof(out), &n), 0);
+		assert_string_equal(out, enc[i]);
+		assert_int_equal(n, bm_b64url_encoded_len(strlen(plain[i])));
+		assert_int_equal(bm_b64url_decode(enc[i], strlen(enc[i]), dec,
+						  sizeof(dec), &n), 0);
+		assert_int_equal(n, strlen(plain[i]));
+		assert_memory_equal(dec, plain[i], n);
+	}
+	/* The two characters that differ from standard base64. */
+	assert_int_equal(bm_b64url_encode("\xfb\xff", 2, out, sizeof(out), &n), 0);
+	assert_string_equal(out, "-_8");
+	assert_int_equal(bm_b64url_decode("-_8", 3, dec, sizeof(dec), &n), 0);
+	assert_int_equal(n, 2);
+	assert_memory_equal(dec, "\xfb\xff", 2);
+	/* Room for the terminator is required. */
+	assert_int_equal(bm_b64url_encode("foo", 3, out, 4, &n), BM_ETOOBIG);
+	assert_int_equal(bm_b64url_encode("foo", 3, out, 5, &n), 0);
+	assert_int_equal(bm_b64url_decode("Zm9vYmFy", 8, dec, 5, &n), BM_ETOOBIG);
+}
+
+static void test_b64url_refuses(void **state)
+{
+	static const char *bad[] = {
+		"Zg==", "Zg=", "Z", "Zm9vY", "Zm+v", "Zm/v", "Zm9 ", " Zm9",
+		"Zh",      /* unused bits not zero */
+		"Zm8",     /* fine: "fo" */
+		"Zm9",     /* "fo" again, unused bits not zero */
+		"Zm-",     /* unused bits not zero */
+		"Zm9v\n", "Zm\x80v", "A",
+	};
+	uint8_t dec[16];
+	size_t n;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int want = !strcmp(bad[i], "Zm8") ? 0 : BM_EDECODE;
+		assert_int_equal(bm_b64url_decode(bad[i], strlen(bad[i]), dec,
+						  sizeof(dec), &n), want);
+	}
+	assert_int_equal(bm_b64url_decode("Zm\0v", 4, dec, sizeof(dec), &n),
+			 BM_EDECODE);
+}
+
+static void test_b64url_roundtrip(void **state)
+{
+	uint8_t in[200], dec[200];
+	char enc[300];
+	size_t n, m;
+
+	for (size_t len = 0; len < sizeof(in); len++) {
+		for (size_t i = 0; i < len; i++)
+			in[i] = (uint8_t)(i * 37 + len * 11);
+		assert_int_equal(bm_b64url_encode(in, len, enc, sizeof(enc), &n), 0);
+		assert_int_equal(strlen(enc), n);
+		assert_true(bm_b64url_decoded_max(n) == len);
+		assert_int_equal(bm_b64url_decode(enc, n, dec, sizeof(dec), &m), 0);
+		assert_int_equal(m, len);
+		assert_memory_equal(dec, in, len);
+	}
+}
+
+static void test_b64_standard(void **state)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	uint8_t dec[16];
+	size_t n;
+
+	assert_int_equal(bm_b64_encode_buf(&b, "fo", 2), 0);
+	assert_string_equal((char *)b.data, "Zm8=");
+	assert_int_equal(bm_b64_encode_buf(&b, "\xfb\xff", 2), 0);
+	assert_string_equal((char *)b.data, "Zm8=+/8=");
+	assert_int_equal(bm_b64_encode_buf(&b, "", 0), 0);
+	assert_int_equal(b.len, 8);
+	assert_int_equal(bm_b64_decode("Zm9vYmFy", 8, dec, sizeof(dec), &n), 0);
+	assert_int_equal(n, 6);
+	assert_memory_equal(dec, "foobar", 6);
+	assert_int_equal(bm_b64_decode("Zm8!", 4, dec, sizeof(dec), &n), BM_EDECODE);
+	assert_int_equal(bm_b64_decode("Zm9vYmFy", 8, dec, 3, &n), BM_ETOOBIG);
+	bm_buf_release(&b);
+}
+
+/* --- keys and signing -------------------------------------------------------- */
+
+static void test_random_hex(void **state)
+{
+	char a[33], b[33], big[2 * 300 + 1];
+
+	assert_int_equal(bm_jwt_random_hex(a, 16), 0);
+	assert_int_equal(bm_jwt_random_hex(b, 16), 0);
+	assert_int_equal(strlen(a), 32);
+	assert_int_equal(strspn(a, "0123456789abcdef"), 32);
+	assert_string_not_equal(a, b);
+	assert_int_equal(bm_jwt_random_hex(big, 300), 0);
+	assert_int_equal(strlen(big), 600);
+}
+
+static void roundtrip(const struct bm_jwt_key *key, size_t want_sig)
+{
+	struct bm_buf b = BM_BUF_INIT, b2 = BM_BUF_INIT;
+	struct bm_jwt_claims c, got;
+	const char *d1, *d2;
+	uint8_t part[600];
+	size_t n;
+
+	claims_fill(&c);
+	c.iat = 0;
+	c.nbf = bm_wall_s() - 10;
+	c.exp = bm_wall_s() + 3600;
+	assert_int_equal(bm_jwt_sign(key, &c, &b), 0);
+	assert_int_equal(strlen(c.jti), 32);       /* filled */
+	assert_true(c.iat >= bm_wall_s() - 5);     /* filled with now */
+	assert_int_equal(b.len, strlen((char *)b.data));
+
+	/* Shape: header names alg, typ and kid; signature length. */
+	d1 = strchr((char *)b.data, '.');
+	d2 = strchr(d1 + 1, '.');
+	assert_non_null(d2);
+	assert_null(strchr(d2 + 1, '.'));
+	assert_int_equal(bm_b64url_decode((char *)b.data, (size_t)(d1 - (char *)b.data),
+					  part, sizeof(part), &n), 0);
+	part[n] = 0;
+	assert_string_equal((char *)part, hdr_for(key, NULL));
+	assert_int_equal(bm_b64url_decode(d2 + 1, strlen(d2 + 1), part,
+					  sizeof(part), &n), 0);
+	assert_int_equal(n, want_sig);
+
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, c.iat, 0,
+				       &got), 0);
+	assert_string_equal(got.sub, c.sub);
+	assert_string_equal(got.device, c.device);
+	assert_string_equal(got.jti, c.jti);
+	assert_true(got.iat == c.iat && got.nbf == c.nbf && got.exp == c.exp);
+
+	/* Deterministic signatures (RFC 6979 for ES256; PKCS#1 v1.5 is). */
+	assert_int_equal(bm_jwt_sign(key, &c, &b2), 0);
+	assert_string_equal((char *)b.data, (char *)b2.data);
+	bm_buf_release(&b);
+	bm_buf_release(&b2);
+}
+
+static void test_roundtrip_rs256(void **state)
+{
+	roundtrip(K.rsa_a, 256);
+}
+
+static void test_roundtrip_es256(void **state)
+{
+	roundtrip(K.ec_a, 64);
+}
+
+static void test_sign_refuses(void **state)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+	const struct bm_jwt_key *pub = bm_jwt_keyring_find(K.ring,
+							   bm_jwt_key_kid(K.rsa_a));
+
+	assert_non_null(pub);
+	claims_fill(&c);
+	assert_int_equal(bm_jwt_sign(pub, &c, &b), BM_EINVAL);   /* public only */
+	assert_int_equal(bm_jwt_sign_raw(pub, "{}", "{}", &b), BM_EINVAL);
+	c.sub[0] = 0;
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), BM_EINVAL);
+	claims_fill(&c);
+	c.device[0] = 0;
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), BM_EINVAL);
+	claims_fill(&c);
+	c.exp = 0;
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), BM_EINVAL);
+	claims_fill(&c);
+	memset(c.sub, 'x', sizeof(c.sub));   /* not terminated */
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), BM_EINVAL);
+	claims_fill(&c);
+	strcpy(c.sub, "bad\xff utf8");
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), BM_EINVAL);
+	assert_int_equal(c.jti[0], 0);   /* c untouched on error */
+	assert_int_equal(b.len, 0);
+	/* A bounded output buffer that is too small. */
+	claims_fill(&c);
+	bm_buf_init(&b, 100);
+	assert_int_equal(bm_jwt_sign(K.rsa_a, &c, &b), BM_ETOOBIG);
+	assert_int_equal(b.len, 0);
+	bm_buf_release(&b);
+}
+
+/* --- refusals ----------------------------------------------------------------- */
+
+static void test_refuse_alg(void **state)
+{
+	struct bm_buf b;
+	char hdr[128];
+
+	/* alg:none with an empty signature, with and without a kid. */
+	make_tok(&b, "{\"alg\":\"none\",\"typ\":\"JWT\"}", good_payload, NULL, 0);
+	assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_ALG);
+	bm_buf_release(&b);
+	snprintf(hdr, sizeof(hdr), "{\"alg\":\"none\",\"kid\":\"%s\"}",
+		 bm_jwt_key_kid(K.rsa_a));
+	make_tok(&b, hdr, good_payload, NULL, 0);
+	assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_ALG);
+	bm_buf_release(&b);
+	/* Other algorithms, even with a valid signature underneath. */
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, "HS256"),
+				    good_payload, NULL), BM_ETOKEN_ALG);
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, "rs256"),
+				    good_payload, NULL), BM_ETOKEN_ALG);
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, "PS256"),
+				    good_payload, NULL), BM_ETOKEN_ALG);
+	/* alg that does not match the type of the key named by kid. */
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.rsa_a, "ES256"),
+				    good_payload, NULL), BM_ETOKEN_ALG);
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.ec_a, "RS256"),
+				    good_payload, NULL), BM_ETOKEN_ALG);
+}
+
+static void test_refuse_key(void **state)
+{
+	struct bm_jwt_keyring *one;
+	struct bm_jwt_claims c;
+	static const char nokid[] = "{\"alg\":\"ES256\",\"typ\":\"JWT\"}";
+
+	/* kid unknown to the ring. */
+	assert_int_equal(raw_verify(K.rsa_b, hdr_for(K.rsa_b, NULL), good_payload,
+				    NULL), BM_ETOKEN_KEY);
+	assert_int_equal(raw_verify(K.ec_b, hdr_for(K.ec_b, NULL), good_payload,
+				    NULL), BM_ETOKEN_KEY);
+	/* No kid: refused with two keys in the ring... */
+	assert_int_equal(raw_verify(K.ec_a, nokid, good_payload, NULL),
+			 BM_ETOKEN_KEY);
+	/* ...accepted with exactly one. */
+	{
+		struct bm_buf b = BM_BUF_INIT;
+		assert_int_equal(bm_jwt_keyring_new(&one), 0);
+		assert_int_equal(bm_jwt_keyring_add(one, public_copy(K.ec_a)), 0);
+		assert_int_equal(bm_jwt_sign_raw(K.ec_a, nokid, good_payload, &b), 0);
+		assert_int_equal(bm_jwt_verify(one, (char *)b.data, b.len, NOW, 0, &c), 0);
+		assert_string_equal(c.sub, "alice");
+		bm_buf_release(&b);
+		assert_int_equal(bm_jwt_sign_raw(K.ec_b, nokid, good_payload, &b), 0);
+		assert_int_equal(bm_jwt_verify(one, (char *)b.data, b.len, NOW, 0, &c),
+				 BM_ETOKEN_SIG);
+		bm_buf_release(&b);
+		bm_jwt_keyring_free(one);
+	}
+}
+
+static void test_refuse_sig(void **state)
+{
+	struct bm_buf b = BM_BUF_INIT, t;
+	uint8_t zero[64] = { 0 }, big[600];
+	char *d2, *d1;
+
+	/* Signed by another key under a known kid. */
+	assert_int_equal(raw_verify(K.rsa_b, hdr_for(K.rsa_a, NULL), good_payload,
+				    NULL), BM_ETOKEN_SIG);
+	assert_int_equal(raw_verify(K.ec_b, hdr_for(K.ec_a, NULL), good_payload,
+				    NULL), BM_ETOKEN_SIG);
+	/* Wrong signature length: ES256 signature on an RSA kid is ALG, so
+	 * use right-alg wrong-size signatures. */
+	make_tok(&t, hdr_for(K.ec_a, NULL), good_payload, zero, 63);
+	assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+	bm_buf_release(&t);
+	make_tok(&t, hdr_for(K.ec_a, NULL), good_payload, zero, 64);  /* r=s=0 */
+	assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+	bm_buf_release(&t);
+	make_tok(&t, hdr_for(K.rsa_a, NULL), good_payload, zero, 64);
+	assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+	bm_buf_release(&t);
+	memset(big, 0x41, sizeof(big));   /* longer than any key's signature */
+	make_tok(&t, hdr_for(K.rsa_a, NULL), good_payload, big, sizeof(big));
+	assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+	bm_buf_release(&t);
+
+	for (int i = 0; i < 2; i++) {
+		const struct bm_jwt_key *k = i ? K.ec_a : K.rsa_a;
+		assert_int_equal(bm_jwt_sign_raw(k, hdr_for(k, NULL), good_payload, &b), 0);
+		assert_int_equal(verify_str((char *)b.data, NULL), 0);
+		/* One signature character altered (first char: 6 full bits). */
+		d2 = strrchr((char *)b.data, '.');
+		d2[1] = d2[1] == 'A' ? 'B' : 'A';
+		assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_SIG);
+		d2[1] = d2[1] == 'A' ? 'B' : 'A';
+		/* Signature one byte short, or one byte long. */
+		{
+			uint8_t sig[600];
+			size_t n;
+			assert_int_equal(bm_b64url_decode(d2 + 1, strlen(d2 + 1), sig,
+							  sizeof(sig), &n), 0);
+			make_tok(&t, hdr_for(k, NULL), good_payload, sig, n - 1);
+			assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+			bm_buf_release(&t);
+			sig[n] = 0;
+			make_tok(&t, hdr_for(k, NULL), good_payload, sig, n + 1);
+			assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+			bm_buf_release(&t);
+		}
+		/* Payload replaced by another valid one, signature kept. */
+		d1 = strchr((char *)b.data, '.');
+		make_tok(&t, hdr_for(k, NULL), "{\"sub\":\"mallory\",\"device\":\"d1\","
+			 "\"jti\":\"j1\",\"iat\":1800000000,\"exp\":1900000000}", NULL, 0);
+		assert_int_equal(strncmp((char *)t.data, (char *)b.data,
+					 (size_t)(d1 - (char *)b.data)), 0);
+		assert_int_equal(bm_buf_adds(&t, d2 + 1), 0);
+		assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+		bm_buf_release(&t);
+		bm_buf_release(&b);
+	}
+}
+
+static void test_refuse_time(void **state)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+
+	/* Expired: exp in the past; leeway rescues it; exp == now is expired. */
+	claims_fill(&c);
+	c.iat = NOW - 200;
+	c.exp = NOW - 100;
+	assert_int_equal(bm_jwt_sign(K.rsa_a, &c, &b), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 30, &c),
+			 BM_ETOKEN_EXPIRED);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 101, &c), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW - 100, 0, &c),
+			 BM_ETOKEN_EXPIRED);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW - 101, 0, &c), 0);
+	bm_buf_reset(&b);
+
+	/* Not yet valid through nbf. */
+	claims_fill(&c);
+	c.nbf = NOW + 100;
+	assert_int_equal(bm_jwt_sign(K.ec_a, &c, &b), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 30, &c),
+			 BM_ETOKEN_NOTYET);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 100, &c), 0);
+	bm_buf_reset(&b);
+
+	/* Not yet valid through iat in the future. */
+	claims_fill(&c);
+	c.iat = NOW + 100;
+	assert_int_equal(bm_jwt_sign(K.rsa_a, &c, &b), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 30, &c),
+			 BM_ETOKEN_NOTYET);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 100, &c), 0);
+	/* Absurd leeway values are clamped, not overflowed. */
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, INT64_MAX, &c), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, INT64_MIN, -5, &c),
+			 BM_ETOKEN_NOTYET);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, INT64_MAX, 0, &c),
+			 BM_ETOKEN_EXPIRED);
+	bm_buf_release(&b);
+}
+
+static void test_refuse_claims(void **state)
+{
+	static const char *bad[] = {
+		"{\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":7,\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"eid\":\"b\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"device\":null,\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"iat\":1800000000,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":\"1800003600\"}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":-1,\"exp\":1800003600}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":0}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1e300}",
+		"{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,\"exp\":1800003600,\"nbf\":true}",
+	};
+	char pay[512], longs[200];
+	struct bm_jwt_claims c;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const struct bm_jwt_key *k = i % 2 ? K.ec_a : K.rsa_a;
+		assert_int_equal(raw_verify(k, hdr_for(k, NULL), bad[i], &c),
+				 BM_ETOKEN_CLAIMS);
+		assert_int_equal(c.sub[0], 0);   /* out cleared on failure */
+	}
+	/* Strings one byte too long for their field. */
+	memset(longs, 'x', sizeof(longs));
+	longs[129] = 0;
+	snprintf(pay, sizeof(pay), "{\"sub\":\"%s\",\"device\":\"d\",\"jti\":\"j\","
+		 "\"iat\":1800000000,\"exp\":1800003600}", longs);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL), pay, &c),
+			 BM_ETOKEN_CLAIMS);
+	longs[128] = 0;   /* exactly fits */
+	snprintf(pay, sizeof(pay), "{\"sub\":\"%s\",\"device\":\"d\",\"jti\":\"j\","
+		 "\"iat\":1800000000,\"exp\":1800003600}", longs);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL), pay, &c), 0);
+	assert_int_equal(strlen(c.sub), 128);
+	longs[65] = 0;
+	snprintf(pay, sizeof(pay), "{\"sub\":\"a\",\"device\":\"%s\",\"jti\":\"j\","
+		 "\"iat\":1800000000,\"exp\":1800003600}", longs);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL), pay, &c),
+			 BM_ETOKEN_CLAIMS);
+	snprintf(pay, sizeof(pay), "{\"sub\":\"a\",\"device\":\"d\",\"jti\":\"%s\","
+		 "\"iat\":1800000000,\"exp\":1800003600}", longs);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL), pay, &c),
+			 BM_ETOKEN_CLAIMS);
+
+	/* Accepted variants: eid alias, sub == eid, real times, extra claims. */
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, NULL),
+		"{\"eid\":\"bob\",\"device\":\"d\",\"jti\":\"j\",\"iat\":1800000000,"
+		"\"exp\":1800003600.9,\"scope\":[1,2]}", &c), 0);
+	assert_string_equal(c.sub, "bob");
+	assert_true(c.exp == 1800003600);
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, NULL),
+		"{\"sub\":\"bob\",\"eid\":\"bob\",\"device\":\"d\",\"jti\":\"j\","
+		"\"iat\":1800000000,\"exp\":1800003600}", &c), 0);
+	assert_string_equal(c.sub, "bob");
+}
+
+static void test_refuse_malformed(void **state)
+{
+	static const char *bad[] = {
+		"", ".", "..", "...", "abc", "a.b", "a.b.c.d",
+		"eyJhbGciOiJSUzI1NiJ9.e30",   /* two parts */
+		"!!!.e30.AAAA",               /* bad base64url header */
+		"eyJhbGciOiJSUzI1NiJ9.e30=.AAAA",
+		"eyJhbGciOiJSUzI1NiJ9.e30.AA+A",
+		"eyJhbGciOiJSUzI1NiJ9.e30.A",  /* impossible length */
+	};
+	static const char *bad_hdr[] = {
+		"not json", "[1,2]", "\"RS256\"", "{\"alg\":5}", "{}",
+		"{\"alg\":\"RS256\",\"alg\":\"RS256\"}",     /* duplicate member */
+		"{\"alg\":\"RS256\",\"typ\":\"JWS\"}",
+		"{\"alg\":\"RS256\",\"typ\":1}",
+		"{\"alg\":\"RS256\",\"kid\":5}",
+		"{\"alg\":\"RS256\",\"crit\":[\"exp\"]}",
+		"{\"alg\":\"RS256\"} trailing",
+		"{\"alg\":\"RS\\u0000256\"}",
+	};
+	struct bm_buf b;
+	char *big;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(verify_str(bad[i], NULL), BM_ETOKEN_MALFORMED);
+	for (size_t i = 0; i < sizeof(bad_hdr) / sizeof(bad_hdr[0]); i++) {
+		make_tok(&b, bad_hdr[i], good_payload, "sig", 3);
+		assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_MALFORMED);
+		bm_buf_release(&b);
+	}
+	/* Payload that is not a JSON object, even under a valid signature. */
+	assert_int_equal(raw_verify(K.rsa_a, hdr_for(K.rsa_a, NULL), "nope", NULL),
+			 BM_ETOKEN_MALFORMED);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL), "[]", NULL),
+			 BM_ETOKEN_MALFORMED);
+	assert_int_equal(raw_verify(K.ec_a, hdr_for(K.ec_a, NULL),
+		"{\"sub\":\"a\",\"sub\":\"b\"}", NULL), BM_ETOKEN_MALFORMED);
+
+	/* Oversize: a valid token padded past BM_JWT_MAX_LEN by a long claim. */
+	big = malloc(BM_JWT_MAX_LEN * 2);
+	assert_non_null(big);
+	memset(big, 'x', BM_JWT_MAX_LEN * 2);
+	strcpy(big + 3100, "\"}");
+	memcpy(big, "{\"pad\":\"", 8);
+	make_tok(&b, hdr_for(K.rsa_a, NULL), big, "sig", 3);
+	assert_true(b.len > BM_JWT_MAX_LEN);
+	assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_MALFORMED);
+	/* The same bytes up to the limit are judged on their merits instead. */
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, BM_JWT_MAX_LEN, NOW, 0,
+				       NULL), BM_ETOKEN_MALFORMED);
+	bm_buf_release(&b);
+	/* sign_raw refuses to produce such a token. */
+	bm_buf_init(&b, 0);
+	assert_int_equal(bm_jwt_sign_raw(K.rsa_a, hdr_for(K.rsa_a, NULL), big, &b),
+			 BM_ETOOBIG);
+	assert_int_equal(b.len, 0);
+	bm_buf_release(&b);
+	free(big);
+}
+
+static void test_codes_distinct(void **state)
+{
+	static const int codes[] = {
+		BM_ETOKEN_MALFORMED, BM_ETOKEN_ALG, BM_ETOKEN_SIG, BM_ETOKEN_EXPIRED,
+		BM_ETOKEN_NOTYET, BM_ETOKEN_CLAIMS, BM_ETOKEN_KEY,
+	};
+	for (size_t i = 0; i < 7; i++) {
+		assert_true(codes[i] < 0);
+		assert_int_equal(bm_err_http(codes[i]), 401);
+		for (size_t j = i + 1; j < 7; j++)
+			assert_int_not_equal(codes[i], codes[j]);
+	}
+}
+
+/* --- key files and keyrings ---------------------------------------------------- */
+
+static void write_file(const char *path, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+
+	assert_non_null(f);
+	assert_int_equal(fwrite(p, 1, n, f), n);
+	assert_int_equal(fclose(f), 0);
+}
+
+static void test_key_files(void **state)
+{
+	char dir[] = "/tmp/bm_jwt_XXXXXX", path[64], path2[64], path3[128];
+	struct bm_jwt_key *k = NULL, *k2 = NULL;
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+	struct stat st;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/rsa.pem", dir);
+	snprintf(path2, sizeof(path2), "%s/ec.pub.pem", dir);
+	snprintf(path3, sizeof(path3), "%s/other.pem", dir);
+
+	/* Private RSA key: 0600, loads back private with the same kid. */
+	assert_int_equal(bm_jwt_key_save(K.rsa_a, path), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_int_equal(bm_jwt_key_load(path, &k), 0);
+	assert_int_equal(bm_jwt_key_has_private(k), 1);
+	assert_int_equal(bm_jwt_key_alg(k), BM_JWT_RS256);
+	assert_string_equal(bm_jwt_key_kid(k), bm_jwt_key_kid(K.rsa_a));
+	claims_fill(&c);
+	assert_int_equal(bm_jwt_sign(k, &c, &b), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 0, NULL), 0);
+	/* Saving again replaces the file atomically, no temporary left. */
+	assert_int_equal(bm_jwt_key_save(k, path), 0);
+	snprintf(path3, sizeof(path3), "%s.tmp", path);
+	assert_int_equal(access(path3, F_OK), -1);
+	bm_jwt_key_free(k);
+	k = NULL;
+
+	/* Private EC key round trip. */
+	snprintf(path3, sizeof(path3), "%s/ec.pem", dir);
+	assert_int_equal(bm_jwt_key_save(K.ec_a, path3), 0);
+	assert_int_equal(bm_jwt_key_load(path3, &k), 0);
+	assert_int_equal(bm_jwt_key_alg(k), BM_JWT_ES256);
+	assert_int_equal(bm_jwt_key_has_private(k), 1);
+	assert_string_equal(bm_jwt_key_kid(k), bm_jwt_key_kid(K.ec_a));
+	bm_buf_reset(&b);
+	assert_int_equal(bm_jwt_sign(k, &c, &b), 0);
+	assert_int_equal(bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 0, NULL), 0);
+	bm_jwt_key_free(k);
+	k = NULL;
+	assert_int_equal(unlink(path3), 0);
+
+	/* Public-only key: 0644, loads back public-only, cannot sign. */
+	k2 = public_copy(K.ec_a);
+	assert_int_equal(bm_jwt_key_save(k2, path2), 0);
+	assert_int_equal(stat(path2, &st), 0);
+	assert_int_equal(st.st_mode & 0700, 0600);
+	assert_int_equal(bm_jwt_key_load(path2, &k), 0);
+	assert_int_equal(bm_jwt_key_has_private(k), 0);
+	assert_string_equal(bm_jwt_key_kid(k), bm_jwt_key_kid(K.ec_a));
+	bm_buf_reset(&b);
+	assert_int_equal(bm_jwt_sign(k, &c, &b), BM_EINVAL);
+	bm_jwt_key_free(k);
+	bm_jwt_key_free(k2);
+	k = NULL;
+
+	/* Missing file, garbage, empty, oversize. */
+	snprintf(path3, sizeof(path3), "%s/missing.pem", dir);
+	assert_int_equal(bm_jwt_key_load(path3, &k), BM_ENOENT);
+	snprintf(path3, sizeof(path3), "%s/garbage.pem", dir);
+	{
+		static const char g[] = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+		write_file(path3, g, strlen(g));
+	}
+	assert_int_equal(bm_jwt_key_load(path3, &k), BM_EDECODE);
+	assert_int_equal(bm_jwt_key_parse("", 0, &k), BM_EDECODE);
+	{
+		char *huge = calloc(1, 70000);
+		assert_non_null(huge);
+		write_file(path3, huge, 70000);
+		assert_int_equal(bm_jwt_key_load(path3, &k), BM_ETOOBIG);
+		free(huge);
+	}
+	assert_int_equal(unlink(path3), 0);
+	assert_null(k);
+
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(unlink(path2), 0);
+	assert_int_equal(rmdir(dir), 0);
+	bm_buf_release(&b);
+}
+
+/* Keys of a type or size we refuse: P-384 and RSA-1024 made with mbedTLS. */
+static void test_key_unsupported(void **state)
+{
+	mbedtls_entropy_context ent;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_pk_context pk;
+	unsigned char pem[4096];
+	struct bm_jwt_key *k = NULL;
+
+	mbedtls_entropy_init(&ent);
+	mbedtls_ctr_drbg_init(&drbg);
+	assert_int_equal(mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &ent,
+					       NULL, 0), 0);
+	mbedtls_pk_init(&pk);
+	assert_int_equal(mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY)), 0);
+	assert_int_equal(mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP384R1, mbedtls_pk_ec(pk),
+					     mbedtls_ctr_drbg_random, &drbg), 0);
+	assert_int_equal(mbedtls_pk_write_key_pem(&pk, pem, sizeof(pem)), 0);
+	assert_int_equal(bm_jwt_key_parse(pem, strlen((char *)pem), &k), BM_EINVAL);
+	assert_int_equal(mbedtls_pk_write_pubkey_pem(&pk, pem, sizeof(pem)), 0);
+	assert_int_equal(bm_jwt_key_parse(pem, strlen((char *)pem), &k), BM_EINVAL);
+	mbedtls_pk_free(&pk);
+
+	mbedtls_pk_init(&pk);
+	assert_int_equal(mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA)), 0);
+	assert_int_equal(mbedtls_rsa_gen_key(mbedtls_pk_rsa(pk), mbedtls_ctr_drbg_random,
+					     &drbg, 1024, 65537), 0);
+	assert_int_equal(mbedtls_pk_write_pubkey_pem(&pk, pem, sizeof(pem)), 0);
+	assert_int_equal(bm_jwt_key_parse(pem, strlen((char *)pem), &k), BM_EINVAL);
+	/* DER is accepted as well as PEM (here: refused for its size). */
+	{
+		int n = mbedtls_pk_write_pubkey_der(&pk, pem, sizeof(pem));
+		assert_true(n > 0);
+		assert_int_equal(bm_jwt_key_parse(pem + sizeof(pem) - n, (size_t)n, &k),
+				 BM_EINVAL);
+	}
+	mbedtls_pk_free(&pk);
+	assert_null(k);
+	assert_int_equal(bm_jwt_key_generate((enum bm_jwt_alg)7, &k), BM_EINVAL);
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&ent);
+}
+
+static void test_keyring_many(void **state)
+{
+	struct bm_jwt_key *keys[4] = { K.rsa_a, K.rsa_b, K.ec_a, K.ec_b };
+	struct bm_jwt_keyring *ring;
+	struct bm_jwt_key *dup;
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+
+	assert_int_equal(bm_jwt_keyring_new(&ring), 0);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(bm_jwt_keyring_add(ring, public_copy(keys[i])), 0);
+	/* Four more EC keys to go past the first growth. */
+	for (int i = 0; i < 4; i++) {
+		struct bm_jwt_key *k;
+		assert_int_equal(bm_jwt_key_generate(BM_JWT_ES256, &k), 0);
+		assert_int_equal(bm_jwt_keyring_add(ring, k), 0);   /* private is fine */
+	}
+	assert_int_equal(bm_jwt_keyring_count(ring), 8);
+	/* Duplicate kid: refused, caller keeps the key. */
+	dup = public_copy(K.rsa_b);
+	assert_int_equal(bm_jwt_keyring_add(ring, dup), BM_EEXIST);
+	bm_jwt_key_free(dup);
+	assert_null(bm_jwt_keyring_find(ring, "0000000000000000"));
+
+	for (int i = 0; i < 4; i++) {
+		const struct bm_jwt_key *f = bm_jwt_keyring_find(ring, bm_jwt_key_kid(keys[i]));
+		assert_non_null(f);
+		assert_string_equal(bm_jwt_key_kid(f), bm_jwt_key_kid(keys[i]));
+		claims_fill(&c);
+		snprintf(c.sub, sizeof(c.sub), "user%d", i);
+		bm_buf_reset(&b);
+		assert_int_equal(bm_jwt_sign(keys[i], &c, &b), 0);
+		memset(&c, 0, sizeof(c));
+		assert_int_equal(bm_jwt_verify(ring, (char *)b.data, b.len, NOW, 0, &c), 0);
+		assert_int_equal(c.sub[4] - '0', i);
+	}
+	bm_buf_release(&b);
+	bm_jwt_keyring_free(ring);
+	bm_jwt_keyring_free(NULL);
+	bm_jwt_key_free(NULL);
+}
+
+/* --- rates (printed, not asserted) ---------------------------------------------- */
+
+static void rate(const char *what, const struct bm_jwt_key *key, int sign_n,
+		 int verify_n)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+	uint64_t t0, t1;
+	int ok = 0;
+
+	claims_fill(&c);
+	t0 = bm_mono_ns();
+	for (int i = 0; i < sign_n; i++) {
+		bm_buf_reset(&b);
+		c.jti[0] = 0;
+		assert_int_equal(bm_jwt_sign(key, &c, &b), 0);
+	}
+	t1 = bm_mono_ns();
+	printf("jwt %s sign:   %5d in %8.1f ms = %8.0f/s (%.3f ms each)\n", what,
+	       sign_n, (t1 - t0) / 1e6, sign_n / ((t1 - t0) / 1e9),
+	       (t1 - t0) / 1e6 / sign_n);
+	t0 = bm_mono_ns();
+	for (int i = 0; i < verify_n; i++)
+		ok += bm_jwt_verify(K.ring, (char *)b.data, b.len, NOW, 0, &c) == 0;
+	t1 = bm_mono_ns();
+	assert_int_equal(ok, verify_n);
+	printf("jwt %s verify: %5d in %8.1f ms = %8.0f/s (%.3f ms each, token %zu bytes)\n",
+	       what, verify_n, (t1 - t0) / 1e6, verify_n / ((t1 - t0) / 1e9),
+	       (t1 - t0) / 1e6 / verify_n, b.len);
+	bm_buf_release(&b);
+}
+
+static void test_rates(void **state)
+{
+	rate("RS256", K.rsa_a, 200, 2000);
+	rate("ES256", K.ec_a, 200, 200);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_b64url_vectors),
+		cmocka_unit_test(test_b64url_refuses),
+		cmocka_unit_test(test_b64url_roundtrip),
+		cmocka_unit_test(test_b64_standard),
+		cmocka_unit_test(test_random_hex),
+		cmocka_unit_test(test_roundtrip_rs256),
+		cmocka_unit_test(test_roundtrip_es256),
+		cmocka_unit_test(test_sign_refuses),
+		cmocka_unit_test(test_refuse_alg),
+		cmocka_unit_test(test_refuse_key),
+		cmocka_unit_test(test_refuse_sig),
+		cmocka_unit_test(test_refuse_time),
+		cmocka_unit_test(test_refuse_claims),
+		cmocka_unit_test(test_refuse_malformed),
+		cmocka_unit_test(test_codes_distinct),
+		cmocka_unit_test(test_key_files),
+		cmocka_unit_test(test_key_unsupported),
+		cmocka_unit_test(test_keyring_many),
+		cmocka_unit_test(test_rates),
+	};
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
