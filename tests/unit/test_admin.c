@@ -25,6 +25,7 @@
 #include "bm_admin.h"
 #include "bm_buf.h"
 #include "bm_err.h"
+#include "bm_log.h"
 #include "bm_metrics.h"
 #include "bm_time.h"
 
@@ -264,6 +265,14 @@ static void test_auth(void **state)
 	assert_int_equal(bm_admin_set_key(fx.admin, KEY), 0);
 }
 
+static char last_log[256];
+
+static void capture_log(enum bm_log_level level, const char *component,
+			const char *msg, void *ud)
+{
+	snprintf(last_log, sizeof(last_log), "%s: %s", component, msg);
+}
+
 static void test_routing(void **state)
 {
 	struct resp r;
@@ -292,8 +301,11 @@ static void test_routing(void **state)
 	assert_int_equal(r.status, 409);
 	assert_string_equal(r.body, "{\"error\":\"busy 'x'\",\"status\":409}");
 	resp_release(&r);
+	bm_log_set_sink(capture_log, NULL);
 	assert_int_equal(http("GET", "/v1/silent", NULL, NULL, 0, &r), 0);
+	bm_log_set_sink(NULL, NULL);
 	assert_int_equal(r.status, 500);
+	assert_string_equal(last_log, "admin: handler for '/v1/silent' did not reply");
 	resp_release(&r);
 	assert_int_equal(http("GET", "/healthz", NULL, NULL, 0, &r), 0);
 	assert_int_equal(r.status, 200);
