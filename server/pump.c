@@ -1,0 +1,189 @@
+/*
+ * pump.c - delivery of each user's stream to each online device.
+ *
+ * A device has two numbers: committed (what it said it processed, persisted
+ * by the queue) and sent (what this server pushed in this session).  When a
+ * session opens, sent = committed; then whenever the stream grows (an append
+ * completes) or the device commits, the pump pushes the records after sent,
+ * in order, while fewer than cfg.window are unacknowledged.  Replay after a
+ * reconnect and live delivery are therefore one mechanism, ordered, and
+ * bounded per device: a device that stops committing stops receiving, and
+ * holds no more than the window in the signal's queues.
+ */
+#include "srv.h"
+
+#include "bm_env.h"
+#include "bm_err.h"
+#include "bm_log.h"
+#include "bm_queue.h"
+#include "bm_time.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define REC_HDR_MAX (3 + SRV_DEV_MAX)
+
+struct append_ctx {
+	struct srv *s;
+	struct srv_user *u;
+	srv_done_fn *cb;
+	void *ud;
+};
+
+static void on_appended(void *ud, int status, uint64_t offset)
+{
+	struct append_ctx *c = ud;
+
+	if (!status && offset > c->u->durable)
+		c->u->durable = offset;
+	if (c->cb)
+		c->cb(c->ud, status, offset);
+	if (!status)
+		srv_pump_user(c->s, c->u);
+	free(c);
+}
+
+int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
+		      const char *origin_dev, bimip_MessageScheme *m,
+		      uint64_t *offset, srv_done_fn *cb, void *ud)
+{
+	static uint8_t rec[REC_HDR_MAX + BM_ENV_MAX_BYTES];
+	char name[SRV_EID_MAX + 8];
+	size_t dl = origin_dev ? strlen(origin_dev) : 0, n;
+	struct append_ctx *c;
+	int rc;
+
+	if (dl > SRV_DEV_MAX)
+		return BM_EINVAL;
+	rec[0] = 1;
+	rec[1] = (uint8_t)kind;
+	rec[2] = (uint8_t)dl;
+	memcpy(rec + 3, origin_dev, dl);
+	rc = bm_env_encode(m, rec + 3 + dl, sizeof(rec) - 3 - dl, &n);
+	if (rc)
+		return rc;
+	c = malloc(sizeof(*c));
+	if (!c)
+		return BM_ENOMEM;
+	c->s = s;
+	c->u = u;
+	c->cb = cb;
+	c->ud = ud;
+	srv_stream_name(u->eid, name, sizeof(name));
+	rc = bm_queue_append(s->q, name, rec, 3 + dl + n, offset, on_appended, c);
+	if (rc) {
+		free(c);
+		return rc;
+	}
+	(*s->m.appends)++;
+	return 0;
+}
+
+/* The origin device sees its own message as the VersionUpdate answering it. */
+static int push_version_update(struct srv *s, struct srv_dev *d,
+			       const uint8_t *p, size_t n, int64_t offset)
+{
+	static bimip_MessageScheme in, out;
+	bimip_ChatMessage *c = &in.payload.chat_message;
+	bimip_VersionUpdate *v = &out.payload.version_update;
+
+	if (bm_env_decode(p, n, &in, NULL) ||
+	    in.which_payload != bimip_MessageScheme_chat_message_tag)
+		return srv_push_raw(s, d, p, n, offset);
+	memset(&out, 0, sizeof(out));
+	out.which_payload = bimip_MessageScheme_version_update_tag;
+	v->has_to = true;
+	BM_SET_STR(v->to.eid, d->user->eid);
+	BM_SET_STR(v->to.connection_resource_id, d->device);
+	BM_SET_STR(v->message_id, c->message_id);
+	BM_SET_STR(v->message_id_local, c->message_id_local);
+	BM_SET_STR(v->chat_id, c->chat_id);
+	v->type = 1;
+	v->status = 1;
+	v->version = c->version;
+	v->timestamp = c->server_received_at;
+	return srv_push(s, d, &out, offset);
+}
+
+struct pump_ctx {
+	struct srv *s;
+	struct srv_dev *d;
+	int stalled;
+};
+
+static int on_record(void *ud, const struct bm_queue_meta *meta,
+		     const void *data, int status)
+{
+	struct pump_ctx *c = ud;
+	struct srv_dev *d = c->d;
+	const uint8_t *p = data;
+	size_t dl;
+	int rc;
+
+	if (status || meta->len < 3 || p[0] != 1 ||
+	    (dl = p[2]) + 3 > meta->len) {
+		/* Destroyed or unreadable: the offset is consumed, nothing sent. */
+		if (!status)
+			bm_warn("pump", "skipping malformed record %llu of '%s'",
+				(unsigned long long)meta->offset, d->user->eid);
+		d->sent = meta->offset;
+		return 0;
+	}
+	if (p[1] == SRV_REC_SENDER_COPY && dl == strlen(d->device) &&
+	    memcmp(p + 3, d->device, dl) == 0)
+		rc = push_version_update(c->s, d, p + 3 + dl, meta->len - 3 - dl,
+					 (int64_t)meta->offset);
+	else
+		rc = srv_push_raw(c->s, d, p + 3 + dl, meta->len - 3 - dl,
+				  (int64_t)meta->offset);
+	if (rc == BM_EAGAIN) {
+		c->stalled = 1;
+		c->s->pump_stalled = 1;
+		return 1;
+	}
+	d->sent = meta->offset;
+	return 0;
+}
+
+void srv_pump(struct srv *s, struct srv_dev *d)
+{
+	struct srv_user *u = d->user;
+	char name[SRV_EID_MAX + 8];
+	struct pump_ctx c = { s, d, 0 };
+
+	if (d->pumping)
+		return;
+	d->pumping = 1;
+	srv_stream_name(u->eid, name, sizeof(name));
+	while (d->sent < u->durable && d->sent < d->committed + (uint64_t)s->cfg.window) {
+		uint64_t room = d->committed + (uint64_t)s->cfg.window - d->sent;
+		uint64_t avail = u->durable - d->sent;
+		unsigned max = (unsigned)(room < avail ? room : avail);
+		uint64_t before = d->sent;
+		int n = bm_queue_scan(s->q, name, d->sent, max > 256 ? 256 : max,
+				      on_record, &c);
+
+		if (n < 0) {
+			bm_err("pump", "cannot read stream of '%s' after %llu: %s",
+			       u->eid, (unsigned long long)d->sent, bm_strerror(n));
+			break;
+		}
+		if (c.stalled || d->sent == before) {
+			/* Retention removed records below the first available one. */
+			uint64_t first;
+			if (!c.stalled && !bm_queue_stream_head(s->q, name, NULL, &first) &&
+			    first > d->sent + 1) {
+				d->sent = first - 1;
+				continue;
+			}
+			break;
+		}
+	}
+	d->pumping = 0;
+}
+
+void srv_pump_user(struct srv *s, struct srv_user *u)
+{
+	for (struct srv_dev *d = u->devs; d; d = d->next)
+		srv_pump(s, d);
+}

@@ -1,0 +1,237 @@
+/*
+ * srv.h - bimip-server: the authoritative control plane.
+ *
+ * One process, one libevent loop, one thread (plus BimipQueue's sync
+ * thread).  The pieces:
+ *   main.c     configuration, start-up, signals, the ready file
+ *   link.c     ZeroMQ ROUTER towards the signals: HELLO/WELCOME, keys,
+ *              revocations, session open/close, stanzas in, pushes out
+ *   state.c    users, contacts, blocks, chats, idempotency, revocations;
+ *              persisted as records of the "__state" stream and rebuilt at
+ *              start by replaying it
+ *   routes.c   one handler per client route (the table at its end)
+ *   pump.c     ordered, flow-controlled delivery of each user's stream to
+ *              each online device: replay after the committed offset and live
+ *              pushes are the same code
+ *   admin.c    the admin HTTP API and /metrics
+ *
+ * Stream record format (payload of every record in a user stream, "u:<eid>"):
+ *
+ *   byte 0      record version (1)
+ *   byte 1      kind: 0 = plain stanza, 1 = sender copy of a chat message
+ *   byte 2      n = length of the origin device id (0..64)
+ *   3..3+n      origin device id (the device whose request produced it)
+ *   3+n..       the MessageScheme bytes as pushed (offset field unset)
+ *
+ * A kind-1 record is shown to its origin device as the VersionUpdate of its
+ * own message and to the sender's other devices as the ChatMessage itself,
+ * at the same offset, so every device sees every offset exactly once, in
+ * order, and can commit it.
+ */
+#ifndef SRV_H
+#define SRV_H
+
+#include <stdint.h>
+
+#include "bimip.pb.h"
+#include "bm_buf.h"
+#include "bm_ipc.h"
+#include "bm_jwt.h"
+#include "bm_map.h"
+
+struct event_base;
+struct event;
+struct bm_queue;
+struct bm_zsock;
+struct bm_admin;
+struct bm_metrics;
+struct bm_metrics_family;
+
+#define SRV_EID_MAX 128
+#define SRV_DEV_MAX 64
+#define SRV_CHAT_ID_LEN 32           /* hex digits */
+#define SRV_MSGID_MAX 64
+
+#define SRV_REC_PLAIN 0
+#define SRV_REC_SENDER_COPY 1
+
+struct srv_config {
+	char node_id[65];
+	char data_dir[512];
+	char zmq_listen[128];
+	char admin_listen[64];
+	char admin_key[129];
+	int token_alg;               /* 0 = RS256, 1 = ES256 */
+	int64_t token_ttl_ms;
+	int64_t token_leeway_ms;
+	int fsync;                   /* 0 always, 1 group, 2 none */
+	int64_t group_window_ms;
+	int64_t group_bytes;
+	int64_t segment_bytes;
+	int64_t retention_ms;
+	int64_t retention_bytes;
+	int64_t window;              /* max stanzas in flight per device */
+	int64_t max_contacts;
+	int64_t idem_max;            /* remembered (device, message_id_local) */
+	int64_t awareness_min_interval_ms;
+	int64_t sync_max;            /* cap of SyncRequest.limit */
+	int log_level;
+	int log_json;
+	char curve_secret[41];
+	char curve_allowed[8][41];
+};
+
+/* An online device session, as the signal announced it. */
+struct srv_dev {
+	struct srv_dev *next;        /* in its user's list */
+	struct srv_user *user;
+	char device[SRV_DEV_MAX + 1];
+	char jti[65];
+	uint8_t rid[BM_IPC_ORIGIN_MAX];   /* routing id of the signal */
+	uint8_t rid_len;
+	uint64_t session;            /* signal-local session id */
+	uint64_t sent;               /* highest offset pushed */
+	uint64_t committed;          /* highest offset the device committed */
+	int pumping;                 /* a read of the stream is under way */
+};
+
+struct srv_user {
+	char eid[SRV_EID_MAX + 1];
+	struct bm_map subscribers;   /* eid -> (void *)1: may see my awareness */
+	struct bm_map blocked;       /* eid -> (void *)1 */
+	struct srv_dev *devs;
+	unsigned n_devs;
+	uint64_t durable;            /* stream head whose append completed */
+	int64_t last_seen;           /* ms; 0 = never */
+	int32_t status;              /* awareness status (docs/protocol.md) */
+	int32_t intention;
+	double lat, lon;
+	int64_t last_notify_ms;      /* awareness rate limit */
+};
+
+struct srv_chat {
+	char id[SRV_CHAT_ID_LEN + 1];
+	char a[SRV_EID_MAX + 1];     /* a < b */
+	char b[SRV_EID_MAX + 1];
+	int64_t version;             /* last assigned */
+};
+
+/* What a (sender, device, message_id_local) was answered with. */
+struct srv_idem {
+	char chat_id[SRV_CHAT_ID_LEN + 1];
+	int64_t version;
+	int durable;
+	char key[];                  /* "eid\x1fdevice\x1flocal" */
+};
+
+struct srv_metrics {
+	struct bm_metrics *reg;
+	uint64_t *sessions, n_sessions;
+	uint64_t *stanzas_in, *stanzas_out, *chats, *acks, *dup_resends;
+	uint64_t *appends, *ipc_dropped;
+	struct bm_metrics_family *by_route, *errors;
+};
+
+struct srv {
+	struct srv_config cfg;
+	const char *config_path;
+	struct event_base *base;
+	void *zctx;
+	struct bm_zsock *router;
+	char zmq_bound[128];
+	struct bm_queue *q;
+	struct event *q_ev;
+	struct event *tick;
+	struct bm_admin *admin;
+	struct bm_jwt_key *key;           /* signing key */
+	struct bm_jwt_keyring *ring;      /* verification keys */
+	struct bm_buf keys_json;          /* KEYS body for signals */
+	char boot_id[33];
+
+	struct bm_map users;              /* eid -> struct srv_user */
+	struct bm_map chats;              /* chat id -> struct srv_chat */
+	struct bm_map idem;               /* key -> struct srv_idem */
+	char **idem_ring;                 /* FIFO of idem keys, bounds memory */
+	size_t idem_head, idem_count;
+	struct bm_map revoked_jti;        /* jti -> (void *)(intptr_t)exp */
+	struct bm_map revoked_before;     /* "eid" or "eid\x1fdevice" -> iat bound */
+	struct bm_map signals;            /* signal node id -> (void *)1 */
+	int replaying;                    /* state rebuild: no side effects */
+	int pump_stalled;                 /* a push met a full queue: retry */
+	int stopping;
+	uint64_t msg_seq;
+
+	struct srv_metrics m;
+};
+
+/* state.c */
+int srv_state_open(struct srv *s);
+void srv_state_close(struct srv *s);
+struct srv_user *srv_user_get(struct srv *s, const char *eid, int create);
+struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int create);
+struct srv_chat *srv_chat_find(struct srv *s, const char *chat_id);
+void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1]);
+struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
+			       const char *local);
+struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
+			      const char *local, const char *chat_id, int64_t version);
+/* Persist a state change (a JSON object, stolen) then apply it.  cb may be
+ * NULL; it runs once the record is durable. */
+typedef void srv_done_fn(void *ud, int status, uint64_t offset);
+int srv_state_log(struct srv *s, void *json_obj, srv_done_fn *cb, void *ud);
+/* Apply a state record (also used by the replay at start). */
+int srv_state_apply(struct srv *s, void *json_obj);
+int srv_revoked(struct srv *s, const char *eid, const char *device,
+		const char *jti, int64_t iat);
+int srv_revocations_json(struct srv *s, struct bm_buf *out);
+/* Stream name of a user. */
+void srv_stream_name(const char *eid, char *out, size_t cap);
+
+/* link.c */
+int srv_link_open(struct srv *s);
+void srv_link_close(struct srv *s);
+/* Send a MessageScheme to one device session; offset 0 = not stored. */
+int srv_push(struct srv *s, struct srv_dev *d, bimip_MessageScheme *m, int64_t offset);
+int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
+		 int64_t offset);
+/* Reply to the session a stanza came from. */
+int srv_reply(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
+	      bimip_MessageScheme *m);
+void srv_reply_error(struct srv *s, const uint8_t *rid, size_t rid_len,
+		     uint64_t session, int code, int64_t route, const char *fmt, ...)
+	__attribute__((format(printf, 7, 8)));
+int srv_kick(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
+	     int code, const char *reason);
+void srv_broadcast(struct srv *s, int kind, const void *body, size_t n);
+struct srv_dev *srv_dev_find(struct srv_user *u, const char *device);
+
+/* routes.c */
+struct srv_req {
+	const uint8_t *rid;
+	size_t rid_len;
+	uint64_t session;
+	struct srv_user *user;           /* the authenticated sender */
+	struct srv_dev *dev;             /* may be NULL if not open */
+	const char *device;
+	bimip_MessageScheme *m;
+};
+void srv_route(struct srv *s, struct srv_req *r);
+void srv_awareness_changed(struct srv *s, struct srv_user *u);
+
+/* pump.c */
+void srv_pump(struct srv *s, struct srv_dev *d);
+void srv_pump_user(struct srv *s, struct srv_user *u);
+/* Append a record to a user stream; cb when durable. */
+int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
+		      const char *origin_dev, bimip_MessageScheme *m,
+		      uint64_t *offset, srv_done_fn *cb, void *ud);
+
+/* admin.c */
+int srv_admin_open(struct srv *s);
+void srv_admin_close(struct srv *s);
+int srv_token_issue(struct srv *s, const char *eid, const char *device,
+		    int64_t ttl_s, struct bm_buf *out, struct bm_jwt_claims *c);
+int srv_revoke(struct srv *s, const char *eid, const char *device,
+	       const char *jti, int64_t exp, srv_done_fn *cb, void *ud);
+
+#endif

@@ -1,0 +1,435 @@
+/*
+ * state.c - the server's durable state: users, contacts, blocks, chats,
+ * idempotency of resends, revocations, last seen.
+ *
+ * Every change is one JSON record appended to the "__state" stream of the
+ * queue, applied in memory at once, and acknowledged to the client when the
+ * record is durable.  At start the stream is replayed from its first record.
+ * Record types (member "t"):
+ *
+ *   {"t":"sub",    "o":owner, "s":subscriber}      add a subscriber
+ *   {"t":"unsub",  "o":owner, "s":subscriber}      remove one
+ *   {"t":"block",  "o":owner, "s":eid}             block eid
+ *   {"t":"unblock","o":owner, "s":eid}
+ *   {"t":"msg", "c":chat, "a":eid, "b":eid, "v":version,
+ *               "e":sender, "d":device, "l":message_id_local}
+ *   {"t":"seen", "e":eid, "ts":ms, "st":status, "lat":x, "lon":y, "in":n}
+ *   {"t":"rvk",  "e":eid, "d":device, "j":jti, "exp":s, "bf":s}
+ *      j set: that token id is revoked until exp;  otherwise every token of
+ *      eid (and device, when set) issued at or before bf is revoked.
+ *
+ * Unknown record types are skipped with a warning, so an older server can
+ * start on a newer data directory's state it does not understand.
+ */
+#include "srv.h"
+
+#include "bm_err.h"
+#include "bm_log.h"
+#include "bm_queue.h"
+#include "bm_time.h"
+
+#include <jansson.h>
+#include <stddef.h>
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STATE_STREAM "__state"
+
+void srv_stream_name(const char *eid, char *out, size_t cap)
+{
+	snprintf(out, cap, "u:%s", eid);
+}
+
+static void user_free(struct srv_user *u)
+{
+	bm_map_release(&u->subscribers);
+	bm_map_release(&u->blocked);
+	free(u);
+}
+
+struct srv_user *srv_user_get(struct srv *s, const char *eid, int create)
+{
+	struct srv_user *u = bm_map_get(&s->users, eid);
+	char name[SRV_EID_MAX + 8];
+
+	if (u || !create || !*eid || strlen(eid) > SRV_EID_MAX)
+		return u;
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		return NULL;
+	snprintf(u->eid, sizeof(u->eid), "%s", eid);
+	bm_map_init(&u->subscribers);
+	bm_map_init(&u->blocked);
+	u->status = 2;  /* offline */
+	srv_stream_name(eid, name, sizeof(name));
+	/* What is in the log after recovery is durable. */
+	if (bm_queue_stream_head(s->q, name, &u->durable, NULL))
+		u->durable = 0;
+	if (bm_map_put(&s->users, eid, u, NULL)) {
+		user_free(u);
+		return NULL;
+	}
+	return u;
+}
+
+void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1])
+{
+	unsigned char h[32];
+	mbedtls_sha256_context c;
+	const char *lo = strcmp(a, b) < 0 ? a : b, *hi = lo == a ? b : a;
+
+	mbedtls_sha256_init(&c);
+	mbedtls_sha256_starts_ret(&c, 0);
+	mbedtls_sha256_update_ret(&c, (const unsigned char *)lo, strlen(lo));
+	mbedtls_sha256_update_ret(&c, (const unsigned char *)"\n", 1);
+	mbedtls_sha256_update_ret(&c, (const unsigned char *)hi, strlen(hi));
+	mbedtls_sha256_finish_ret(&c, h);
+	mbedtls_sha256_free(&c);
+	for (int i = 0; i < SRV_CHAT_ID_LEN / 2; i++)
+		sprintf(out + 2 * i, "%02x", h[i]);
+	out[SRV_CHAT_ID_LEN] = 0;
+}
+
+struct srv_chat *srv_chat_find(struct srv *s, const char *chat_id)
+{
+	return bm_map_get(&s->chats, chat_id);
+}
+
+struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int create)
+{
+	char id[SRV_CHAT_ID_LEN + 1];
+	struct srv_chat *c;
+
+	srv_chat_id(a, b, id);
+	c = bm_map_get(&s->chats, id);
+	if (c || !create)
+		return c;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	memcpy(c->id, id, sizeof(id));
+	snprintf(c->a, sizeof(c->a), "%s", strcmp(a, b) < 0 ? a : b);
+	snprintf(c->b, sizeof(c->b), "%s", strcmp(a, b) < 0 ? b : a);
+	if (bm_map_put(&s->chats, id, c, NULL)) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void idem_key(char *out, size_t cap, const char *eid, const char *dev,
+		     const char *local)
+{
+	snprintf(out, cap, "%s\x1f%s\x1f%s", eid, dev, local);
+}
+
+struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
+			       const char *local)
+{
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+
+	idem_key(key, sizeof(key), eid, dev, local);
+	return bm_map_get(&s->idem, key);
+}
+
+struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
+			      const char *local, const char *chat_id, int64_t version)
+{
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+	struct srv_idem *e;
+	size_t cap = (size_t)s->cfg.idem_max, slot;
+
+	idem_key(key, sizeof(key), eid, dev, local);
+	e = calloc(1, sizeof(*e) + strlen(key) + 1);
+	if (!e)
+		return NULL;
+	strcpy(e->key, key);
+	snprintf(e->chat_id, sizeof(e->chat_id), "%s", chat_id);
+	e->version = version;
+	/* Bounded memory: the oldest remembered resend key is forgotten. */
+	if (s->idem_count == cap) {
+		slot = s->idem_head;
+		free(bm_map_del(&s->idem, s->idem_ring[slot]));
+		s->idem_ring[slot] = NULL;
+		s->idem_head = (s->idem_head + 1) % cap;
+		s->idem_count--;
+	}
+	if (bm_map_put(&s->idem, key, e, NULL)) {
+		free(e);
+		return NULL;
+	}
+	slot = (s->idem_head + s->idem_count) % cap;
+	s->idem_ring[slot] = e->key;
+	s->idem_count++;
+	return e;
+}
+
+/* --- revocations ----------------------------------------------------------- */
+
+static void before_key(char *out, size_t cap, const char *eid, const char *dev)
+{
+	if (dev && *dev)
+		snprintf(out, cap, "%s\x1f%s", eid, dev);
+	else
+		snprintf(out, cap, "%s", eid);
+}
+
+int srv_revoked(struct srv *s, const char *eid, const char *device,
+		const char *jti, int64_t iat)
+{
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 4];
+	void *v;
+
+	if (jti && *jti && bm_map_get(&s->revoked_jti, jti))
+		return 1;
+	before_key(key, sizeof(key), eid, NULL);
+	v = bm_map_get(&s->revoked_before, key);
+	if (v && iat <= (int64_t)(intptr_t)v)
+		return 1;
+	before_key(key, sizeof(key), eid, device);
+	v = bm_map_get(&s->revoked_before, key);
+	return v && iat <= (int64_t)(intptr_t)v;
+}
+
+int srv_revocations_json(struct srv *s, struct bm_buf *out)
+{
+	json_t *root = json_object(), *j = json_object(), *b = json_object();
+	const char *k;
+	void *v;
+	char *txt;
+	int rc;
+
+	for (size_t it = 0; bm_map_next(&s->revoked_jti, &it, &k, &v);)
+		json_object_set_new(j, k, json_integer((json_int_t)(intptr_t)v));
+	for (size_t it = 0; bm_map_next(&s->revoked_before, &it, &k, &v);)
+		json_object_set_new(b, k, json_integer((json_int_t)(intptr_t)v));
+	json_object_set_new(root, "jti", j);
+	json_object_set_new(root, "before", b);
+	txt = json_dumps(root, JSON_COMPACT);
+	json_decref(root);
+	if (!txt)
+		return BM_ENOMEM;
+	rc = bm_buf_adds(out, txt);
+	free(txt);
+	return rc;
+}
+
+/* --- applying records -------------------------------------------------------- */
+
+static const char *str(json_t *o, const char *k)
+{
+	const char *v = json_string_value(json_object_get(o, k));
+	return v ? v : "";
+}
+
+static int64_t num(json_t *o, const char *k)
+{
+	return (int64_t)json_integer_value(json_object_get(o, k));
+}
+
+static int set_flag(struct bm_map *m, const char *k, int on)
+{
+	if (!on) {
+		bm_map_del(m, k);
+		return 0;
+	}
+	return bm_map_put(m, k, (void *)1, NULL);
+}
+
+static const struct {
+	const char *type;
+	size_t map;     /* which set of the user */
+	int on;
+} flag_records[] = {
+	{ "sub", offsetof(struct srv_user, subscribers), 1 },
+	{ "unsub", offsetof(struct srv_user, subscribers), 0 },
+	{ "block", offsetof(struct srv_user, blocked), 1 },
+	{ "unblock", offsetof(struct srv_user, blocked), 0 },
+};
+
+int srv_state_apply(struct srv *s, void *obj)
+{
+	json_t *o = obj;
+	const char *t = str(o, "t");
+	struct srv_user *u;
+
+	for (size_t i = 0; i < sizeof(flag_records) / sizeof(flag_records[0]); i++) {
+		if (strcmp(t, flag_records[i].type))
+			continue;
+		u = srv_user_get(s, str(o, "o"), 1);
+		if (!u || !*str(o, "s"))
+			return BM_EINVAL;
+		return set_flag((struct bm_map *)((char *)u + flag_records[i].map),
+				str(o, "s"), flag_records[i].on);
+	}
+	if (!strcmp(t, "msg")) {
+		struct srv_chat *c = srv_chat_get(s, str(o, "a"), str(o, "b"), 1);
+		int64_t v = num(o, "v");
+		struct srv_idem *e;
+
+		if (!c)
+			return BM_ENOMEM;
+		if (v > c->version)
+			c->version = v;
+		if (*str(o, "l")) {
+			e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
+			if (!e)
+				e = srv_idem_add(s, str(o, "e"), str(o, "d"), str(o, "l"),
+						 c->id, v);
+			if (e && s->replaying)
+				e->durable = 1;
+		}
+		return 0;
+	}
+	if (!strcmp(t, "seen")) {
+		u = srv_user_get(s, str(o, "e"), 1);
+		if (!u)
+			return BM_ENOMEM;
+		u->last_seen = num(o, "ts");
+		u->intention = (int32_t)num(o, "in");
+		u->lat = json_number_value(json_object_get(o, "lat"));
+		u->lon = json_number_value(json_object_get(o, "lon"));
+		return 0;
+	}
+	if (!strcmp(t, "rvk")) {
+		char key[SRV_EID_MAX + SRV_DEV_MAX + 4];
+		const char *j = str(o, "j");
+
+		if (*j)
+			return bm_map_put(&s->revoked_jti, j,
+					  (void *)(intptr_t)(num(o, "exp") ? num(o, "exp") : 1),
+					  NULL);
+		before_key(key, sizeof(key), str(o, "e"), str(o, "d"));
+		return bm_map_put(&s->revoked_before, key, (void *)(intptr_t)num(o, "bf"),
+				  NULL);
+	}
+	bm_warn("state", "skipping state record of unknown type '%s'", t);
+	return 0;
+}
+
+struct log_ctx {
+	srv_done_fn *cb;
+	void *ud;
+};
+
+static void on_logged(void *ud, int status, uint64_t offset)
+{
+	struct log_ctx *c = ud;
+
+	if (status)
+		bm_err("state", "state record at offset %llu not durable: %s",
+		       (unsigned long long)offset, bm_strerror(status));
+	if (c->cb)
+		c->cb(c->ud, status, offset);
+	free(c);
+}
+
+int srv_state_log(struct srv *s, void *obj, srv_done_fn *cb, void *ud)
+{
+	json_t *o = obj;
+	char *txt = json_dumps(o, JSON_COMPACT);
+	struct log_ctx *c = malloc(sizeof(*c));
+	int rc;
+
+	if (!txt || !c) {
+		rc = BM_ENOMEM;
+		goto out;
+	}
+	c->cb = cb;
+	c->ud = ud;
+	rc = bm_queue_append(s->q, STATE_STREAM, txt, strlen(txt), NULL, on_logged, c);
+	if (rc)
+		goto out;
+	c = NULL;
+	rc = srv_state_apply(s, o);
+out:
+	free(c);
+	free(txt);
+	json_decref(o);
+	return rc;
+}
+
+/* --- start-up ---------------------------------------------------------------- */
+
+struct replay {
+	struct srv *s;
+	uint64_t last;
+	uint64_t count;
+	int err;
+};
+
+static int on_state_record(void *ud, const struct bm_queue_meta *meta,
+			   const void *data, int status)
+{
+	struct replay *r = ud;
+	json_error_t jerr;
+	json_t *o;
+
+	r->last = meta->offset;
+	if (status)
+		return 0;  /* destroyed record: nothing to apply */
+	o = json_loadb(data, meta->len, 0, &jerr);
+	if (!o) {
+		bm_err("state", "state record %llu is not JSON: %s",
+		       (unsigned long long)meta->offset, jerr.text);
+		r->err = BM_ECORRUPT;
+		return 1;
+	}
+	srv_state_apply(r->s, o);
+	json_decref(o);
+	r->count++;
+	return 0;
+}
+
+int srv_state_open(struct srv *s)
+{
+	struct replay r = { .s = s };
+	uint64_t t0 = bm_mono_ms();
+	int n;
+
+	bm_map_init(&s->users);
+	bm_map_init(&s->chats);
+	bm_map_init(&s->idem);
+	bm_map_init(&s->revoked_jti);
+	bm_map_init(&s->revoked_before);
+	bm_map_init(&s->signals);
+	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
+	if (!s->idem_ring)
+		return BM_ENOMEM;
+	s->replaying = 1;
+	do {
+		n = bm_queue_scan(s->q, STATE_STREAM, r.last, 65536, on_state_record, &r);
+	} while (n > 0 && !r.err);
+	s->replaying = 0;
+	if (r.err)
+		return r.err;
+	if (n < 0 && n != BM_ENOENT)
+		return n;
+	bm_info("state", "replayed %llu state records in %llu ms: %zu users, %zu chats",
+		(unsigned long long)r.count, (unsigned long long)(bm_mono_ms() - t0),
+		s->users.count, s->chats.count);
+	return 0;
+}
+
+void srv_state_close(struct srv *s)
+{
+	const char *k;
+	void *v;
+
+	for (size_t it = 0; bm_map_next(&s->users, &it, &k, &v);)
+		user_free(v);
+	for (size_t it = 0; bm_map_next(&s->chats, &it, &k, &v);)
+		free(v);
+	for (size_t it = 0; bm_map_next(&s->idem, &it, &k, &v);)
+		free(v);
+	bm_map_release(&s->users);
+	bm_map_release(&s->chats);
+	bm_map_release(&s->idem);
+	bm_map_release(&s->revoked_jti);
+	bm_map_release(&s->revoked_before);
+	bm_map_release(&s->signals);
+	free(s->idem_ring);
+	s->idem_ring = NULL;
+}
