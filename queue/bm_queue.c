@@ -1917,16 +1917,15 @@ static int replay(struct bm_queue *q, uint64_t start, uint64_t end)
 		r.size = sg->end - sg->base;
 		r.len = 0;
 		off = start > sg->base ? start - sg->base : 0;
-		while (sg->base + off < end) {
+		while (off < r.size && sg->base + off < end) {
 			uint64_t pos = sg->base + off;
 			struct rec_hdr h;
 			struct stream *s;
 			const uint8_t *pl;
 			int err;
 
-			rdr_record(&r, off, &h, &pl, &err);
-			if (err) {
-				rc = err;
+			if (rdr_record(&r, off, &h, &pl, &err) == REC_END) {
+				rc = err ? err : corrupt_at(q, pos, "record changed during recovery");
 				goto out;
 			}
 			q->st.recovered_bytes += HDR + h.len;
@@ -1948,6 +1947,10 @@ static int replay(struct bm_queue *q, uint64_t start, uint64_t end)
 			case REC_DATA:
 				if (!s || h.offset != s->head + 1 ||
 				    h.prev != (s->head ? s->last_pos : NONE)) {
+					bm_debug(C, "stream %" PRIu64 " offset %" PRIu64
+						 " prev %" PRIu64 "; expected offset %" PRIu64
+						 " prev %" PRIu64, h.stream, h.offset, h.prev,
+						 s ? s->head + 1 : 0, s ? s->last_pos : 0);
 					rc = corrupt_at(q, pos, "record out of sequence");
 					goto out;
 				}

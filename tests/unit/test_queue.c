@@ -1,0 +1,793 @@
+/*
+ * test_queue.c - BimipQueue: API, persistence, rotation, retention, device
+ * offsets, secure erase, and damage on disk (torn tails at every byte,
+ * flipped bytes, missing and truncated files) ending in a clear error.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "bm_crc32c.h"
+#include "bm_err.h"
+#include "bm_log.h"
+#include "bm_queue.h"
+#include "bm_time.h"
+#include "tests/support/queue_testutil.h"
+
+struct fx {
+	char *dir;
+	char *dir2;
+	struct bm_queue_opts o;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	f->dir = qt_tempdir("bmq");
+	assert_non_null(f->dir);
+	if (asprintf(&f->dir2, "%s.copy", f->dir) == -1)
+		return -1;
+	bm_queue_opts_default(&f->o);
+	bm_log_set_level(getenv("BIMIP_TEST_VERBOSE") ? BM_LOG_DEBUG : (enum bm_log_level)-1);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	qt_rmtree(f->dir);
+	qt_rmtree(f->dir2);
+	free(f->dir);
+	free(f->dir2);
+	free(f);
+	bm_time_set_fake(NULL, NULL);
+	return 0;
+}
+
+/* --- helpers ------------------------------------------------------------ */
+
+static int done_count;
+static uint64_t done_last;
+static int done_order_ok = 1;
+static int done_status;
+
+static void on_done(void *ud, int status, uint64_t offset)
+{
+	uint64_t seq = (uint64_t)(uintptr_t)ud;
+
+	if (seq != done_last + 1)
+		done_order_ok = 0;
+	done_last = seq;
+	done_count++;
+	if (status)
+		done_status = status;
+}
+
+static void reset_done(void)
+{
+	done_count = 0;
+	done_last = 0;
+	done_order_ok = 1;
+	done_status = 0;
+}
+
+/* Waits (bounded) on the event fd until n completions ran. */
+static void wait_done(struct bm_queue *q, int n)
+{
+	for (int i = 0; i < 5000 && done_count < n; i++) {
+		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
+		poll(&p, 1, 10);
+		bm_queue_poll(q);
+	}
+	assert_int_equal(done_count, n);
+}
+
+static void put(struct bm_queue *q, unsigned si, uint64_t want_off)
+{
+	char name[32];
+	uint8_t buf[1024];
+	size_t n = qt_payload_len(si, want_off);
+	uint64_t off = 0;
+
+	snprintf(name, sizeof(name), "user-%u", si);
+	qt_payload(buf, n, si, want_off);
+	assert_int_equal(bm_queue_append(q, name, buf, n, &off, NULL, NULL), 0);
+	assert_int_equal(off, want_off);
+}
+
+static void check(struct bm_queue *q, unsigned si, uint64_t off)
+{
+	char name[32];
+	uint8_t want[1024];
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_queue_meta m;
+	size_t n = qt_payload_len(si, off);
+
+	snprintf(name, sizeof(name), "user-%u", si);
+	qt_payload(want, n, si, off);
+	assert_int_equal(bm_queue_read(q, name, off, &b, &m), 0);
+	assert_int_equal(m.offset, off);
+	assert_int_equal(m.len, n);
+	assert_int_equal(b.len, n);
+	assert_memory_equal(b.data, want, n);
+	bm_buf_release(&b);
+}
+
+static uint64_t head_of(struct bm_queue *q, unsigned si)
+{
+	char name[32];
+	uint64_t h = 0;
+
+	snprintf(name, sizeof(name), "user-%u", si);
+	if (bm_queue_stream_head(q, name, &h, NULL))
+		return 0;
+	return h;
+}
+
+static void fill(struct bm_queue *q, unsigned streams, uint64_t per)
+{
+	for (uint64_t o = 1; o <= per; o++)
+		for (unsigned s = 0; s < streams; s++)
+			put(q, s, o);
+}
+
+static void check_all(struct bm_queue *q, unsigned streams, uint64_t per)
+{
+	for (unsigned s = 0; s < streams; s++) {
+		assert_int_equal(head_of(q, s), per);
+		for (uint64_t o = 1; o <= per; o++)
+			check(q, s, o);
+	}
+}
+
+/* --- tests -------------------------------------------------------------- */
+
+static void test_crc32c(void **state)
+{
+	uint8_t buf[1000];
+
+	assert_int_equal(bm_crc32c(0, "123456789", 9), 0xE3069283u);
+	assert_int_equal(bm_crc32c_sw(0, "123456789", 9), 0xE3069283u);
+	qt_payload(buf, sizeof(buf), 1, 2);
+	for (size_t i = 0; i < 40; i++)
+		assert_int_equal(bm_crc32c(0, buf + i, sizeof(buf) - 2 * i),
+				 bm_crc32c_sw(0, buf + i, sizeof(buf) - 2 * i));
+	assert_int_equal(bm_crc32c(bm_crc32c(0, buf, 10), buf + 10, 90),
+			 bm_crc32c(0, buf, 100));
+}
+
+static void test_basic(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	uint64_t off, head, first;
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 5, 200);
+	check_all(q, 5, 200);
+	assert_int_equal(bm_queue_stream_head(q, "user-0", &head, &first), 0);
+	assert_int_equal(head, 200);
+	assert_int_equal(first, 1);
+	assert_int_equal(bm_queue_stream_head(q, "nobody", &head, NULL), BM_ENOENT);
+	/* Errors. */
+	{
+		struct bm_buf b = BM_BUF_INIT;
+		char longname[300];
+		memset(longname, 'a', sizeof(longname) - 1);
+		longname[sizeof(longname) - 1] = 0;
+		assert_int_equal(bm_queue_read(q, "user-0", 0, &b, NULL), BM_ERANGE);
+		assert_int_equal(bm_queue_read(q, "user-0", 201, &b, NULL), BM_ERANGE);
+		assert_int_equal(bm_queue_read(q, "nobody", 1, &b, NULL), BM_ENOENT);
+		assert_int_equal(bm_queue_append(q, "", "x", 1, &off, NULL, NULL), BM_EINVAL);
+		assert_int_equal(bm_queue_append(q, longname, "x", 1, &off, NULL, NULL), BM_EINVAL);
+		assert_int_equal(bm_queue_append(q, "a", longname, f->o.max_record + 1, &off,
+						 NULL, NULL), BM_ETOOBIG);
+		/* A bounded output buffer is respected. */
+		bm_buf_init(&b, 4);
+		assert_int_equal(bm_queue_read(q, "user-0", 3, &b, NULL), BM_ETOOBIG);
+		bm_buf_release(&b);
+	}
+	/* Empty payloads are fine. */
+	assert_int_equal(bm_queue_append(q, "empty", NULL, 0, &off, NULL, NULL), 0);
+	assert_int_equal(off, 1);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	/* Reopen: everything is there and offsets continue. */
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	check_all(q, 5, 200);
+	put(q, 0, 201);
+	check(q, 0, 201);
+	{
+		struct bm_queue *q2;
+		assert_int_equal(bm_queue_open(&q2, f->dir, &f->o), BM_ESTATE);
+	}
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+struct scan_ctx {
+	uint64_t next;
+	unsigned si;
+	int count;
+	int destroyed;
+	int stop_after;
+};
+
+static int on_rec(void *ud, const struct bm_queue_meta *m, const void *data, int status)
+{
+	struct scan_ctx *c = ud;
+	uint8_t want[1024];
+	size_t n = qt_payload_len(c->si, m->offset);
+
+	assert_int_equal(m->offset, c->next);
+	c->next++;
+	c->count++;
+	if (status == BM_EDESTROYED) {
+		assert_null(data);
+		c->destroyed++;
+	} else {
+		assert_int_equal(status, 0);
+		qt_payload(want, n, c->si, m->offset);
+		assert_int_equal(m->len, n);
+		assert_memory_equal(data, want, n);
+	}
+	return c->stop_after && c->count >= c->stop_after;
+}
+
+static void test_scan(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct scan_ctx c;
+
+	f->o.segment_bytes = 8192;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 3, 300);
+	for (uint64_t after = 0; after <= 300; after += 37) {
+		memset(&c, 0, sizeof(c));
+		c.si = 1;
+		c.next = after + 1;
+		assert_int_equal(bm_queue_scan(q, "user-1", after, 100, on_rec, &c),
+				 after + 100 <= 300 ? 100 : (int)(300 - after));
+	}
+	memset(&c, 0, sizeof(c));
+	c.si = 2;
+	c.next = 11;
+	c.stop_after = 5;
+	assert_int_equal(bm_queue_scan(q, "user-2", 10, 100, on_rec, &c), 5);
+	assert_int_equal(bm_queue_scan(q, "user-2", 300, 100, on_rec, &c), 0);
+	assert_int_equal(bm_queue_scan(q, "user-2", 0, 70000, on_rec, &c), BM_EINVAL);
+	assert_int_equal(bm_queue_scan(q, "nobody", 0, 10, on_rec, &c), BM_ENOENT);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+static int on_stream(void *ud, const char *name, uint64_t head, uint64_t first)
+{
+	int *n = ud;
+
+	assert_int_equal(strncmp(name, "user-", 5), 0);
+	assert_int_equal(head, 10);
+	(*n)++;
+	return 0;
+}
+
+static void test_streams_and_offsets(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	uint64_t off;
+	int n = 0;
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 50, 10);
+	assert_int_equal(bm_queue_streams(q, on_stream, &n), 50);
+	assert_int_equal(n, 50);
+	assert_int_equal(bm_queue_committed_offset(q, "user-3", "phone", &off), BM_ENOENT);
+	assert_int_equal(bm_queue_commit_offset(q, "user-3", "phone", 4, NULL, NULL), 0);
+	assert_int_equal(bm_queue_commit_offset(q, "user-3", "laptop", 9, NULL, NULL), 0);
+	assert_int_equal(bm_queue_commit_offset(q, "user-3", "phone", 7, NULL, NULL), 0);
+	assert_int_equal(bm_queue_commit_offset(q, "user-3", "phone", 11, NULL, NULL), BM_ERANGE);
+	assert_int_equal(bm_queue_commit_offset(q, "nobody", "phone", 1, NULL, NULL), BM_ENOENT);
+	assert_int_equal(bm_queue_committed_offset(q, "user-3", "phone", &off), 0);
+	assert_int_equal(off, 7);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	/* From the checkpoint. */
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_committed_offset(q, "user-3", "phone", &off), 0);
+	assert_int_equal(off, 7);
+	assert_int_equal(bm_queue_committed_offset(q, "user-3", "laptop", &off), 0);
+	assert_int_equal(off, 9);
+	/* From the log tail (a crash snapshot after sync). */
+	assert_int_equal(bm_queue_commit_offset(q, "user-3", "phone", 8, NULL, NULL), 0);
+	assert_int_equal(bm_queue_commit_offset(q, "user-4", "tab", 2, NULL, NULL), 0);
+	assert_int_equal(bm_queue_sync(q), 0);
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	assert_int_equal(bm_queue_committed_offset(q, "user-3", "phone", &off), 0);
+	assert_int_equal(off, 8);
+	assert_int_equal(bm_queue_committed_offset(q, "user-4", "tab", &off), 0);
+	assert_int_equal(off, 2);
+	check_all(q, 50, 10);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+static void run_policy(struct fx *f, enum bm_queue_sync pol)
+{
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	uint64_t off;
+
+	f->o.sync = pol;
+	reset_done();
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	for (uintptr_t i = 1; i <= 500; i++)
+		assert_int_equal(bm_queue_append(q, i % 2 ? "a" : "b", "hello", 5, &off,
+						 on_done, (void *)i), 0);
+	wait_done(q, 500);
+	assert_true(done_order_ok);
+	assert_int_equal(done_status, 0);
+	bm_queue_stats(q, &st);
+	assert_true(st.durable_pos == st.appended_pos);
+	if (pol == BM_QUEUE_SYNC_GROUP)
+		assert_true(st.syncs < 500);
+	/* A commit's completion too, and close runs what is left. */
+	assert_int_equal(bm_queue_commit_offset(q, "a", "d", 3, on_done, (void *)501), 0);
+	assert_int_equal(bm_queue_append(q, "a", "x", 1, &off, on_done, (void *)502), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(done_count, 502);
+	assert_true(done_order_ok);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_stream_head(q, "a", &off, NULL), 0);
+	assert_int_equal(off, 251);
+	assert_int_equal(bm_queue_close(q), 0);
+	qt_rmtree(f->dir);
+}
+
+static void test_policies(void **state)
+{
+	struct fx *f = *state;
+
+	run_policy(f, BM_QUEUE_SYNC_GROUP);
+	run_policy(f, BM_QUEUE_SYNC_ALWAYS);
+	run_policy(f, BM_QUEUE_SYNC_NONE);
+	{
+		enum bm_queue_sync s;
+		assert_int_equal(bm_queue_sync_parse("group", &s), 0);
+		assert_int_equal(s, BM_QUEUE_SYNC_GROUP);
+		assert_int_equal(bm_queue_sync_parse("fast", &s), BM_EINVAL);
+		assert_string_equal(bm_queue_sync_name(BM_QUEUE_SYNC_NONE), "none");
+	}
+}
+
+static void test_rotation_and_size_retention(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	struct bm_buf b = BM_BUF_INIT;
+	uint64_t head, first, first2;
+	struct scan_ctx c;
+	int deleted;
+
+	f->o.segment_bytes = 16384;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 4, 300);
+	bm_queue_stats(q, &st);
+	assert_true(st.segments > 10);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	f->o.retention_bytes = 64 * 1024;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	check_all(q, 4, 300);
+	deleted = bm_queue_retain(q);
+	assert_true(deleted > 0);
+	bm_queue_stats(q, &st);
+	assert_true(st.log_bytes <= 64 * 1024 + 16384);
+	assert_int_equal(bm_queue_stream_head(q, "user-1", &head, &first), 0);
+	assert_int_equal(head, 300);
+	assert_true(first > 1 && first <= 300);
+	assert_int_equal(bm_queue_read(q, "user-1", first - 1, &b, NULL), BM_ENOENT);
+	for (uint64_t o = first; o <= 300; o++)
+		check(q, 1, o);
+	memset(&c, 0, sizeof(c));
+	c.si = 1;
+	c.next = first;
+	assert_int_equal(bm_queue_scan(q, "user-1", 0, 1000, on_rec, &c), (int)(300 - first + 1));
+	put(q, 1, 301);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_stream_head(q, "user-1", &head, &first2), 0);
+	assert_int_equal(head, 301);
+	assert_true(first2 >= first);
+	for (uint64_t o = first2; o <= 301; o++)
+		check(q, 1, o);
+	assert_int_equal(bm_queue_close(q), 0);
+	bm_buf_release(&b);
+}
+
+static void test_age_retention(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	int64_t wall = 1000000000;
+	uint64_t head, first;
+
+	bm_time_set_fake(NULL, &wall);
+	f->o.segment_ms = 60 * 1000;
+	f->o.retention_ms = 3600 * 1000;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 2, 10);             /* old segment */
+	wall += 120 * 1000;         /* the next append rotates by age */
+	put(q, 0, 11);
+	assert_int_equal(bm_queue_retain(q), 0);
+	wall += 3600 * 1000;        /* the first segment is now too old */
+	put(q, 0, 12);
+	assert_int_equal(bm_queue_retain(q), 1);
+	assert_int_equal(bm_queue_stream_head(q, "user-0", &head, &first), 0);
+	assert_int_equal(head, 12);
+	assert_int_equal(first, 11);
+	/* Stream 1 lost every record but keeps its head. */
+	assert_int_equal(bm_queue_stream_head(q, "user-1", &head, &first), 0);
+	assert_int_equal(head, 10);
+	assert_int_equal(first, 11);
+	put(q, 1, 11);
+	check(q, 1, 11);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	check(q, 1, 11);
+	check(q, 0, 12);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+static int file_contains(const char *path, const void *needle, size_t n)
+{
+	static uint8_t buf[1 << 20];
+	int fd = open(path, O_RDONLY);
+	ssize_t len = read(fd, buf, sizeof(buf));
+
+	close(fd);
+	for (ssize_t i = 0; i + (ssize_t)n <= len; i++)
+		if (!memcmp(buf + i, needle, n))
+			return 1;
+	return 0;
+}
+
+static void test_destroy(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_queue_meta m;
+	struct scan_ctx c;
+	char seg[4096];
+	static const char secret[] = "the launch code is 0000";
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 2, 100);
+	assert_int_equal(bm_queue_append(q, "user-0", secret, sizeof(secret), NULL, NULL, NULL), 0);
+	fill(q, 0, 0);
+	for (uint64_t o = 102; o <= 130; o++)
+		put(q, 0, o);
+	assert_int_equal(bm_queue_destroy(q, "user-0", 101), 0);
+	assert_int_equal(bm_queue_destroy(q, "user-0", 101), 0);   /* idempotent */
+	assert_int_equal(bm_queue_destroy(q, "user-0", 5), 0);
+	assert_int_equal(bm_queue_destroy(q, "user-0", 500), BM_ERANGE);
+	assert_int_equal(bm_queue_read(q, "user-0", 101, &b, &m), BM_EDESTROYED);
+	assert_int_equal(m.offset, 101);
+	check(q, 0, 100);
+	check(q, 0, 102);
+	memset(&c, 0, sizeof(c));
+	c.si = 0;
+	c.next = 1;
+	/* scan reports destroyed records; skip the content check for 101. */
+	assert_int_equal(bm_queue_scan(q, "user-0", 0, 100, on_rec, &c), 100);
+	assert_int_equal(c.destroyed, 1);
+	assert_int_equal(qt_segment(f->dir, 0, seg, sizeof(seg)), 1);
+	assert_false(file_contains(seg, secret, sizeof(secret) - 1));
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_read(q, "user-0", 101, &b, NULL), BM_EDESTROYED);
+	assert_int_equal(bm_queue_read(q, "user-0", 5, &b, NULL), BM_EDESTROYED);
+	check(q, 0, 130);
+	assert_int_equal(bm_queue_close(q), 0);
+	bm_buf_release(&b);
+}
+
+/* A torn secure erase: the tombstone is durable, the overwrite only half
+ * done.  Recovery must finish it, not truncate the log there. */
+static void test_destroy_torn(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_buf b = BM_BUF_INIT;
+	char seg[4096];
+	long long size;
+	int fd;
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_checkpoint(q), 0);
+	fill(q, 1, 20);
+	assert_int_equal(bm_queue_destroy(q, "user-0", 10), 0);
+	put(q, 0, 21);
+	assert_int_equal(bm_queue_sync(q), 0);
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	/* In the copy, un-mark the erase and put garbage in the payload. */
+	assert_int_equal(qt_segment(f->dir2, 0, seg, sizeof(seg)), 1);
+	size = qt_filesize(seg);
+	assert_true(size > 0);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	assert_int_equal(bm_queue_read(q, "user-0", 10, &b, NULL), BM_EDESTROYED);
+	assert_int_equal(bm_queue_close(q), 0);
+	{
+		/* Find record 10 by scanning for the erased marker. */
+		uint8_t *buf = malloc((size_t)size);
+		uint32_t mark = 0x54534544u, zero = 0;
+		fd = open(seg, O_RDWR);
+		assert_int_equal(read(fd, buf, (size_t)size), size);
+		for (long long i = 0; i + 4 <= size; i++) {
+			if (!memcmp(buf + i, &mark, 4)) {
+				assert_int_equal(pwrite(fd, &zero, 4, i), 4);
+				assert_int_equal(pwrite(fd, "junk", 4, i + 4), 4);
+				break;
+			}
+		}
+		close(fd);
+		free(buf);
+	}
+	/* Remove the checkpoint so the tombstone is in the replayed tail. */
+	{
+		char ck[4096];
+		snprintf(ck, sizeof(ck), "%s/checkpoint", f->dir2);
+		unlink(ck);
+	}
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	assert_int_equal(bm_queue_read(q, "user-0", 10, &b, NULL), BM_EDESTROYED);
+	check(q, 0, 21);
+	check(q, 0, 11);
+	assert_int_equal(bm_queue_close(q), 0);
+	bm_buf_release(&b);
+}
+
+/* Truncate the tail at every byte of the last records: recovery keeps the
+ * complete records before, drops the torn one, and the log accepts appends. */
+static void test_torn_tail_every_byte(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	char seg[4096], snap[4096];
+	long long full, cut_from;
+	uint64_t per = 30;
+
+	f->o.sync = BM_QUEUE_SYNC_NONE;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 2, per - 2);
+	assert_int_equal(bm_queue_checkpoint(q), 0);   /* the tail starts here */
+	put(q, 0, per - 1);
+	put(q, 1, per - 1);
+	put(q, 0, per);
+	assert_int_equal(bm_queue_sync(q), 0);
+	snprintf(snap, sizeof(snap), "%s.snap", f->dir);
+	assert_int_equal(qt_copydir(f->dir, snap), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(qt_segment(snap, 0, seg, sizeof(seg)), 1);
+	full = qt_filesize(seg);
+	/* The last two records: user-1 (per-1), user-0 (per). */
+	cut_from = full - 2 * 56 - (long long)qt_payload_len(0, per) -
+		   (long long)qt_payload_len(1, per - 1);
+	for (long long cut = cut_from; cut <= full; cut++) {
+		char path[4096];
+		uint64_t want0 = cut == full ? per : per - 1;
+		uint64_t want1 = cut >= cut_from + 56 + (long long)qt_payload_len(1, per - 1) ?
+				 per - 1 : per - 2;
+
+		qt_rmtree(f->dir2);
+		assert_int_equal(qt_copydir(snap, f->dir2), 0);
+		assert_int_equal(qt_segment(f->dir2, 0, path, sizeof(path)), 1);
+		assert_int_equal(truncate(path, cut), 0);
+		assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+		assert_int_equal(head_of(q, 0), want0);
+		assert_int_equal(head_of(q, 1), want1);
+		check(q, 0, want0);
+		check(q, 1, want1);
+		put(q, 1, want1 + 1);
+		assert_int_equal(bm_queue_close(q), 0);
+		/* Twice: the repaired log reopens cleanly. */
+		assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+		check(q, 1, want1 + 1);
+		assert_int_equal(bm_queue_close(q), 0);
+	}
+	qt_rmtree(snap);
+}
+
+static void flip_byte(const char *path, long long at)
+{
+	int fd = open(path, O_RDWR);
+	uint8_t c;
+
+	assert_true(fd != -1);
+	assert_int_equal(pread(fd, &c, 1, at), 1);
+	c ^= 0x5a;
+	assert_int_equal(pwrite(fd, &c, 1, at), 1);
+	close(fd);
+}
+
+static void test_flipped_bytes(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_buf b = BM_BUF_INIT;
+	char seg[4096], ck[4096];
+	long long size;
+	int ok = 0, bad = 0;
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 3, 40);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(qt_segment(f->dir, 0, seg, sizeof(seg)), 1);
+	size = qt_filesize(seg);
+
+	/* A flipped byte inside the checkpointed log: open works, the read of
+	 * the damaged record (or the walk through it) says BM_ECORRUPT and
+	 * nothing crashes. */
+	for (long long at = 7; at < size; at += size / 37) {
+		qt_rmtree(f->dir2);
+		assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+		assert_int_equal(qt_segment(f->dir2, 0, seg, sizeof(seg)), 1);
+		flip_byte(seg, at);
+		assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+		for (unsigned s = 0; s < 3; s++) {
+			char name[16];
+			snprintf(name, sizeof(name), "user-%u", s);
+			for (uint64_t o = 1; o <= 40; o++) {
+				int rc = bm_queue_read(q, name, o, &b, NULL);
+				assert_true(rc == 0 || rc == BM_ECORRUPT);
+				if (rc)
+					bad++;
+				else
+					ok++;
+			}
+		}
+		assert_int_equal(bm_queue_close(q), 0);
+	}
+	assert_true(bad > 0);
+	assert_true(ok > bad);
+
+	/* A flipped byte in the checkpoint: the log starts at 0, so the
+	 * table is rebuilt from it. */
+	qt_rmtree(f->dir2);
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	snprintf(ck, sizeof(ck), "%s/checkpoint", f->dir2);
+	flip_byte(ck, qt_filesize(ck) / 2);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	check_all(q, 3, 40);
+	assert_int_equal(bm_queue_close(q), 0);
+	bm_buf_release(&b);
+}
+
+static void test_missing_files(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	char seg[4096], ck[4096];
+	int nseg;
+
+	f->o.segment_bytes = 8192;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 3, 100);
+	assert_int_equal(bm_queue_close(q), 0);
+	nseg = qt_segment(f->dir, 0, NULL, 0);
+	assert_true(nseg > 4);
+
+	/* A missing middle segment. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	qt_segment(f->dir2, 2, seg, sizeof(seg));
+	unlink(seg);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	qt_rmtree(f->dir2);
+
+	/* A truncated sealed segment. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	qt_segment(f->dir2, 1, seg, sizeof(seg));
+	assert_int_equal(truncate(seg, qt_filesize(seg) - 10), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	qt_rmtree(f->dir2);
+
+	/* The last segment shorter than the checkpoint says (synced data lost). */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	qt_segment(f->dir2, nseg - 1, seg, sizeof(seg));
+	assert_int_equal(truncate(seg, qt_filesize(seg) / 2), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	qt_rmtree(f->dir2);
+
+	/* The first segment missing and no checkpoint: cannot rebuild. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	qt_segment(f->dir2, 0, seg, sizeof(seg));
+	unlink(seg);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	snprintf(ck, sizeof(ck), "%s/checkpoint", f->dir2);
+	unlink(ck);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	qt_rmtree(f->dir2);
+
+	/* Every segment missing, checkpoint present. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	for (int i = 0; i < nseg; i++) {
+		qt_segment(f->dir2, 0, seg, sizeof(seg));
+		unlink(seg);
+	}
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), BM_ECORRUPT);
+	qt_rmtree(f->dir2);
+
+	/* Only the checkpoint missing: rebuilt from the log. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	snprintf(ck, sizeof(ck), "%s/checkpoint", f->dir2);
+	unlink(ck);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	check_all(q, 3, 100);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	/* Options are checked. */
+	f->o.segment_bytes = 10;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), BM_EINVAL);
+}
+
+/* Reopen after a crash replays only the tail written after the checkpoint. */
+static void test_checkpoint_bounds_replay(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+
+	f->o.checkpoint_bytes = 64 * 1024;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	for (int round = 0; round < 20; round++) {
+		for (unsigned s = 0; s < 10; s++)
+			for (uint64_t o = 1; o <= 10; o++)
+				put(q, s, (uint64_t)round * 10 + o);
+		bm_queue_poll(q);
+	}
+	assert_int_equal(bm_queue_sync(q), 0);
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);   /* crash image */
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	bm_queue_stats(q, &st);
+	assert_true(st.recovered_bytes < 2 * 64 * 1024);
+	assert_true(st.log_bytes > 5 * 64 * 1024);
+	check_all(q, 10, 200);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_crc32c),
+		cmocka_unit_test_setup_teardown(test_basic, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_streams_and_offsets, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_policies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotation_and_size_retention, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_age_retention, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_torn, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_torn_tail_every_byte, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flipped_bytes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_checkpoint_bounds_replay, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
