@@ -12,7 +12,7 @@
  * dead member: that member then learns it was declared dead and refutes.
  *
  * Per-node state is O(members): one slot per member (an id-indexed array),
- * a probe list, a pending-update list and a suspect list; no timer per
+ * a probe list, pending updates bucketed by sends left, a suspect list; no timer per
  * member, the suspect list is scanned only when its earliest deadline passes.
  */
 #include "bm_swim.h"
@@ -29,6 +29,7 @@
 #define RELAYS 16
 #define REG_ANSWER_PKTS 8
 #define REG_ROOM 400 /* packet bytes kept for registry piggyback if any */
+#define URGENT 128   /* bucket offset of suspicions, deaths, refutations */
 
 struct member {
 	char *id;              /* owned block: id, addr, zmq, admin */
@@ -36,9 +37,10 @@ struct member {
 	uint32_t inc;
 	uint8_t idlen;
 	uint8_t role, state;
-	uint8_t tx_left;
-	uint8_t in_use;
-	int32_t pend;          /* index in pending[], -1 */
+	uint8_t tx_left;       /* piggyback sends left */
+	uint8_t bucket;        /* tx_left, + URGENT for news that must not wait */
+	uint8_t in_use, queued;
+	int32_t bprev, bnext;  /* bucket list; bnext also chains free slots */
 	uint64_t since_ms;     /* last state change */
 	uint64_t deadline;     /* suspect -> dead */
 };
@@ -71,8 +73,9 @@ struct bm_swim {
 
 	int32_t *probe;
 	unsigned nprobe, probe_cap, probe_pos;
-	int32_t *pending;
-	unsigned npending, pend_cap, pend_cursor;
+	/* pending updates bucketed by sends left: freshest go first */
+	int32_t bhead[256], btail[256];
+	unsigned npending;
 	int32_t *susp;
 	unsigned nsusp, susp_cap;
 	uint64_t next_susp;
@@ -144,7 +147,7 @@ static unsigned retransmit_limit(const struct bm_swim *s)
 	unsigned n = live_count(s);
 	unsigned l = s->rt_mult * (unsigned)ceil(log10((double)n + 1.0));
 
-	return l < 1 ? 1 : l > 255 ? 255 : l;
+	return l < 1 ? 1 : l > URGENT - 1 ? URGENT - 1 : l;
 }
 
 static uint64_t suspicion_timeout(const struct bm_swim *s)
@@ -226,30 +229,51 @@ static int addrs_differ(const struct member *m, const struct bm_swim_rec *r)
 	       !bm_swim_str_eq(r->admin, m->admin);
 }
 
-static void pend_add(struct bm_swim *s, int32_t i)
-{
-	struct member *m = &s->m[i];
-
-	m->tx_left = (uint8_t)retransmit_limit(s);
-	if (m->pend >= 0)
-		return;
-	if (grow((void **)&s->pending, &s->pend_cap, s->npending + 1, sizeof(int32_t)))
-		return; /* anti-entropy will carry it */
-	m->pend = (int32_t)s->npending;
-	s->pending[s->npending++] = i;
-}
-
 static void pend_remove(struct bm_swim *s, int32_t i)
 {
 	struct member *m = &s->m[i];
-	int32_t last;
+	unsigned b = m->bucket;
 
-	if (m->pend < 0)
+	if (!m->queued)
 		return;
-	last = s->pending[--s->npending];
-	s->pending[m->pend] = last;
-	s->m[last].pend = m->pend;
-	m->pend = -1;
+	if (m->bprev >= 0)
+		s->m[m->bprev].bnext = m->bnext;
+	else
+		s->bhead[b] = m->bnext;
+	if (m->bnext >= 0)
+		s->m[m->bnext].bprev = m->bprev;
+	else
+		s->btail[b] = m->bprev;
+	m->bprev = m->bnext = -1;
+	m->queued = 0;
+	s->npending--;
+}
+
+static void bucket_append(struct bm_swim *s, int32_t i, unsigned left)
+{
+	struct member *m = &s->m[i];
+	/* a join is old news soon; a suspicion the suspect has not heard of
+	 * yet, a death, or a refutation is what failure detection waits for */
+	int urgent = m->state != BM_SWIM_ALIVE || i == s->self || m->inc > 0;
+	unsigned b = left + (urgent ? URGENT : 0);
+
+	m->tx_left = (uint8_t)left;
+	m->bucket = (uint8_t)b;
+	m->bprev = s->btail[b];
+	m->bnext = -1;
+	if (s->btail[b] >= 0)
+		s->m[s->btail[b]].bnext = i;
+	else
+		s->bhead[b] = i;
+	s->btail[b] = i;
+	m->queued = 1;
+	s->npending++;
+}
+
+static void pend_add(struct bm_swim *s, int32_t i)
+{
+	pend_remove(s, i);
+	bucket_append(s, i, retransmit_limit(s));
 }
 
 static void probe_insert(struct bm_swim *s, int32_t i)
@@ -298,7 +322,7 @@ static int32_t member_new(struct bm_swim *s, const struct bm_swim_rec *r, uint64
 
 	if (s->mfree >= 0) {
 		i = s->mfree;
-		s->mfree = s->m[i].pend;
+		s->mfree = s->m[i].bnext;
 	} else {
 		if (grow((void **)&s->m, &s->mcap, s->nm + 1, sizeof(*s->m)))
 			return -1;
@@ -306,7 +330,7 @@ static int32_t member_new(struct bm_swim *s, const struct bm_swim_rec *r, uint64
 	}
 	m = &s->m[i];
 	memset(m, 0, sizeof(*m));
-	m->pend = -1;
+	m->bprev = m->bnext = -1;
 	if (set_strings(m, r->id, r->addr, r->zmq, r->admin))
 		goto out_free;
 	if (bm_idmap_put(&s->map, m->id, m->idlen, i))
@@ -322,7 +346,7 @@ out_strings:
 	free(m->id);
 	m->id = NULL;
 out_free:
-	m->pend = s->mfree;
+	m->bnext = s->mfree;
 	s->mfree = i;
 	return -1;
 }
@@ -337,7 +361,7 @@ static void member_reap(struct bm_swim *s, int32_t i)
 	free(m->id);
 	m->id = NULL;
 	m->in_use = 0;
-	m->pend = s->mfree;
+	m->bnext = s->mfree;
 	s->mfree = i;
 	/* probe and suspect lists skip slots that are not in use */
 }
@@ -478,28 +502,33 @@ static void transmit(struct bm_swim *s, const char *addr, struct bm_swim_enc *e)
 
 static void piggyback(struct bm_swim *s, struct bm_swim_enc *e)
 {
-	unsigned n = s->npending, sent = 0, ndone = 0;
-	int32_t done[BM_SWIM_REC_MAX];
+	int32_t taken[BM_SWIM_REC_MAX];
+	unsigned ntaken = 0;
 	size_t limit = e->limit;
 
 	if (e->limit > REG_ROOM + 200)
 		e->limit -= REG_ROOM; /* leave registry deltas some room */
-	for (unsigned k = 0; k < n; k++) {
-		int32_t i = s->pending[(s->pend_cursor + k) % n];
-		struct bm_swim_rec r;
+	/* fewest sends first (memberlist does the same): a fresh suspicion
+	 * must not wait behind a backlog of old news */
+	for (unsigned b = 255; b > 0 && s->npending && ntaken < BM_SWIM_REC_MAX; b--) {
+		for (int32_t i = s->bhead[b]; i >= 0; i = s->m[i].bnext) {
+			struct bm_swim_rec r;
 
-		to_rec(&s->m[i], &r);
-		if (bm_swim_enc_member(e, &r) != 0)
-			break;
-		sent++;
-		if (--s->m[i].tx_left == 0)
-			done[ndone++] = i;
+			to_rec(&s->m[i], &r);
+			if (ntaken == BM_SWIM_REC_MAX || bm_swim_enc_member(e, &r) != 0)
+				goto out_full;
+			taken[ntaken++] = i;
+		}
 	}
+out_full:
 	e->limit = limit;
-	for (unsigned k = 0; k < ndone; k++)
-		pend_remove(s, done[k]);
-	if (s->npending)
-		s->pend_cursor = (s->pend_cursor + sent) % s->npending;
+	for (unsigned k = 0; k < ntaken; k++) {
+		unsigned left = s->m[taken[k]].tx_left;
+
+		pend_remove(s, taken[k]);
+		if (left > 1)
+			bucket_append(s, taken[k], left - 1);
+	}
 	bm_registry_piggyback(s->reg, e);
 }
 
@@ -614,6 +643,8 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->reap_ms = c->dead_reap_ms ? c->dead_reap_ms : 3600u * 1000u;
 	s->rng = c->seed ^ bm_hash64(c->id, strlen(c->id));
 	s->mfree = -1;
+	for (unsigned b = 0; b < 256; b++)
+		s->bhead[b] = s->btail[b] = -1;
 	bm_idmap_init(&s->map);
 	rc = bm_swim_auth_init(&s->auth, c->key, c->key_len);
 	if (rc)
@@ -655,7 +686,6 @@ void bm_swim_free(struct bm_swim *s)
 		free(s->m[i].id);
 	free(s->m);
 	free(s->probe);
-	free(s->pending);
 	free(s->susp);
 	free(s->pkt);
 	bm_idmap_release(&s->map);
@@ -762,8 +792,12 @@ static void probe_tick(struct bm_swim *s, uint64_t now)
 		} else if (now >= s->pr.start + s->period) {
 			s->pr.active = 0;
 			s->st.probes_failed++;
-			if (t->state == BM_SWIM_ALIVE)
+			if (t->state == BM_SWIM_ALIVE) {
 				declare(s, s->pr.target, BM_SWIM_SUSPECT, now);
+				/* tell the suspect first: if it is alive it refutes
+				 * in its ACK (the suspicion leads our piggyback) */
+				send_probe(s, BM_SWIM_PING, t->addr, ++s->seq, t->id, NULL);
+			}
 		}
 	}
 	if (now >= s->next_probe) {
