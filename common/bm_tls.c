@@ -139,12 +139,17 @@ int bm_tls_config_new(struct bm_tls_config **out, const struct bm_tls_options *o
 		mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
 	}
 
-	if (c->server) {
-		if (!o->cert_file || !o->key_file) {
-			bm_err("tls", "cannot build server config: cert_file and key_file are required");
-			rc = BM_ECONFIG;
-			goto out_free;
-		}
+	if (c->server && (!o->cert_file || !o->key_file)) {
+		bm_err("tls", "cannot build server config: cert_file and key_file are required");
+		rc = BM_ECONFIG;
+		goto out_free;
+	}
+	if (!o->cert_file != !o->key_file) {
+		bm_err("tls", "cannot build config: cert_file and key_file go together");
+		rc = BM_ECONFIG;
+		goto out_free;
+	}
+	if (o->cert_file) {
 		if ((err = mbedtls_x509_crt_parse_file(&c->cert, o->cert_file))) {
 			log_mbed("load certificate", o->cert_file, err);
 			rc = BM_ECONFIG;
@@ -166,6 +171,9 @@ int bm_tls_config_new(struct bm_tls_config **out, const struct bm_tls_options *o
 			rc = BM_ECONFIG;
 			goto out_free;
 		}
+	}
+
+	if (c->server) {
 		mbedtls_ssl_conf_authmode(&c->conf, c->has_ca ? MBEDTLS_SSL_VERIFY_REQUIRED
 							      : MBEDTLS_SSL_VERIFY_NONE);
 		if ((err = mbedtls_ssl_ticket_setup(&c->ticket, mbedtls_ctr_drbg_random,

@@ -42,9 +42,9 @@ struct bm_tls;
 
 struct bm_tls_options {
 	int server;		/* 1: accept side, 0: connect side */
-	/* server */
+	/* required for a server; a client sets them for mutual TLS */
 	const char *cert_file;	/* PEM certificate chain, leaf first */
-	const char *key_file;	/* PEM private key (EC or RSA) */
+	const char *key_file;	/* PEM private key (EC or RSA), unencrypted */
 	/* server: when set, client certificates signed by it are required;
 	 * client: the CA that must sign the server's certificate */
 	const char *ca_file;

@@ -275,6 +275,33 @@ static void test_insecure_client(void **state)
 	pair_close(&p);
 }
 
+/* A server with ca_file requires client certificates signed by it. */
+static void test_mutual(void **state)
+{
+	struct bm_tls_options so = { .server = 1, .cert_file = path("server.pem"),
+				     .key_file = path("server.key"),
+				     .ca_file = path("ca.pem") };
+	struct bm_tls_options co = { .server = 0, .ca_file = path("ca.pem"),
+				     .server_name = "localhost",
+				     .cert_file = path("server.pem"),
+				     .key_file = path("server.key") };
+	struct bm_tls_config *s, *c;
+	struct pair p;
+	int srv_rc, cli_rc;
+
+	assert_int_equal(bm_tls_config_new(&s, &so), 0);
+	assert_int_equal(bm_tls_config_new(&c, &co), 0);
+	pair_open(&p, bm_tls_config_ref(s), c);
+	assert_int_equal(handshake(&p, NULL, NULL), 0);
+	pair_close(&p);
+
+	/* Without a client certificate the server refuses. */
+	pair_open(&p, s, client_cfg("ca.pem", "localhost", 0));
+	assert_int_not_equal(handshake(&p, &srv_rc, &cli_rc), 0);
+	assert_int_equal(srv_rc, BM_ECRYPTO);
+	pair_close(&p);
+}
+
 static void test_config_errors(void **state)
 {
 	struct bm_tls_config *c = (void *)1;
@@ -289,6 +316,10 @@ static void test_config_errors(void **state)
 	o.key_file = path("ca.pem");	/* not a key */
 	assert_int_equal(bm_tls_config_new(&c, &o), BM_ECONFIG);
 	o.key_file = path("ca.key");	/* key does not match the cert */
+	assert_int_equal(bm_tls_config_new(&c, &o), BM_ECONFIG);
+	o.key_file = NULL;
+	o.server = 0;
+	o.insecure = 1;		/* a client certificate without its key */
 	assert_int_equal(bm_tls_config_new(&c, &o), BM_ECONFIG);
 	/* a client must trust something unless insecure */
 	{
@@ -493,6 +524,7 @@ int main(void)
 		cmocka_unit_test(test_expired),
 		cmocka_unit_test(test_wrong_name),
 		cmocka_unit_test(test_insecure_client),
+		cmocka_unit_test(test_mutual),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_reload_refcount),
 		cmocka_unit_test(test_resumption),
