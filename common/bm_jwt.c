@@ -780,7 +780,7 @@ int bm_jwt_verify(const struct bm_jwt_keyring *ring, const char *tok,
 	if (out)
 		memset(out, 0, sizeof(*out));
 	memset(&c, 0, sizeof(c));
-	if (len > BM_JWT_MAX_LEN)
+	if (!tok || len > BM_JWT_MAX_LEN)
 		return BM_ETOKEN_MALFORMED;
 	d1 = memchr(tok, '.', len);
 	d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;

@@ -150,10 +150,11 @@ int bm_jwt_sign_raw(const struct bm_jwt_key *key, const char *header_json,
  * (>= 0), and fill *out (may be NULL) with its claims.  Checks run in this
  * order, and the first failure is returned:
  *
- *   BM_ETOKEN_MALFORMED  longer than BM_JWT_MAX_LEN, not three dot-separated
- *                        parts, bad base64url, header or payload not a JSON
- *                        object (duplicate members refused), header without
- *                        a string "alg", "typ" not "JWT", "crit" present
+ *   BM_ETOKEN_MALFORMED  tok NULL or longer than BM_JWT_MAX_LEN, not three
+ *                        dot-separated parts, bad base64url, header or
+ *                        payload not a JSON object (duplicate members and
+ *                        invalid UTF-8 refused), header without a string
+ *                        "alg", "typ" not "JWT", "crit" present
  *   BM_ETOKEN_ALG        alg is not RS256 or ES256 ("none" included)
  *   BM_ETOKEN_KEY        kid unknown to the ring (a header without kid is
  *                        accepted only when the ring holds exactly one key)
@@ -166,7 +167,7 @@ int bm_jwt_sign_raw(const struct bm_jwt_key *key, const char *header_json,
  *   BM_ETOKEN_EXPIRED    exp + leeway <= now
  *
  * The signature is checked before the claims are read, so a forged token
- * learns nothing about the claim checks.  Allocation is limited to jansson's
+ * learns nothing about the claim checks.  *out is zeroed on failure.  Allocation is limited to jansson's
  * parse of the two JSON parts; decoding uses bounded stack buffers.
  * Returns 0 or one of the codes above (BM_ENOMEM if jansson runs out). */
 int bm_jwt_verify(const struct bm_jwt_keyring *ring, const char *tok,

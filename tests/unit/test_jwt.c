@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -230,6 +231,33 @@ static void test_random_hex(void **state)
 	assert_string_not_equal(a, b);
 	assert_int_equal(bm_jwt_random_hex(big, 300), 0);
 	assert_int_equal(strlen(big), 600);
+}
+
+/* A forked child must not replay the parent's random stream (jti values). */
+static void test_random_fork(void **state)
+{
+	char mine[33], theirs[33] = { 0 };
+	int fds[2], status;
+	pid_t pid;
+
+	assert_int_equal(bm_jwt_random_hex(mine, 4), 0);   /* DRBG is seeded */
+	assert_int_equal(pipe(fds), 0);
+	pid = fork();
+	assert_true(pid != -1);
+	if (pid == 0) {
+		char c[33];
+		close(fds[0]);
+		if (bm_jwt_random_hex(c, 16) || write(fds[1], c, 32) != 32)
+			_exit(1);
+		_exit(0);
+	}
+	close(fds[1]);
+	assert_int_equal(bm_jwt_random_hex(mine, 16), 0);
+	assert_int_equal(read(fds[0], theirs, 32), 32);
+	close(fds[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_string_not_equal(mine, theirs);
 }
 
 static void roundtrip(const struct bm_jwt_key *key, size_t want_sig)
@@ -574,6 +602,8 @@ static void test_refuse_malformed(void **state)
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(verify_str(bad[i], NULL), BM_ETOKEN_MALFORMED);
+	assert_int_equal(bm_jwt_verify(K.ring, NULL, 0, NOW, 0, NULL),
+			 BM_ETOKEN_MALFORMED);
 	for (size_t i = 0; i < sizeof(bad_hdr) / sizeof(bad_hdr[0]); i++) {
 		make_tok(&b, bad_hdr[i], good_payload, "sig", 3);
 		assert_int_equal(verify_str((char *)b.data, NULL), BM_ETOKEN_MALFORMED);
@@ -850,6 +880,7 @@ int main(void)
 		cmocka_unit_test(test_b64url_roundtrip),
 		cmocka_unit_test(test_b64_standard),
 		cmocka_unit_test(test_random_hex),
+		cmocka_unit_test(test_random_fork),
 		cmocka_unit_test(test_roundtrip_rs256),
 		cmocka_unit_test(test_roundtrip_es256),
 		cmocka_unit_test(test_sign_refuses),
