@@ -171,6 +171,30 @@ void bm_ws_mask(uint8_t *d, size_t len, const uint8_t key[4], size_t off)
 		d[i] ^= key[(off + i) & 3];
 }
 
+void bm_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len,
+		     const uint8_t key[4], size_t off)
+{
+	size_t i = 0;
+
+	off &= 3;
+	if (len >= 8) {
+		uint8_t k8[8];
+		uint64_t k;
+
+		for (int j = 0; j < 8; j++)
+			k8[j] = key[(off + j) & 3];
+		memcpy(&k, k8, 8);
+		for (; len - i >= 8; i += 8) {
+			uint64_t w;
+			memcpy(&w, src + i, 8);
+			w ^= k;
+			memcpy(dst + i, &w, 8);
+		}
+	}
+	for (; i < len; i++)
+		dst[i] = src[i] ^ key[(off + i) & 3];
+}
+
 void bm_ws_parser_init(struct bm_ws_parser *p, enum bm_ws_role role,
 		       uint32_t max_msg)
 {

@@ -146,6 +146,12 @@ size_t bm_ws_frame_header(uint8_t hdr[BM_WS_MAX_HEADER], enum bm_ws_opcode op,
 /* XOR data with key, starting at key position offset % 4 (word at a time). */
 void bm_ws_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t offset);
 
+/* dst[i] = src[i] ^ key[(offset + i) % 4]: masks while copying into an
+ * output buffer (e.g. from evbuffer_reserve_space), one pass.  dst and src
+ * must not overlap unless equal. */
+void bm_ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len,
+		     const uint8_t key[4], size_t offset);
+
 /* Fill key with 4 unpredictable bytes (getrandom, pooled per thread).
  * Returns 0 or BM_ESYS. */
 int bm_ws_random_key(uint8_t key[4]);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "bm_err.h"
@@ -308,6 +309,29 @@ static void test_client_roundtrip(void **state)
 			 BM_ETOOBIG);
 }
 
+/* Figure: parse + 101 response (SHA-1, base64) per second. */
+static void test_throughput(void **state)
+{
+	static char buf[BM_HTTP_MAX_HEAD];
+	char out[BM_HTTP_UPGRADE_RESPONSE_MAX];
+	struct bm_http_upgrade req;
+	struct timespec t0, t1;
+	size_t n = strlen(good);
+	enum { N = 200000 };
+	double secs;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < N; i++) {
+		memcpy(buf, good, n);
+		assert_int_equal(bm_http_parse_upgrade(buf, n, NULL, &req), 0);
+		assert_true(bm_http_upgrade_response(out, sizeof(out), &req) > 0);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	printf("http: %.0f upgrade requests parsed and answered per second (%.2f us each)\n",
+	       N / secs, secs / N * 1e6);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -319,6 +343,7 @@ int main(void)
 		cmocka_unit_test(test_token_sources),
 		cmocka_unit_test(test_error_responses),
 		cmocka_unit_test(test_client_roundtrip),
+		cmocka_unit_test(test_throughput),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

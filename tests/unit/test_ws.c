@@ -586,6 +586,14 @@ static void test_mask_matches_naive(void **state)
 				for (size_t i = 0; i < len; i++)
 					b[start + i] ^= key[(off + i) & 3];
 				assert_memory_equal(a, b, sizeof(a));
+				{
+					uint8_t src[300], dst[300];
+					for (size_t i = 0; i < sizeof(src); i++)
+						src[i] = (uint8_t)(i * 13);
+					memset(dst, 0, sizeof(dst));
+					bm_ws_mask_copy(dst + start, src + start, len, key, off);
+					assert_memory_equal(dst + start, a + start, len);
+				}
 			}
 }
 
