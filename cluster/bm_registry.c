@@ -25,6 +25,15 @@ struct writer {
 	int role;
 	int live;
 	int32_t head;          /* first entry of this writer, -1 */
+	/* ranges received ahead of synced (answers arrive out of order);
+	 * allocated on first use */
+	struct range *ahead;
+	unsigned nahead;
+};
+
+#define AHEAD_MAX 32
+struct range {
+	uint64_t from, to;
 };
 
 struct entry {
@@ -140,8 +149,10 @@ void bm_registry_free(struct bm_registry *r)
 	for (unsigned i = 0; i < r->ne; i++)
 		entry_free_storage(&r->e[i]);
 	free(r->e);
-	for (unsigned i = 0; i < r->nw; i++)
+	for (unsigned i = 0; i < r->nw; i++) {
 		free(r->w[i].id);
+		free(r->w[i].ahead);
+	}
 	free(r->w);
 	free(r->servers);
 	free(r->pending);
@@ -180,11 +191,17 @@ static void pend_remove(struct bm_registry *r, int32_t idx)
 	en->pend = -1;
 }
 
-static void pend_add(struct bm_registry *r, int32_t idx)
+/* Own writes are piggybacked `retransmit` times; entries learned from others
+ * only RELAY_TX times: re-gossiping every entry at full strength from every
+ * node floods the packets, and the digest pull repairs what piggybacking
+ * misses at a cost proportional to what is actually missing. */
+#define RELAY_TX 2
+
+static void pend_add(struct bm_registry *r, int32_t idx, unsigned tx)
 {
 	struct entry *en = &r->e[idx];
 
-	en->tx_left = (uint8_t)r->retransmit;
+	en->tx_left = (uint8_t)tx;
 	if (en->pend >= 0 || en->tx_left == 0)
 		return;
 	if (grow((void **)&r->pending, &r->pcap, r->npending + 1, sizeof(int32_t)))
@@ -228,6 +245,7 @@ static void drop_writer_entries(struct bm_registry *r, int32_t wi)
 			r->on_change(r->ud, key, key + strlen(key) + 1);
 	}
 	w->synced = 0;
+	w->nahead = 0;
 	if (wi != r->self)
 		w->epoch = 0;
 }
@@ -398,7 +416,7 @@ int bm_registry_set(struct bm_registry *r, const char *eid,
 		return rc;
 	en->epoch = w->epoch;
 	en->version = ++w->synced;
-	pend_add(r, idx);
+	pend_add(r, idx, r->retransmit);
 	notify(r, en);
 	return 0;
 }
@@ -452,6 +470,7 @@ int bm_registry_merge(struct bm_registry *r, const struct bm_swim_reg_rec *rec)
 		drop_writer_entries(r, wi);
 		w->epoch = rec->epoch;
 		w->synced = 0;
+		w->nahead = 0;
 	}
 	idx = entry_get(r, wi, rec->eid, 1);
 	if (idx < 0)
@@ -466,10 +485,15 @@ int bm_registry_merge(struct bm_registry *r, const struct bm_swim_reg_rec *rec)
 	en->version = rec->version;
 	if (rec->version == w->synced + 1)
 		w->synced = rec->version;
-	pend_add(r, idx);
+	pend_add(r, idx, RELAY_TX < r->retransmit ? RELAY_TX : r->retransmit);
 	if (rc)
 		notify(r, en);
 	return 1;
+}
+
+unsigned bm_registry_pending(const struct bm_registry *r)
+{
+	return r->npending;
 }
 
 unsigned bm_registry_size(const struct bm_registry *r)
@@ -637,9 +661,33 @@ void bm_registry_ranges(struct bm_registry *r, const struct bm_swim_pkt *p)
 		if (wi < 0 || wi == r->self)
 			continue;
 		w = &r->w[wi];
-		if (!w->live || w->epoch != p->dig[d].epoch)
+		if (!w->live || w->epoch != p->dig[d].epoch || p->dig[d].version <= w->synced)
 			continue;
-		if (p->dig[d].from <= w->synced && p->dig[d].version > w->synced)
-			w->synced = p->dig[d].version;
+		if (p->dig[d].from > w->synced) {
+			/* a packet before this one is late or lost: keep the
+			 * claim until synced reaches its start */
+			if (!w->ahead && !(w->ahead = malloc(AHEAD_MAX * sizeof(*w->ahead))))
+				continue;
+			if (w->nahead == AHEAD_MAX)
+				w->nahead--; /* drop one: a later pull redoes it */
+			w->ahead[w->nahead].from = p->dig[d].from;
+			w->ahead[w->nahead].to = p->dig[d].version;
+			w->nahead++;
+			continue;
+		}
+		w->synced = p->dig[d].version;
+		for (int progress = 1; progress;) {
+			progress = 0;
+			for (unsigned k = 0; k < w->nahead; k++) {
+				struct range *g = &w->ahead[k];
+				if (g->from <= w->synced) {
+					if (g->to > w->synced)
+						w->synced = g->to;
+					*g = w->ahead[--w->nahead];
+					progress = 1;
+					break;
+				}
+			}
+		}
 	}
 }

@@ -19,9 +19,10 @@
  * refused, so a slow peer cannot resurrect them.
  *
  * Dissemination (driven by bm_swim, see docs/cluster.md): new entries are
- * piggybacked on gossip packets a bounded number of times, and every
- * anti-entropy round sends a digest (writer, epoch, max version) to one peer,
- * which answers with the entries that are newer, up to a packet budget.
+ * piggybacked on gossip packets a bounded number of times (by the writer
+ * more than by relays), and every protocol period each node sends a digest
+ * (writer, epoch, complete-up-to version) to one random peer, which answers
+ * with the entries that are newer, up to a packet budget.
  *
  * Not thread-safe; used from the thread that drives the bm_swim it belongs to.
  */
@@ -81,8 +82,11 @@ uint64_t bm_registry_fingerprint(const struct bm_registry *r);
 
 /* --- used by bm_swim for dissemination ----------------------------------- */
 
-/* Fresh entries are piggybacked this many times (default 8). */
+/* Own fresh entries are piggybacked this many times (default 8); entries
+ * learned from others are relayed at most twice. */
 void bm_registry_set_retransmit(struct bm_registry *r, unsigned n);
+/* Entries waiting to be piggybacked. */
+unsigned bm_registry_pending(const struct bm_registry *r);
 /* Appends pending entries that fit to an encoder in its registry phase. */
 void bm_registry_piggyback(struct bm_registry *r, struct bm_swim_enc *e);
 /* Writes this node's digest into a REG_DIGEST body (enc_digest_begin done). */

@@ -27,7 +27,7 @@
 #include "bm_registry.h"
 
 #define RELAYS 16
-#define REG_ANSWER_PKTS 8
+#define REG_ANSWER_PKTS 32 /* ~1,000 entries per digest answered */
 #define REG_ROOM 400 /* packet bytes kept for registry piggyback if any */
 #define URGENT 128   /* bucket offset of suspicions, deaths, refutations */
 
@@ -59,6 +59,7 @@ struct bm_swim {
 	bm_swim_member_fn *on_member;
 	void *ud;
 	unsigned period, probe_timeout, k, susp_mult, rt_mult, sync_periods, mtu;
+	unsigned pull_periods;
 	uint64_t reap_ms;
 
 	struct bm_swim_auth auth;
@@ -506,7 +507,7 @@ static void piggyback(struct bm_swim *s, struct bm_swim_enc *e)
 	unsigned ntaken = 0;
 	size_t limit = e->limit;
 
-	if (e->limit > REG_ROOM + 200)
+	if (e->limit > REG_ROOM + 200 && bm_registry_pending(s->reg))
 		e->limit -= REG_ROOM; /* leave registry deltas some room */
 	/* fewest sends first (memberlist does the same): a fresh suspicion
 	 * must not wait behind a backlog of old news */
@@ -639,6 +640,7 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->susp_mult = c->suspicion_mult ? c->suspicion_mult : 4;
 	s->rt_mult = c->retransmit_mult ? c->retransmit_mult : 4;
 	s->sync_periods = c->sync_periods ? c->sync_periods : 10;
+	s->pull_periods = c->registry_pull_periods ? c->registry_pull_periods : 1;
 	s->mtu = c->mtu && c->mtu <= BM_SWIM_PKT_MAX && c->mtu >= 512 ? c->mtu : BM_SWIM_PKT_MAX;
 	s->reap_ms = c->dead_reap_ms ? c->dead_reap_ms : 3600u * 1000u;
 	s->rng = c->seed ^ bm_hash64(c->id, strlen(c->id));
@@ -805,6 +807,12 @@ static void probe_tick(struct bm_swim *s, uint64_t now)
 
 		s->next_probe = now + s->period;
 		s->periods++;
+		if (s->periods % s->pull_periods == 0) {
+			/* registry pull: cheap when in sync (nothing comes back) */
+			i = random_member(s, 1u << BM_SWIM_ALIVE, -1);
+			if (i >= 0)
+				send_digest(s, s->m[i].addr);
+		}
 		if (s->pr.active)
 			return;
 		i = next_probe_target(s);
@@ -856,10 +864,8 @@ static void sync_tick(struct bm_swim *s, uint64_t now)
 	s->next_sync = now + (uint64_t)s->sync_periods * s->period;
 	s->nsync++;
 	i = random_member(s, 1u << BM_SWIM_ALIVE | 1u << BM_SWIM_SUSPECT, -1);
-	if (i >= 0) {
+	if (i >= 0)
 		send_sync(s, s->m[i].addr, BM_SWIM_SYNC_REPLY);
-		send_digest(s, s->m[i].addr);
-	}
 	/* every other round, try a dead member: heals partitions */
 	if (s->count[BM_SWIM_DEAD] && (s->nsync & 1)) {
 		i = random_member(s, 1u << BM_SWIM_DEAD, -1);

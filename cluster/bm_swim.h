@@ -18,8 +18,9 @@
  * gossiping a higher incarnation.  Updates ride on every packet, each
  * repeated retransmit_mult * ceil(log10(n + 1)) times.  Every sync_periods
  * the node exchanges its whole table with a random live member (push-pull;
- * sometimes with a dead one, which is how partitions heal) and pulls the
- * registry entries it misses.
+ * sometimes with a dead one, which is how partitions heal), and every
+ * registry_pull_periods it sends its registry digest to a random live member
+ * to pull the entries it misses.
  *
  * Not thread-safe: one thread drives a struct bm_swim.
  */
@@ -83,7 +84,8 @@ struct bm_swim_config {
 	unsigned indirect_k;       /* 3 */
 	unsigned suspicion_mult;   /* 4 */
 	unsigned retransmit_mult;  /* 4 */
-	unsigned sync_periods;     /* 10 */
+	unsigned sync_periods;     /* 10: full member-table push-pull */
+	unsigned registry_pull_periods; /* 1: registry digest pull */
 	unsigned mtu;              /* 1400 (max) */
 	unsigned dead_reap_ms;     /* forget dead/left members after; 1 h */
 };
