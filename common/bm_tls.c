@@ -228,7 +228,8 @@ static int bio_send(void *ctx, const unsigned char *buf, size_t len)
 
 	if (t->send_fn) {
 		int r = t->send_fn(t->io_ctx, buf, len);
-		if (r == BM_EAGAIN)
+		/* 0 would read as "done" to mbedTLS; it means "no room". */
+		if (r == BM_EAGAIN || r == 0)
 			return MBEDTLS_ERR_SSL_WANT_WRITE;
 		return r < 0 ? MBEDTLS_ERR_NET_SEND_FAILED : r;
 	}

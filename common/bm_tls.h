@@ -76,8 +76,10 @@ void bm_tls_free(struct bm_tls *t);
 
 /*
  * Custom transport in place of the fd, e.g. an evbuffer pair or a fake in
- * tests.  send/recv return the byte count, 0 for EOF (recv only), or
- * BM_EAGAIN, or another negative BM_E* code.  ctx is borrowed.
+ * tests.  send/recv return the byte count, 0 for EOF (recv only; from send
+ * it is taken as BM_EAGAIN), BM_EAGAIN, or another negative BM_E* code.
+ * After BM_EAGAIN the caller retries when bm_tls_wants() is satisfied.
+ * ctx is borrowed.
  */
 typedef int bm_tls_send_fn(void *ctx, const uint8_t *buf, size_t len);
 typedef int bm_tls_recv_fn(void *ctx, uint8_t *buf, size_t len);
