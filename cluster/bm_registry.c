@@ -64,6 +64,8 @@ struct bm_registry {
 	int32_t *pending;
 	unsigned npending, pcap, pcursor;
 	unsigned retransmit;
+	unsigned nentries, max_entries;
+	uint64_t refused;
 	bm_registry_change_fn *on_change;
 	void *ud;
 };
@@ -124,6 +126,7 @@ struct bm_registry *bm_registry_new(const char *self_id, uint64_t epoch)
 	bm_idmap_init(&r->emap);
 	r->efree = -1;
 	r->retransmit = 8;
+	r->max_entries = 1000000;
 	r->self = writer_get(r, self_id, strlen(self_id), 1);
 	if (r->self < 0) {
 		bm_registry_free(r);
@@ -165,6 +168,11 @@ void bm_registry_set_callback(struct bm_registry *r, bm_registry_change_fn *fn, 
 {
 	r->on_change = fn;
 	r->ud = ud;
+}
+
+void bm_registry_set_limit(struct bm_registry *r, unsigned n)
+{
+	r->max_entries = n;
 }
 
 void bm_registry_set_retransmit(struct bm_registry *r, unsigned n)
@@ -228,6 +236,7 @@ static void entry_delete(struct bm_registry *r, int32_t idx)
 	entry_free_storage(en);
 	en->wnext = r->efree;
 	r->efree = idx;
+	r->nentries--;
 }
 
 static void drop_writer_entries(struct bm_registry *r, int32_t wi)
@@ -355,6 +364,12 @@ static int32_t entry_get(struct bm_registry *r, int32_t wi, struct bm_swim_str e
 	idx = bm_idmap_get(&r->emap, key, kl);
 	if (idx >= 0 || !create)
 		return idx;
+	if (r->nentries >= r->max_entries) {
+		if (r->refused++ % 10000 == 0)
+			bm_warn("registry", "entry '%s' refused: map full (%u entries)",
+				key, r->max_entries);
+		return -2;
+	}
 	if (r->efree >= 0) {
 		idx = r->efree;
 		r->efree = r->e[idx].wnext;
@@ -379,6 +394,7 @@ static int32_t entry_get(struct bm_registry *r, int32_t wi, struct bm_swim_str e
 	if (en->wnext >= 0)
 		r->e[en->wnext].wprev = idx;
 	r->w[wi].head = idx;
+	r->nentries++;
 	return idx;
 out_free:
 	free(en->key);
@@ -409,7 +425,7 @@ int bm_registry_set(struct bm_registry *r, const char *eid,
 	}
 	idx = entry_get(r, r->self, es, ndev > 0);
 	if (idx < 0)
-		return ndev ? BM_ENOMEM : 0;
+		return !ndev ? 0 : idx == -2 ? BM_EFULL : BM_ENOMEM;
 	en = &r->e[idx];
 	rc = set_devices(r, en, dv, ndev);
 	if (rc <= 0)
@@ -473,6 +489,8 @@ int bm_registry_merge(struct bm_registry *r, const struct bm_swim_reg_rec *rec)
 		w->nahead = 0;
 	}
 	idx = entry_get(r, wi, rec->eid, 1);
+	if (idx == -2)
+		return 0;
 	if (idx < 0)
 		return BM_ENOMEM;
 	en = &r->e[idx];

@@ -64,7 +64,7 @@ unsigned bm_registry_server_count(const struct bm_registry *r);
 
 /* Local write: this node now holds exactly these devices of eid (ndev 0
  * clears).  Ids 1..64 bytes, ndev <= BM_SWIM_DEV_MAX.  Returns 0, BM_EINVAL,
- * BM_ETOOBIG or BM_ENOMEM.  An unchanged set is not re-stamped. */
+ * BM_ETOOBIG, BM_EFULL (map at its limit) or BM_ENOMEM.  An unchanged set is not re-stamped. */
 int bm_registry_set(struct bm_registry *r, const char *eid,
 		    const char *const *devices, unsigned ndev);
 /* Calls fn for each writer holding at least one device of eid; returns the
@@ -85,6 +85,9 @@ uint64_t bm_registry_fingerprint(const struct bm_registry *r);
 /* Own fresh entries are piggybacked this many times (default 8); entries
  * learned from others are relayed at most twice. */
 void bm_registry_set_retransmit(struct bm_registry *r, unsigned n);
+/* At most n entries (tombstones included); merges that would add more are
+ * refused and counted, local writes get BM_EFULL.  Default 1000000. */
+void bm_registry_set_limit(struct bm_registry *r, unsigned n);
 /* Entries waiting to be piggybacked. */
 unsigned bm_registry_pending(const struct bm_registry *r);
 /* Appends pending entries that fit to an encoder in its registry phase. */

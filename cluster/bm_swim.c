@@ -59,7 +59,7 @@ struct bm_swim {
 	bm_swim_member_fn *on_member;
 	void *ud;
 	unsigned period, probe_timeout, k, susp_mult, rt_mult, sync_periods, mtu;
-	unsigned pull_periods;
+	unsigned pull_periods, max_members;
 	uint64_t reap_ms;
 
 	struct bm_swim_auth auth;
@@ -402,6 +402,12 @@ static void apply(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
 		/* an unknown member reported gone tells us nothing useful */
 		if (r->state >= BM_SWIM_DEAD)
 			return;
+		if (bm_swim_size(s) >= s->max_members) {
+			if (s->st.refused++ % 1000 == 0)
+				bm_warn("swim", "member '%.*s' refused: table full (%u members)",
+					(int)r->id.len, r->id.p, s->max_members);
+			return;
+		}
 		i = member_new(s, r, now);
 		if (i < 0)
 			return;
@@ -641,6 +647,7 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->rt_mult = c->retransmit_mult ? c->retransmit_mult : 4;
 	s->sync_periods = c->sync_periods ? c->sync_periods : 10;
 	s->pull_periods = c->registry_pull_periods ? c->registry_pull_periods : 1;
+	s->max_members = c->max_members ? c->max_members : 10000;
 	s->mtu = c->mtu && c->mtu <= BM_SWIM_PKT_MAX && c->mtu >= 512 ? c->mtu : BM_SWIM_PKT_MAX;
 	s->reap_ms = c->dead_reap_ms ? c->dead_reap_ms : 3600u * 1000u;
 	s->rng = c->seed ^ bm_hash64(c->id, strlen(c->id));
@@ -655,6 +662,7 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->reg = bm_registry_new(c->id, c->registry_epoch);
 	if (!s->reg)
 		goto out_auth;
+	bm_registry_set_limit(s->reg, c->registry_max_entries ? c->registry_max_entries : 1000000);
 	r.id = bm_swim_str_of(c->id);
 	r.addr = bm_swim_str_of(c->addr);
 	r.zmq = bm_swim_str_of(c->zmq);

@@ -88,6 +88,8 @@ struct bm_swim_config {
 	unsigned registry_pull_periods; /* 1: registry digest pull */
 	unsigned mtu;              /* 1400 (max) */
 	unsigned dead_reap_ms;     /* forget dead/left members after; 1 h */
+	unsigned max_members;      /* 10000: bounded memory; more are refused */
+	unsigned registry_max_entries; /* 1000000 (~200 bytes each) */
 };
 
 /* Copies what it needs from cfg.  Returns 0 and *out, or BM_EINVAL (bad
@@ -133,6 +135,7 @@ struct bm_swim_stats {
 	uint64_t bad_auth, bad_decode, bad_other;
 	uint64_t probes, probes_failed, ping_reqs, suspects, deads, refutes;
 	uint64_t syncs;
+	uint64_t refused;          /* new members refused: table full */
 };
 void bm_swim_stats(const struct bm_swim *s, struct bm_swim_stats *st);
 
