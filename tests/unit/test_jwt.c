@@ -834,6 +834,78 @@ static void test_keyring_many(void **state)
 	bm_jwt_key_free(NULL);
 }
 
+/* --- interoperability ------------------------------------------------------- */
+
+/* Known-answer tokens made by another implementation (Python cryptography
+ * 48: PKCS1v15/SHA-256, and ECDSA with the DER signature converted to r||s)
+ * with "typ" first and spaces in the JSON, for the public keys below.  The
+ * kids are SHA-256 over the SubjectPublicKeyInfo DER as Python computed it. */
+static const char interop_pems[] =
+	"-----BEGIN PUBLIC KEY-----\n"
+	"MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAl+upDD90qAm3qsanYv90\n"
+	"F4CLCIyqxpljLq+q25fGAvh7JiIpdfnYxgREGxqMcXydtRGHmZXvFm6HPlnuioXM\n"
+	"j/pHxN/PH30EEUr1+D9i+xuI0ewOgrPnHdHhjkPyz1VzHDr2Vbm2x8J/I3v6pLaT\n"
+	"5AEMbuHT9BfYWESVb4iPOxCqctxcoHr1If7ljOpJdFbjl4RNzdpUdXkb5cZCDNfS\n"
+	"21X58QVY4J1E3cJVdHviaubqKFEduzQhIyS3FbqKXx1L/w/gVs8fq7E52ahL7v5A\n"
+	"EDAHC2cp+6qG2bLvTJDBdhzIjaVYlw88Ol4y0cokM2HWU8cobDgpJF95zda1HmV7\n"
+	"9wIDAQAB\n"
+	"-----END PUBLIC KEY-----\n"
+	"-----BEGIN PUBLIC KEY-----\n"
+	"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEHvE9BjD/H83d+WSfnNGgo7HIfrzQ\n"
+	"rAoNaC0QHxNpwfkrt5+nvhKg1IqOrFktDe4vKWFYvVzU75oMvXlxfMcsqg==\n"
+	"-----END PUBLIC KEY-----\n";
+
+static const char interop_rs256[] =
+	"eyJ0eXAiOiAiSldUIiwgImFsZyI6ICJSUzI1NiIsICJraWQiOiAiN2NlZDNkN2Iz"
+	"ZjM0NmM0YyJ9.eyJzdWIiOiAicHkiLCAiZGV2aWNlIjogImRldiIsICJqdGkiOiA"
+	"icHlqdGkiLCAiaWF0IjogMTgwMDAwMDAwMCwgImV4cCI6IDE5MDAwMDAwMDB9.Kz"
+	"wyuj6qbPtb5cJJ7XzcFe42q93Vg3bAHAOwKtmtYIp0BDH8xIgJo2Bp9kWTrqibCK"
+	"l5MHxS3ljDL0dv0ciIMarDuD_J5AGjPCU1bErHvv7Z5t5-TZ0WiOmiGj1or9JmB6"
+	"NWjckhWpdPeWNSbvbeTlwoIILSGt8exQtGZ8OMdPMGR8VoJMJIX5yXgDgxyRagCq"
+	"sRhs2_RH1ykf6mDyC1R92vJIK9L549J66fiFsaNVRf7MewpPs9s-jnibnWBATaGI"
+	"R9-7ZhZJfprwr60Xa-nzo_oG1ntOMp97vpd_ZCdqkPQKx_N03XbRuPH6Z-YRImRA"
+	"97fLYYBEaGhyFwzLCr9Q";
+
+static const char interop_es256[] =
+	"eyJ0eXAiOiAiSldUIiwgImFsZyI6ICJFUzI1NiIsICJraWQiOiAiM2ZmYTY4MjYy"
+	"MmUyMjNhMyJ9.eyJzdWIiOiAicHkiLCAiZGV2aWNlIjogImRldiIsICJqdGkiOiA"
+	"icHlqdGkiLCAiaWF0IjogMTgwMDAwMDAwMCwgImV4cCI6IDE5MDAwMDAwMDB9.a2"
+	"s69lKwyxKPd0oz0aVzt_B4m6TCWHXZKCz6b-0Wi3pIEZlosFkeFo4Bpju-YZEDp-"
+	"LJ-RcQrfx328c6R-SFGQ";
+
+static void test_interop(void **state)
+{
+	const char *end = strstr(interop_pems, "-----END PUBLIC KEY-----\n") + 25;
+	struct bm_jwt_keyring *ring;
+	struct bm_jwt_key *rsa, *ec;
+	struct bm_jwt_claims c;
+	char *t;
+
+	assert_int_equal(bm_jwt_key_parse(interop_pems, (size_t)(end - interop_pems), &rsa), 0);
+	assert_int_equal(bm_jwt_key_parse(end, strlen(end), &ec), 0);
+	assert_string_equal(bm_jwt_key_kid(rsa), "7ced3d7b3f346c4c");
+	assert_string_equal(bm_jwt_key_kid(ec), "3ffa682622e223a3");
+	assert_int_equal(bm_jwt_keyring_new(&ring), 0);
+	assert_int_equal(bm_jwt_keyring_add(ring, rsa), 0);
+	assert_int_equal(bm_jwt_keyring_add(ring, ec), 0);
+	assert_int_equal(bm_jwt_verify(ring, interop_rs256, strlen(interop_rs256),
+				       NOW, 0, &c), 0);
+	assert_string_equal(c.sub, "py");
+	assert_string_equal(c.device, "dev");
+	assert_string_equal(c.jti, "pyjti");
+	assert_int_equal(bm_jwt_verify(ring, interop_es256, strlen(interop_es256),
+				       NOW, 0, &c), 0);
+	assert_string_equal(c.sub, "py");
+	assert_true(c.iat == 1800000000 && c.exp == 1900000000 && c.nbf == 0);
+	/* One character of s altered. */
+	t = strdup(interop_es256);
+	assert_non_null(t);
+	t[strlen(t) - 3] = t[strlen(t) - 3] == 'A' ? 'B' : 'A';
+	assert_int_equal(bm_jwt_verify(ring, t, strlen(t), NOW, 0, &c), BM_ETOKEN_SIG);
+	free(t);
+	bm_jwt_keyring_free(ring);
+}
+
 /* --- rates (printed, not asserted) ---------------------------------------------- */
 
 static void rate(const char *what, const struct bm_jwt_key *key, int sign_n,
@@ -894,6 +966,7 @@ int main(void)
 		cmocka_unit_test(test_key_files),
 		cmocka_unit_test(test_key_unsupported),
 		cmocka_unit_test(test_keyring_many),
+		cmocka_unit_test(test_interop),
 		cmocka_unit_test(test_rates),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
