@@ -51,7 +51,7 @@ ifeq ($(DEVELOPER),1)
 WARN    += -Werror -Wvla -Wdeclaration-after-statement -Wno-error=deprecated-declarations
 endif
 
-CPPFLAGS += -I. -I$(GEN) -Icommon -Iqueue -Icluster -Iclient/lib -D_GNU_SOURCE
+CPPFLAGS += -I. -I$(GEN) -Icommon -Iqueue -Icluster -Iclient/lib -Itests/support -D_GNU_SOURCE
 CFLAGS   += -std=c11 -pipe $(CFLAGS_$(VARIANT)) $(WARN) $(PKG_CFLAGS) -MMD -MP
 LDFLAGS  += $(LDFLAGS_$(VARIANT))
 
@@ -146,7 +146,7 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(SYS_LIBS) -lcmocka
 
-$(B)/tests/it_%: $(B)/obj/tests/integration/it_%.o $(TEST_LIBS) $(PROGRAMS)
+$(B)/tests/it_%: $(B)/obj/tests/integration/it_%.o $(TEST_LIBS) | $(PROGRAMS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(SYS_LIBS) -lcmocka
 

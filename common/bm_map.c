@@ -5,7 +5,7 @@
 #include <string.h>
 
 /* FNV-1a with a murmur3 finalizer: fast on short keys (EIDs), well mixed. */
-uint64_t bm_hash64(const void *p, size_t n, uint64_t seed)
+uint64_t bm_map_hash(const void *p, size_t n, uint64_t seed)
 {
 	const uint8_t *s = p;
 	uint64_t h = 0xcbf29ce484222325ull ^ seed;
@@ -54,7 +54,7 @@ void *bm_map_get(const struct bm_map *m, const char *key)
 
 	if (!m->cap)
 		return NULL;
-	i = find(m, key, bm_hash64(key, strlen(key), 0));
+	i = find(m, key, bm_map_hash(key, strlen(key), 0));
 	return m->slots[i].key ? m->slots[i].val : NULL;
 }
 
@@ -82,7 +82,7 @@ static int grow(struct bm_map *m)
 
 int bm_map_put(struct bm_map *m, const char *key, void *val, void **old)
 {
-	uint64_t h = bm_hash64(key, strlen(key), 0);
+	uint64_t h = bm_map_hash(key, strlen(key), 0);
 	size_t i;
 	char *k;
 
@@ -114,7 +114,7 @@ void *bm_map_del(struct bm_map *m, const char *key)
 
 	if (!m->cap)
 		return NULL;
-	i = find(m, key, bm_hash64(key, strlen(key), 0));
+	i = find(m, key, bm_map_hash(key, strlen(key), 0));
 	if (!m->slots[i].key)
 		return NULL;
 	val = m->slots[i].val;

@@ -39,6 +39,6 @@ void *bm_map_del(struct bm_map *m, const char *key);
  * returned, after which iteration must restart). */
 int bm_map_next(const struct bm_map *m, size_t *iter, const char **key, void **val);
 
-uint64_t bm_hash64(const void *p, size_t n, uint64_t seed);
+uint64_t bm_map_hash(const void *p, size_t n, uint64_t seed);
 
 #endif

@@ -1,0 +1,279 @@
+/*
+ * link.c - the signal's ZeroMQ DEALERs, one per server (server/link.c has
+ * the other end and the message bodies).
+ *
+ * A session belongs to the server that owns its EID: rendezvous hashing over
+ * the servers that answered HELLO, so every signal picks the same one.  HELLO
+ * is repeated every second; a server that has not answered for three seconds
+ * is down.  When a server answers with a new boot id (it restarted), every
+ * session it owns is opened again there, so it knows who is online and
+ * resumes delivery from the committed offsets.
+ */
+#include "sig.h"
+
+#include "bm_err.h"
+#include "bm_idmap.h"
+#include "bm_log.h"
+#include "bm_time.h"
+#include "bm_zmq.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define DOWN_AFTER_MS 3000
+
+static void fill_hdr(struct sig *g, struct bm_ipc_hdr *h, int kind,
+		     const struct sig_sess *s)
+{
+	memset(h, 0, sizeof(*h));
+	h->kind = (uint8_t)kind;
+	snprintf(h->origin, sizeof(h->origin), "%s", g->cfg.node_id);
+	if (s) {
+		h->session = s->id;
+		snprintf(h->eid, sizeof(h->eid), "%s", s->eid);
+		snprintf(h->device, sizeof(h->device), "%s", s->device);
+	}
+}
+
+/* Rendezvous hashing: the live server with the highest hash(node, eid). */
+static int owner_of(struct sig *g, const char *eid)
+{
+	uint64_t best = 0;
+	int who = -1;
+
+	for (int i = 0; i < g->n_servers; i++) {
+		struct sig_server *sv = &g->servers[i];
+		uint64_t h;
+		if (!sv->up)
+			continue;
+		/* The same score as the cluster registry (cluster/bm_registry.h). */
+		h = bm_mix64(bm_hash64(sv->node, strlen(sv->node)) ^ bm_hash64(eid, strlen(eid)));
+		if (who < 0 || h > best) {
+			best = h;
+			who = i;
+		}
+	}
+	return who;
+}
+
+int sig_link_ready(struct sig *g)
+{
+	for (int i = 0; i < g->n_servers; i++)
+		if (g->servers[i].up)
+			return g->ring && bm_jwt_keyring_count(g->ring);
+	return 0;
+}
+
+static int send_open(struct sig *g, struct sig_sess *s)
+{
+	struct bm_ipc_hdr h;
+	char body[96];
+	int n = snprintf(body, sizeof(body), "{\"iat\":%lld,\"exp\":%lld}",
+			 (long long)s->iat, (long long)s->exp);
+
+	fill_hdr(g, &h, BM_IPC_SESSION_OPEN, s);
+	snprintf(h.aux, sizeof(h.aux), "%s", s->jti);
+	return bm_zsock_send(g->servers[s->srv].z, NULL, 0, &h, body, (size_t)n);
+}
+
+int sig_link_session_open(struct sig *g, struct sig_sess *s)
+{
+	int who = owner_of(g, s->eid);
+
+	if (who < 0)
+		return BM_EUNAVAIL;
+	s->srv = (uint8_t)who;
+	return send_open(g, s);
+}
+
+void sig_link_session_close(struct sig *g, struct sig_sess *s)
+{
+	struct bm_ipc_hdr h;
+
+	if (!s->eid || s->srv >= g->n_servers)
+		return;
+	fill_hdr(g, &h, BM_IPC_SESSION_CLOSE, s);
+	bm_zsock_send(g->servers[s->srv].z, NULL, 0, &h, "", 0);
+}
+
+int sig_link_stanza(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n)
+{
+	struct bm_ipc_hdr h;
+	struct sig_server *sv = &g->servers[s->srv];
+
+	if (!sv->up) {
+		/* The owner went away: the session moves to the new owner. */
+		int who = owner_of(g, s->eid);
+		if (who < 0)
+			return BM_EUNAVAIL;
+		s->srv = (uint8_t)who;
+		send_open(g, s);
+		sv = &g->servers[who];
+	}
+	fill_hdr(g, &h, BM_IPC_STANZA, s);
+	return bm_zsock_send(sv->z, NULL, 0, &h, p, n);
+}
+
+static void reopen_sessions(struct sig *g, int idx)
+{
+	const char *k;
+	void *v;
+	unsigned n = 0;
+
+	for (size_t it = 0; bm_map_next(&g->sessions, &it, &k, &v);) {
+		struct sig_sess *s = v;
+		if (s->state == SIG_OPEN && owner_of(g, s->eid) == idx) {
+			s->srv = (uint8_t)idx;
+			send_open(g, s);
+			n++;
+		}
+	}
+	if (n)
+		bm_info("link", "re-opened %u sessions on server '%s'", n, g->servers[idx].node);
+}
+
+static void on_welcome(struct sig *g, int idx, const uint8_t *body, size_t n)
+{
+	struct sig_server *sv = &g->servers[idx];
+	json_t *o = json_loadb((const char *)body, n, 0, NULL);
+	const char *node = o ? json_string_value(json_object_get(o, "node")) : NULL;
+	const char *boot = o ? json_string_value(json_object_get(o, "boot")) : NULL;
+	int was_up = sv->up;
+
+	if (node && boot) {
+		int restarted = sv->boot[0] && strcmp(sv->boot, boot);
+		snprintf(sv->node, sizeof(sv->node), "%s", node);
+		snprintf(sv->boot, sizeof(sv->boot), "%s", boot);
+		sv->up = 1;
+		sv->last_welcome_ms = bm_mono_ms();
+		if (!was_up)
+			bm_info("link", "server '%s' at %s is up", node, sv->endpoint);
+		if (restarted || !was_up)
+			reopen_sessions(g, idx);
+	}
+	json_decref(o);
+}
+
+static void on_push(struct sig *g, const struct bm_ipc_hdr *h, const uint8_t *body,
+		    size_t n)
+{
+	struct sig_sess *s = sig_idtab_get(&g->by_id, h->session);
+
+	if (s)
+		sig_sess_send(g, s, body, n);
+}
+
+static void on_kick(struct sig *g, const struct bm_ipc_hdr *h, const uint8_t *body,
+		    size_t n)
+{
+	struct sig_sess *s = sig_idtab_get(&g->by_id, h->session);
+	char text[160];
+	char *reason;
+	long code;
+
+	if (!s || s->state != SIG_OPEN)
+		return;
+	snprintf(text, sizeof(text), "%.*s", (int)n, (const char *)body);
+	code = strtol(text, &reason, 10);
+	if (code < 1000 || code > 4999)
+		code = 1008;
+	while (*reason == ' ')
+		reason++;
+	bm_info("link", "server closes session eid=%s device=%s: %ld %s", s->eid,
+		s->device, code, reason);
+	sig_sess_close(g, s, (int)code, reason);
+}
+
+static void on_msg(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		   const struct bm_ipc_hdr *h, const uint8_t *body, size_t n, void *ud)
+{
+	struct sig *g = ud;
+	int idx = 0;
+
+	while (idx < g->n_servers && g->servers[idx].z != z)
+		idx++;
+	switch (h->kind) {
+	case BM_IPC_WELCOME:
+		on_welcome(g, idx, body, n);
+		break;
+	case BM_IPC_KEYS:
+		sig_auth_set_keys(g, (const char *)body, n);
+		break;
+	case BM_IPC_REVOKE:
+		sig_auth_apply_revocations(g, (const char *)body, n);
+		break;
+	case BM_IPC_PUSH:
+		on_push(g, h, body, n);
+		break;
+	case BM_IPC_KICK:
+		on_kick(g, h, body, n);
+		break;
+	default:
+		bm_debug("link", "ignoring %s from server", bm_ipc_kind_name(h->kind));
+	}
+	sig_sess_reap(g);
+}
+
+void sig_link_tick(struct sig *g)
+{
+	uint64_t now = bm_mono_ms();
+
+	for (int i = 0; i < g->n_servers; i++) {
+		struct sig_server *sv = &g->servers[i];
+		struct bm_ipc_hdr h;
+
+		if (sv->up && now - sv->last_welcome_ms > DOWN_AFTER_MS) {
+			sv->up = 0;
+			bm_warn("link", "server '%s' at %s is not answering", sv->node,
+				sv->endpoint);
+		}
+		fill_hdr(g, &h, BM_IPC_HELLO, NULL);
+		bm_zsock_send(sv->z, NULL, 0, &h, "{}", 2);
+	}
+}
+
+int sig_link_open(struct sig *g)
+{
+	int hwm = 100000;
+
+	g->zctx = zmq_ctx_new();
+	if (!g->zctx)
+		return BM_ESYS;
+	for (int i = 0; i < 16 && g->cfg.servers[i][0]; i++) {
+		struct sig_server *sv = &g->servers[i];
+
+		snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", g->cfg.servers[i]);
+		snprintf(sv->node, sizeof(sv->node), "%s", sv->endpoint);
+		sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
+		if (!sv->z)
+			return BM_ESYS;
+		zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_SNDHWM, &hwm, sizeof(hwm));
+		zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_RCVHWM, &hwm, sizeof(hwm));
+		if (g->cfg.curve_server_public[0] &&
+		    bm_zsock_curve_client(sv->z, g->cfg.curve_server_public, g->cfg.curve_public,
+					  g->cfg.curve_secret)) {
+			bm_err("link", "invalid CURVE keys in the configuration");
+			return BM_ECONFIG;
+		}
+		if (bm_zsock_connect(sv->z, sv->endpoint))
+			return BM_ESYS;
+		g->n_servers++;
+	}
+	if (!g->n_servers) {
+		bm_err("link", "no server configured (key 'servers')");
+		return BM_ECONFIG;
+	}
+	sig_link_tick(g);
+	return 0;
+}
+
+void sig_link_close(struct sig *g)
+{
+	for (int i = 0; i < g->n_servers; i++)
+		bm_zsock_free(g->servers[i].z);
+	if (g->zctx)
+		zmq_ctx_term(g->zctx);
+}

@@ -1,0 +1,338 @@
+#include "bm_harness.h"
+
+#include "bm_httpc.h"
+#include "bm_time.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_NODES 32
+
+static char root[256];
+static struct bm_h_node *nodes[MAX_NODES];
+static int n_nodes;
+
+static void cleanup(void)
+{
+	for (int i = 0; i < n_nodes; i++)
+		if (nodes[i]->pid > 0) {
+			kill(nodes[i]->pid, SIGKILL);
+			waitpid(nodes[i]->pid, NULL, 0);
+			nodes[i]->pid = 0;
+		}
+	if (root[0] && !getenv("BIMIP_KEEP_TEST_DIR")) {
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+		if (system(cmd) != 0)
+			fprintf(stderr, "harness: cannot remove '%s'\n", root);
+	}
+}
+
+static void on_fatal(int sig)
+{
+	cleanup();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+void bm_h_init(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	if (root[0])
+		return;
+	snprintf(root, sizeof(root), "%s/bimip-it.XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(root)) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	atexit(cleanup);
+	signal(SIGABRT, on_fatal);
+	signal(SIGSEGV, on_fatal);
+	signal(SIGTERM, on_fatal);
+	signal(SIGINT, on_fatal);
+}
+
+const char *bm_h_root(void)
+{
+	return root;
+}
+
+static const char *bin_dir(void)
+{
+	const char *b = getenv("BIMIP_BIN");
+	return b && *b ? b : "build/bin";
+}
+
+static int write_config(struct bm_h_node *n, json_t *cfg, const char *extra)
+{
+	if (extra) {
+		json_error_t e;
+		json_t *x = json_loads(extra, 0, &e);
+		if (!x) {
+			fprintf(stderr, "harness: bad extra config: %s\n", e.text);
+			return -1;
+		}
+		json_object_update_recursive(cfg, x);
+		json_decref(x);
+	}
+	return json_dump_file(cfg, n->cfg, JSON_INDENT(2));
+}
+
+static int spawn(struct bm_h_node *n)
+{
+	char exe[512];
+	int fd;
+	pid_t pid;
+
+	snprintf(exe, sizeof(exe), "%s/%s", bin_dir(), n->server ? "bimip-server" : "bimip-signal");
+	unlink(n->ready);
+	pid = fork();
+	if (pid == -1)
+		return -1;
+	if (pid == 0) {
+		fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		execl(exe, exe, "-c", n->cfg, "-r", n->ready, (char *)NULL);
+		fprintf(stderr, "harness: cannot exec '%s': %s\n", exe, strerror(errno));
+		_exit(127);
+	}
+	n->pid = pid;
+	for (int i = 0; i < n_nodes; i++)
+		if (nodes[i] == n)
+			return 0;
+	if (n_nodes < MAX_NODES)
+		nodes[n_nodes++] = n;
+	return 0;
+}
+
+static void tail_log(const struct bm_h_node *n)
+{
+	char cmd[400];
+
+	snprintf(cmd, sizeof(cmd), "tail -n 20 '%s' >&2", n->log);
+	if (system(cmd) != 0)
+		fprintf(stderr, "harness: no log '%s'\n", n->log);
+}
+
+static int wait_ready(struct bm_h_node *n, int timeout_ms)
+{
+	uint64_t deadline = bm_mono_ms() + (uint64_t)timeout_ms;
+	json_t *r;
+	const char *v;
+	int status;
+
+	for (;;) {
+		if (waitpid(n->pid, &status, WNOHANG) == n->pid) {
+			fprintf(stderr, "harness: %s exited during start-up (status %d):\n",
+				n->name, status);
+			n->pid = 0;
+			tail_log(n);
+			return -1;
+		}
+		r = json_load_file(n->ready, 0, NULL);
+		if (r)
+			break;
+		if (bm_mono_ms() > deadline) {
+			fprintf(stderr, "harness: %s not ready after %d ms:\n", n->name, timeout_ms);
+			tail_log(n);
+			return -1;
+		}
+		/* Polling the file at 5 ms: readiness, not a guess of duration. */
+		poll(NULL, 0, 5);
+	}
+	if ((v = json_string_value(json_object_get(r, "zmq"))))
+		snprintf(n->zmq, sizeof(n->zmq), "%s", v);
+	if ((v = json_string_value(json_object_get(r, "admin"))))
+		snprintf(n->admin, sizeof(n->admin), "%s", v);
+	if ((v = json_string_value(json_object_get(r, "ws"))) && *v) {
+		snprintf(n->ws, sizeof(n->ws), "%s", v);
+		snprintf(n->url, sizeof(n->url), "ws://%s/", v);
+	}
+	json_decref(r);
+	return 0;
+}
+
+static int start(struct bm_h_node *n)
+{
+	if (spawn(n))
+		return -1;
+	return wait_ready(n, 30000);
+}
+
+static void node_paths(struct bm_h_node *n, const char *name, int server)
+{
+	memset(n, 0, sizeof(*n));
+	bm_h_init();
+	n->server = server;
+	snprintf(n->name, sizeof(n->name), "%s", name);
+	snprintf(n->dir, sizeof(n->dir), "%s/%s", root, name);
+	mkdir(n->dir, 0700);
+	snprintf(n->cfg, sizeof(n->cfg), "%s/config.json", n->dir);
+	snprintf(n->log, sizeof(n->log), "%s/log", n->dir);
+	snprintf(n->ready, sizeof(n->ready), "%s/ready", n->dir);
+}
+
+int bm_h_start_server(struct bm_h_node *n, const char *name, const char *extra)
+{
+	char data[300];
+	json_t *cfg;
+	int rc;
+
+	node_paths(n, name, 1);
+	snprintf(data, sizeof(data), "%s/data", n->dir);
+	cfg = json_pack("{s:{s:s}, s:s, s:{s:s, s:s}, s:{s:s}, s:{s:s}, s:{s:s}}",
+			"node", "id", name, "data_dir", data,
+			"listen", "zmq", "tcp://127.0.0.1:0", "admin", "127.0.0.1:0",
+			"admin", "key", BM_H_ADMIN_KEY, "queue", "fsync", "group",
+			"log", "level", getenv("BIMIP_TEST_DEBUG") ? "debug" : "info");
+	rc = write_config(n, cfg, extra);
+	json_decref(cfg);
+	return rc ? rc : start(n);
+}
+
+int bm_h_start_signal(struct bm_h_node *n, const char *name,
+		      const struct bm_h_node *const *servers, int nservers,
+		      const char *extra)
+{
+	json_t *cfg, *list = json_array();
+	int rc;
+
+	node_paths(n, name, 0);
+	for (int i = 0; i < nservers; i++)
+		json_array_append_new(list, json_string(servers[i]->zmq));
+	cfg = json_pack("{s:{s:s}, s:{s:s, s:s}, s:{s:s}, s:o, s:{s:s}}",
+			"node", "id", name, "listen", "ws", "127.0.0.1:0", "admin",
+			"127.0.0.1:0", "admin", "key", BM_H_ADMIN_KEY, "servers", list,
+			"log", "level", getenv("BIMIP_TEST_DEBUG") ? "debug" : "info");
+	rc = write_config(n, cfg, extra);
+	json_decref(cfg);
+	return rc ? rc : start(n);
+}
+
+int bm_h_restart(struct bm_h_node *n)
+{
+	/* Keep the ZeroMQ endpoint so the signals find the server again. */
+	if (n->server && n->zmq[0]) {
+		json_t *cfg = json_load_file(n->cfg, 0, NULL);
+		if (!cfg)
+			return -1;
+		json_object_set_new(json_object_get(cfg, "listen"), "zmq", json_string(n->zmq));
+		json_dump_file(cfg, n->cfg, JSON_INDENT(2));
+		json_decref(cfg);
+	}
+	return start(n);
+}
+
+int bm_h_stop(struct bm_h_node *n, int sig)
+{
+	uint64_t deadline = bm_mono_ms() + 15000;
+	int status;
+
+	if (n->pid <= 0)
+		return -1;
+	kill(n->pid, sig);
+	for (;;) {
+		pid_t r = waitpid(n->pid, &status, WNOHANG);
+		if (r == n->pid)
+			break;
+		if (bm_mono_ms() > deadline) {
+			kill(n->pid, SIGKILL);
+			waitpid(n->pid, NULL, 0);
+			n->pid = 0;
+			return -1;
+		}
+		poll(NULL, 0, 5);
+	}
+	n->pid = 0;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+int bm_h_http(const char *hostport, const char *method, const char *path,
+	      const char *key, const char *body, char *out, size_t cap)
+{
+	return bm_httpc_request(hostport, method, path, key, body, out, cap, 5000);
+}
+
+int bm_h_wait_readyz(struct bm_h_node *n, int timeout_ms)
+{
+	uint64_t deadline = bm_mono_ms() + (uint64_t)timeout_ms;
+
+	while (bm_mono_ms() < deadline) {
+		if (bm_h_http(n->admin, "GET", "/readyz", NULL, NULL, NULL, 0) == 200)
+			return 0;
+		poll(NULL, 0, 10);
+	}
+	return -1;
+}
+
+char *bm_h_token(const struct bm_h_node *server, const char *eid, const char *device,
+		 int ttl_s)
+{
+	char body[512], out[8192];
+	json_t *r;
+	char *tok = NULL;
+	int st;
+
+	snprintf(body, sizeof(body), "{\"eid\":\"%s\",\"device\":\"%s\",\"ttl\":%d}", eid,
+		 device, ttl_s);
+	st = bm_h_http(server->admin, "POST", "/v1/tokens", BM_H_ADMIN_KEY, body, out,
+		       sizeof(out));
+	if (st != 200)
+		return NULL;
+	r = json_loads(out, 0, NULL);
+	if (r && json_string_value(json_object_get(r, "token")))
+		tok = strdup(json_string_value(json_object_get(r, "token")));
+	json_decref(r);
+	return tok;
+}
+
+int bm_h_log_has(const struct bm_h_node *n, const char *needle)
+{
+	FILE *f = fopen(n->log, "r");
+	char line[4096];
+	int found = 0;
+
+	if (!f)
+		return 0;
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, needle) != NULL;
+	fclose(f);
+	return found;
+}
+
+int bm_h_check_logs(void)
+{
+	static const char *const bad[] = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+					   "runtime error:", "invariant broken" };
+	int problems = 0;
+
+	for (int i = 0; i < n_nodes; i++)
+		for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++)
+			if (bm_h_log_has(nodes[i], bad[j])) {
+				fprintf(stderr, "harness: '%s' in the log of %s:\n", bad[j],
+					nodes[i]->name);
+				tail_log(nodes[i]);
+				problems++;
+			}
+	return problems;
+}
