@@ -769,7 +769,7 @@ int bm_jwt_verify(const struct bm_jwt_keyring *ring, const char *tok,
 {
 	uint8_t hdr[PART_MAX], pay[PART_MAX], sig[SIG_MAX];
 	size_t hlen, plen, slen, kid_len = 0;
-	const char *d1, *d2, *kid = NULL, *end = tok + len;
+	const char *d1, *d2, *end, *kid = NULL;
 	unsigned char hash[32];
 	struct bm_jwt_claims c;
 	struct bm_jwt_key *key;
@@ -782,6 +782,7 @@ int bm_jwt_verify(const struct bm_jwt_keyring *ring, const char *tok,
 	memset(&c, 0, sizeof(c));
 	if (!tok || len > BM_JWT_MAX_LEN)
 		return BM_ETOKEN_MALFORMED;
+	end = tok + len;
 	d1 = memchr(tok, '.', len);
 	d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;
 	if (!d2 || memchr(d2 + 1, '.', (size_t)(end - d2 - 1)))
