@@ -93,6 +93,7 @@ struct bm_swim {
 
 	char join_addr[BM_SWIM_ADDR_MAX + 1];
 	int joining, join_heard;
+	unsigned join_tries;
 	uint64_t join_next;
 
 	struct relay relay[RELAYS];
@@ -713,6 +714,7 @@ int bm_swim_join(struct bm_swim *s, const char *seed, uint64_t now)
 	strcpy(s->join_addr, seed);
 	s->joining = 1;
 	s->join_heard = 0;
+	s->join_tries = 0;
 	s->join_next = now + s->period;
 	send_sync(s, s->join_addr, BM_SWIM_SYNC_REPLY);
 	return 0;
@@ -903,6 +905,9 @@ void bm_swim_tick(struct bm_swim *s, uint64_t now)
 			s->joining = 0;
 		} else {
 			s->join_next = now + s->period;
+			if (++s->join_tries % 10 == 0)
+				bm_warn("swim", "seed '%s' has not answered after %u tries",
+					s->join_addr, s->join_tries);
 			send_sync(s, s->join_addr, BM_SWIM_SYNC_REPLY);
 		}
 	}
@@ -948,7 +953,7 @@ static int on_answer_packet(void *ctx, struct bm_swim_enc *e)
 
 static void on_ack(struct bm_swim *s, const struct bm_swim_pkt *p, uint64_t now)
 {
-	if (s->pr.active && p->seq == s->pr.seq &&
+	if (s->pr.active && p->seq == s->pr.seq && s->m[s->pr.target].in_use &&
 	    bm_swim_str_eq(p->target, s->m[s->pr.target].id)) {
 		s->pr.active = 0;
 		return;
