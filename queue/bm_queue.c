@@ -74,8 +74,8 @@
  *      trailer: u32 CRC-32C of the body.
  *    first = first offset still in the log (head + 1 if none); first_pos
  *    its position (none if none); last_pos = position of offset head.
- *    Sparse index: entry k is the position of offset (idx_first + k) * 64;
- *    entries cover every multiple of 64 in [first, head], contiguously.
+ *    Sparse index: entry k is the position of offset (idx_first + k) * 16;
+ *    entries cover every multiple of 16 in [first, head], contiguously.
  *
  * 5. Recovery.  Open lists the segments, checks they are contiguous, loads
  *    the checkpoint (if it is missing or damaged and the log still starts at
@@ -129,7 +129,7 @@
 #define CKPT_MAGIC   0x43514D42u
 #define CKPT_VERSION 1u
 #define NONE         UINT64_MAX
-#define IDX_EVERY    64u
+#define IDX_EVERY    16u
 #define SCAN_MAX     65536u
 #define WBUF_FLUSH   (4u << 20)   /* appenders write inline past this */
 
@@ -211,6 +211,11 @@ struct stream {
 	char name[];
 };
 
+struct slot {
+	uint64_t hash;         /* kept here so probes do not touch the stream */
+	struct stream *s;
+};
+
 struct seg {
 	uint64_t base;
 	uint64_t end;          /* sealed: next base; active: appended_pos */
@@ -252,7 +257,7 @@ struct bm_queue {
 
 	struct stream **by_id;    /* by_id[id-1] */
 	uint64_t nstreams, by_id_cap;
-	struct stream **ht;
+	struct slot *ht;          /* open addressing, load <= 1/2 */
 	uint64_t ht_cap;
 
 	struct comp *ring;
@@ -328,6 +333,11 @@ static uint64_t hash_name(const char *s, size_t n)
 		h ^= (uint8_t)s[i];
 		h *= 1099511628211ull;
 	}
+	/* FNV's low bits are weak for names that differ in a few digits;
+	 * the murmur3 finalizer spreads them over the table mask. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
 	return h;
 }
 
@@ -340,15 +350,16 @@ static void seg_path(const struct bm_queue *q, char *out, size_t cap, uint64_t b
 
 static struct stream *stream_find(struct bm_queue *q, const char *name, size_t n)
 {
-	uint64_t i;
+	uint64_t i, h;
 
 	if (!q->ht_cap)
 		return NULL;
-	for (i = hash_name(name, n) & (q->ht_cap - 1);; i = (i + 1) & (q->ht_cap - 1)) {
-		struct stream *s = q->ht[i];
+	h = hash_name(name, n);
+	for (i = h & (q->ht_cap - 1);; i = (i + 1) & (q->ht_cap - 1)) {
+		struct stream *s = q->ht[i].s;
 		if (!s)
 			return NULL;
-		if (s->name_len == n && !memcmp(s->name, name, n))
+		if (q->ht[i].hash == h && s->name_len == n && !memcmp(s->name, name, n))
 			return s;
 	}
 }
@@ -360,13 +371,46 @@ static struct stream *stream_by_id(struct bm_queue *q, uint64_t id)
 	return q->by_id[id - 1];
 }
 
-static void ht_put(struct stream **ht, uint64_t cap, struct stream *s)
+static void ht_put(struct slot *ht, uint64_t cap, uint64_t h, struct stream *s)
 {
-	uint64_t i = hash_name(s->name, s->name_len) & (cap - 1);
+	uint64_t i = h & (cap - 1);
 
-	while (ht[i])
+	while (ht[i].s)
 		i = (i + 1) & (cap - 1);
-	ht[i] = s;
+	ht[i].hash = h;
+	ht[i].s = s;
+}
+
+/* Sizes the tables for n streams in all (used before loading many). */
+static int table_reserve(struct bm_queue *q, uint64_t n)
+{
+	uint64_t cap = 128;
+	struct stream **v;
+	struct slot *ht;
+
+	if (n > (1ull << 32))
+		return BM_ENOMEM;
+	while (cap < n * 2 + 2)
+		cap *= 2;
+	if (n > q->by_id_cap) {
+		v = realloc(q->by_id, n * sizeof(*v));
+		if (!v)
+			return BM_ENOMEM;
+		q->by_id = v;
+		q->by_id_cap = n;
+	}
+	if (cap > q->ht_cap) {
+		ht = calloc(cap, sizeof(*ht));
+		if (!ht)
+			return BM_ENOMEM;
+		for (uint64_t i = 0; i < q->ht_cap; i++)
+			if (q->ht[i].s)
+				ht_put(ht, cap, q->ht[i].hash, q->ht[i].s);
+		free(q->ht);
+		q->ht = ht;
+		q->ht_cap = cap;
+	}
+	return 0;
 }
 
 /* Adds a stream with the next id; the caller checked the name is new. */
@@ -385,12 +429,12 @@ static int stream_add(struct bm_queue *q, const char *name, size_t n,
 	}
 	if ((q->nstreams + 1) * 2 > q->ht_cap) {
 		uint64_t cap = q->ht_cap ? q->ht_cap * 2 : 128;
-		struct stream **ht = calloc(cap, sizeof(*ht));
+		struct slot *ht = calloc(cap, sizeof(*ht));
 		if (!ht)
 			return BM_ENOMEM;
 		for (uint64_t i = 0; i < q->ht_cap; i++)
-			if (q->ht[i])
-				ht_put(ht, cap, q->ht[i]);
+			if (q->ht[i].s)
+				ht_put(ht, cap, q->ht[i].hash, q->ht[i].s);
 		free(q->ht);
 		q->ht = ht;
 		q->ht_cap = cap;
@@ -405,7 +449,7 @@ static int stream_add(struct bm_queue *q, const char *name, size_t n,
 	s->last_pos = NONE;
 	s->first_pos = NONE;
 	q->by_id[q->nstreams++] = s;
-	ht_put(q->ht, q->ht_cap, s);
+	ht_put(q->ht, q->ht_cap, hash_name(name, n), s);
 	*out = s;
 	return 0;
 }
@@ -1105,7 +1149,7 @@ static int read_payload(struct bm_queue *q, uint64_t pos, const struct rec_hdr *
 	return 0;
 }
 
-/* mu held: position (and header) of offset off of s.  At most 63 steps back
+/* mu held: position (and header) of offset off of s.  At most 15 steps back
  * from the nearest sparse-index entry or the head. */
 static int locate(struct bm_queue *q, struct stream *s, uint64_t off,
 		  uint64_t *pos_out, struct rec_hdr *h)
@@ -1525,6 +1569,13 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 	memcpy(&crc, p + n - 4, 4);
 	if (crc != bm_crc32c(0, p + sizeof(ch), ch.body_len))
 		goto bad;
+	/* Each stream entry takes at least 57 bytes: bounds the allocation. */
+	if (ch.nstreams > ch.body_len / 57)
+		goto bad;
+	rc = table_reserve(q, ch.nstreams);
+	if (rc)
+		goto bad;
+	rc = BM_ECORRUPT;
 	at = sizeof(ch);
 	cs = malloc(ch.nsegments * sizeof(*cs));
 	if (!cs) {
@@ -1550,8 +1601,7 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 		if (e.id != i + 1 || e.name_len == 0 || e.name_len > BM_QUEUE_NAME_MAX ||
 		    end - at < e.name_len || e.first == 0 || e.first > e.head + 1 ||
 		    e.head == UINT64_MAX || (e.head && e.last_pos >= ch.log_pos) ||
-		    (e.first <= e.head && (e.first_pos > e.last_pos)) ||
-		    stream_find(q, (const char *)p + at, e.name_len))
+		    (e.first <= e.head && (e.first_pos > e.last_pos)))
 			goto bad;
 		rc = stream_add(q, (const char *)p + at, e.name_len, &s);
 		if (rc)
@@ -1579,7 +1629,7 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 			rc = BM_ECORRUPT;
 			at += dl;
 		}
-		/* The index must cover exactly the multiples of 64 in
+		/* The index must cover exactly the multiples of 16 in
 		 * [first, head]. */
 		{
 			uint64_t lo = (e.first + IDX_EVERY - 1) / IDX_EVERY;
@@ -2043,7 +2093,8 @@ static int list_segments(struct bm_queue *q, uint64_t **out, size_t *n_out)
 		v[n++] = b;
 	}
 	closedir(d);
-	qsort(v, n, sizeof(*v), cmp_u64);
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_u64);
 	*out = v;
 	*n_out = n;
 	return 0;

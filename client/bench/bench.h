@@ -1,0 +1,16 @@
+/*
+ * bench.h - modes of bimip-bench.  Each mode is one function taking the
+ * arguments after the mode name (argv[0] is the mode name) and returning
+ * the process exit status.  Add a mode: write bench_<name>.c here and one
+ * row in the table of main.c.
+ *
+ * Output convention: one line per measurement, "key=value" pairs separated
+ * by spaces, the first pair naming the measurement, so that scripts can grep
+ * and compare runs; free text only on lines starting with '#'.
+ */
+#ifndef BENCH_H
+#define BENCH_H
+
+int bench_queue_main(int argc, char **argv);
+
+#endif
