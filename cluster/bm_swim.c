@@ -30,6 +30,10 @@
 #define REG_ANSWER_PKTS 32 /* ~1,000 entries per digest answered */
 #define REG_ROOM 400 /* packet bytes kept for registry piggyback if any */
 #define URGENT 128   /* bucket offset of suspicions, deaths, refutations */
+#define CONF_MAX 4   /* independent suspicions that shorten the timeout */
+#define SUSP_MAX_MULT 6 /* a lone suspicion waits 6x the minimum timeout */
+#define SELF_SLOT (-1)
+#define NO_SLOT (-2)
 
 struct member {
 	char *id;              /* owned block: id, addr, zmq, admin */
@@ -43,6 +47,11 @@ struct member {
 	int32_t bprev, bnext;  /* bucket list; bnext also chains free slots */
 	uint64_t since_ms;     /* last state change */
 	uint64_t deadline;     /* suspect -> dead */
+	/* Lifeguard suspicion: who suspected first (slot, SELF_SLOT, or
+	 * NO_SLOT), and the distinct confirmers heard since (by id hash) */
+	int32_t suspector;
+	uint8_t nconf, conf_k;
+	uint64_t conf[CONF_MAX];
 };
 
 struct relay {
@@ -160,6 +169,30 @@ static uint64_t suspicion_timeout(const struct bm_swim *s)
 	return (uint64_t)(s->susp_mult * f * s->period);
 }
 
+/* Lifeguard (Dadgar et al. 2018) as memberlist does it: a suspicion starts
+ * with SUSP_MAX_MULT * min and shrinks towards min as k independent members
+ * confirm it: max - (max - min) * log(c + 1) / log(k + 1). */
+static unsigned confirmations_wanted(const struct bm_swim *s)
+{
+	int k = (int)s->susp_mult - 2, n = (int)live_count(s) - 2;
+
+	if (n < k)
+		k = n;
+	return k < 0 ? 0 : k > CONF_MAX ? CONF_MAX : (unsigned)k;
+}
+
+static uint64_t suspicion_deadline(const struct bm_swim *s, const struct member *m)
+{
+	uint64_t min = suspicion_timeout(s), max = SUSP_MAX_MULT * min;
+	double t;
+
+	if (m->conf_k == 0 || m->nconf >= m->conf_k)
+		return m->since_ms + min;
+	t = (double)max - (double)(max - min) * log((double)m->nconf + 1) /
+			  log((double)m->conf_k + 1);
+	return m->since_ms + (t < (double)min ? min : (uint64_t)t);
+}
+
 static void view(const struct bm_swim *s, int32_t i, struct bm_swim_member *v)
 {
 	const struct member *m = &s->m[i];
@@ -174,8 +207,17 @@ static void view(const struct bm_swim *s, int32_t i, struct bm_swim_member *v)
 	v->self = i == s->self;
 }
 
-static void to_rec(const struct member *m, struct bm_swim_rec *r)
+static void to_rec(const struct bm_swim *s, const struct member *m, struct bm_swim_rec *r)
 {
+	r->from.p = "";
+	r->from.len = 0;
+	if (m->state == BM_SWIM_SUSPECT) {
+		int32_t w = m->suspector == SELF_SLOT ? s->self : m->suspector;
+		if (w >= 0 && s->m[w].in_use) {
+			r->from.p = s->m[w].id;
+			r->from.len = s->m[w].idlen;
+		}
+	}
 	r->id.p = m->id;
 	r->id.len = m->idlen;
 	r->addr = bm_swim_str_of(m->addr);
@@ -368,6 +410,46 @@ static void member_reap(struct bm_swim *s, int32_t i)
 	/* probe and suspect lists skip slots that are not in use */
 }
 
+static int32_t suspector_slot(const struct bm_swim *s, struct bm_swim_str from)
+{
+	int32_t i;
+
+	if (!from.len)
+		return NO_SLOT;
+	i = bm_idmap_get(&s->map, from.p, from.len);
+	return i == s->self ? SELF_SLOT : i < 0 ? NO_SLOT : i;
+}
+
+static void start_suspicion(struct bm_swim *s, int32_t i, struct bm_swim_str from)
+{
+	struct member *m = &s->m[i];
+
+	m->suspector = suspector_slot(s, from);
+	m->nconf = 0;
+	m->conf_k = (uint8_t)confirmations_wanted(s);
+	m->deadline = suspicion_deadline(s, m);
+	susp_add(s, i);
+}
+
+/* Another member independently suspects i: shorten the timeout. */
+static void confirm(struct bm_swim *s, int32_t i, struct bm_swim_str from)
+{
+	struct member *m = &s->m[i];
+	int32_t slot = suspector_slot(s, from);
+	uint64_t h;
+
+	if (!from.len || (slot != NO_SLOT && slot == m->suspector) || m->nconf >= m->conf_k)
+		return;
+	h = bm_hash64(from.p, from.len);
+	for (unsigned k = 0; k < m->nconf; k++)
+		if (m->conf[k] == h)
+			return;
+	m->conf[m->nconf++] = h;
+	m->deadline = suspicion_deadline(s, m);
+	if (s->next_susp == 0 || m->deadline < s->next_susp)
+		s->next_susp = m->deadline;
+}
+
 /* Apply one record about a member (from the wire or local). */
 static void apply(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
 {
@@ -421,13 +503,17 @@ static void apply(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
 		bm_registry_set_retransmit(s->reg, retransmit_limit(s));
 		emit(s, BM_SWIM_EV_JOINED, i);
 		if (m->state == BM_SWIM_SUSPECT) {
-			m->deadline = now + suspicion_timeout(s);
-			susp_add(s, i);
+			start_suspicion(s, i, r->from);
 			emit(s, BM_SWIM_EV_SUSPECT, i);
 		}
 		return;
 	}
 	m = &s->m[i];
+	if (r->state == BM_SWIM_SUSPECT && m->state == BM_SWIM_SUSPECT &&
+	    r->incarnation == m->inc) {
+		confirm(s, i, r->from);
+		return;
+	}
 	if (!(r->incarnation > m->inc || (r->incarnation == m->inc && r->state > m->state)))
 		return;
 	old = m->state;
@@ -464,8 +550,7 @@ static void apply(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
 		emit(s, old == BM_SWIM_ALIVE ? BM_SWIM_EV_UPDATED : BM_SWIM_EV_ALIVE_AGAIN, i);
 		break;
 	case BM_SWIM_SUSPECT:
-		m->deadline = now + suspicion_timeout(s);
-		susp_add(s, i);
+		start_suspicion(s, i, r->from);
 		s->st.suspects++;
 		bm_debug("swim", "member '%s' is suspect (incarnation %u)", m->id, m->inc);
 		emit(s, BM_SWIM_EV_SUSPECT, i);
@@ -487,8 +572,12 @@ static void declare(struct bm_swim *s, int32_t i, unsigned state, uint64_t now)
 {
 	struct bm_swim_rec r;
 
-	to_rec(&s->m[i], &r);
+	to_rec(s, &s->m[i], &r);
 	r.state = (uint8_t)state;
+	if (state == BM_SWIM_SUSPECT) {
+		r.from.p = s->m[s->self].id;
+		r.from.len = s->m[s->self].idlen;
+	}
 	apply(s, &r, now);
 }
 
@@ -522,7 +611,7 @@ static void piggyback(struct bm_swim *s, struct bm_swim_enc *e)
 		for (int32_t i = s->bhead[b]; i >= 0; i = s->m[i].bnext) {
 			struct bm_swim_rec r;
 
-			to_rec(&s->m[i], &r);
+			to_rec(s, &s->m[i], &r);
 			if (ntaken == BM_SWIM_REC_MAX || bm_swim_enc_member(e, &r) != 0)
 				goto out_full;
 			taken[ntaken++] = i;
@@ -562,14 +651,14 @@ static void send_sync(struct bm_swim *s, const char *addr, uint8_t flags)
 		/* self first, so even a lost tail leaves the peer knowing us */
 		if (chunk == 0) {
 			struct bm_swim_rec r;
-			to_rec(&s->m[s->self], &r);
+			to_rec(s, &s->m[s->self], &r);
 			bm_swim_enc_member(&s->enc, &r);
 		}
 		for (; i < s->nm; i++) {
 			struct bm_swim_rec r;
 			if (!s->m[i].in_use || (int32_t)i == s->self)
 				continue;
-			to_rec(&s->m[i], &r);
+			to_rec(s, &s->m[i], &r);
 			if (bm_swim_enc_member(&s->enc, &r) == BM_ETOOBIG) {
 				if (s->enc.nrec == 0)
 					i++; /* cannot happen: a record fits an empty packet */
@@ -742,7 +831,7 @@ void bm_swim_leave(struct bm_swim *s, uint64_t now)
 			break;
 		bm_swim_enc_start(&s->enc, BM_SWIM_PING, s->mtu);
 		bm_swim_enc_probe(&s->enc, ++s->seq, s->m[i].id, NULL);
-		to_rec(me, &r);
+		to_rec(s, me, &r);
 		bm_swim_enc_member(&s->enc, &r);
 		transmit(s, s->m[i].addr, &s->enc);
 	}
@@ -809,6 +898,9 @@ static void probe_tick(struct bm_swim *s, uint64_t now)
 				/* tell the suspect first: if it is alive it refutes
 				 * in its ACK (the suspicion leads our piggyback) */
 				send_probe(s, BM_SWIM_PING, t->addr, ++s->seq, t->id, NULL);
+			} else if (t->state == BM_SWIM_SUSPECT) {
+				struct bm_swim_str me = { s->m[s->self].id, s->m[s->self].idlen };
+				confirm(s, s->pr.target, me);
 			}
 		}
 	}

@@ -22,8 +22,11 @@
  *              complete up to from is complete up to version".
  *   members  = n:u16 member*n                      (n <= 128)
  *   member   = id:str8 role:u8 state:u8 incarnation:u32
- *              gossip_addr:str8 zmq:str8 admin:str8
- *              role 1 signal, 2 server; state 0 alive, 1 suspect, 2 dead, 3 left
+ *              gossip_addr:str8 zmq:str8 admin:str8 [suspector:str8]
+ *              role 1 signal, 2 server; state 0 alive, 1 suspect, 2 dead, 3 left;
+ *              suspector only when state is 1: the id of the member whose
+ *              probe failed (0..64 bytes, empty = unknown), so receivers can
+ *              count independent suspicions (Lifeguard)
  *   registry = n:u16 entry*n                       (n <= 72)
  *   entry    = writer:str8 eid:str8 epoch:u64 version:u64 ndev:u8 dev:str8*ndev
  *              (ndev <= 8; ndev 0 is a tombstone)
@@ -246,7 +249,11 @@ int bm_swim_enc_member(struct bm_swim_enc *e, const struct bm_swim_rec *r)
 	if (!str_ok(r->id, 1, BM_SWIM_ID_MAX) || !str_ok(r->addr, 0, BM_SWIM_ADDR_MAX) ||
 	    !str_ok(r->zmq, 0, BM_SWIM_ADDR_MAX) || !str_ok(r->admin, 0, BM_SWIM_ADDR_MAX))
 		return BM_EINVAL;
+	if (r->state == BM_SWIM_SUSPECT && !str_ok(r->from, 0, BM_SWIM_ID_MAX))
+		return BM_EINVAL;
 	n = 1 + r->id.len + 2 + 4 + 3 + r->addr.len + r->zmq.len + r->admin.len;
+	if (r->state == BM_SWIM_SUSPECT)
+		n += 1 + r->from.len;
 	begin_members(e);
 	if (!room(e, n))
 		return BM_ETOOBIG;
@@ -257,6 +264,8 @@ int bm_swim_enc_member(struct bm_swim_enc *e, const struct bm_swim_rec *r)
 	putstr(e, r->addr);
 	putstr(e, r->zmq);
 	putstr(e, r->admin);
+	if (r->state == BM_SWIM_SUSPECT)
+		putstr(e, r->from);
 	e->nrec++;
 	return 0;
 }
@@ -456,6 +465,10 @@ int bm_swim_decode(struct bm_swim_auth *a, const uint8_t *buf, size_t len,
 		m->addr = getstr(&r, 0, BM_SWIM_ADDR_MAX);
 		m->zmq = getstr(&r, 0, BM_SWIM_ADDR_MAX);
 		m->admin = getstr(&r, 0, BM_SWIM_ADDR_MAX);
+		m->from.p = "";
+		m->from.len = 0;
+		if (m->state == BM_SWIM_SUSPECT)
+			m->from = getstr(&r, 0, BM_SWIM_ID_MAX);
 		if (m->role < BM_SWIM_ROLE_SIGNAL || m->role > BM_SWIM_ROLE_SERVER ||
 		    m->state > BM_SWIM_LEFT)
 			r.bad = 1;

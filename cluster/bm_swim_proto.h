@@ -67,6 +67,7 @@ struct bm_swim_str {
 
 struct bm_swim_rec {
 	struct bm_swim_str id, addr, zmq, admin;
+	struct bm_swim_str from;  /* suspector; encoded only when state is SUSPECT */
 	uint32_t incarnation;
 	uint8_t role;   /* enum bm_swim_role */
 	uint8_t state;  /* enum bm_swim_state */

@@ -47,6 +47,7 @@ static struct bm_swim_rec member(const char *id, uint32_t inc, uint8_t state)
 	r.incarnation = inc;
 	r.role = BM_SWIM_ROLE_SERVER;
 	r.state = state;
+	r.from = bm_swim_str_of(state == BM_SWIM_SUSPECT ? "server-9" : "");
 	return r;
 }
 
@@ -82,6 +83,7 @@ static void test_ping_roundtrip(void **state)
 	assert_true(bm_swim_str_eq(pkt->rec[0].zmq, "tcp://10.0.0.1:5555"));
 	assert_int_equal(pkt->rec[0].incarnation, 7);
 	assert_int_equal(pkt->rec[0].state, BM_SWIM_SUSPECT);
+	assert_true(bm_swim_str_eq(pkt->rec[0].from, "server-9"));
 	assert_int_equal(pkt->nreg, 1);
 	assert_true(bm_swim_str_eq(pkt->reg[0].eid, "alice@x"));
 	assert_int_equal(pkt->reg[0].version, 3);
