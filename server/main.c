@@ -143,7 +143,7 @@ static int load_keys(struct srv *s)
 	char *txt;
 	int rc;
 
-	snprintf(path, sizeof(path), "%s/token.key", s->cfg.data_dir);
+	snprintf(path, sizeof(path), "%.511s/token.key", s->cfg.data_dir);
 	rc = bm_jwt_key_load(path, &s->key);
 	if (rc == BM_ENOENT) {
 		enum bm_jwt_alg alg = s->cfg.token_alg ? BM_JWT_ES256 : BM_JWT_RS256;
@@ -197,7 +197,7 @@ static int load_admin_key(struct srv *s)
 
 	if (s->cfg.admin_key[0])
 		return 0;
-	snprintf(path, sizeof(path), "%s/admin.key", s->cfg.data_dir);
+	snprintf(path, sizeof(path), "%.511s/admin.key", s->cfg.data_dir);
 	f = fopen(path, "r");
 	if (f) {
 		if (!fgets(buf, sizeof(buf), f))
@@ -382,7 +382,7 @@ int main(int argc, char **argv)
 	qo.segment_bytes = (uint64_t)s->cfg.segment_bytes;
 	qo.retention_ms = (uint64_t)s->cfg.retention_ms;
 	qo.retention_bytes = (uint64_t)s->cfg.retention_bytes;
-	snprintf(qdir, sizeof(qdir), "%s/queue", s->cfg.data_dir);
+	snprintf(qdir, sizeof(qdir), "%.511s/queue", s->cfg.data_dir);
 	rc = bm_queue_open(&s->q, qdir, &qo);
 	if (rc) {
 		bm_err("server", "cannot open the queue in '%s': %s", qdir, bm_strerror(rc));

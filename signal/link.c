@@ -245,8 +245,11 @@ int sig_link_open(struct sig *g)
 	for (int i = 0; i < 16 && g->cfg.servers[i][0]; i++) {
 		struct sig_server *sv = &g->servers[i];
 
-		snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", g->cfg.servers[i]);
-		snprintf(sv->node, sizeof(sv->node), "%s", sv->endpoint);
+		/* Same sizes (128): plain copies; the node id comes with WELCOME. */
+		memcpy(sv->endpoint, g->cfg.servers[i], sizeof(sv->endpoint));
+		sv->endpoint[sizeof(sv->endpoint) - 1] = 0;
+		memcpy(sv->node, sv->endpoint, sizeof(sv->node) - 1);
+		sv->node[sizeof(sv->node) - 1] = 0;
 		sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
 		if (!sv->z)
 			return BM_ESYS;
