@@ -46,6 +46,7 @@ struct cfg {
 };
 
 static uint64_t completed;
+static char (*names)[64];   /* precomputed: a server has the EID already */
 
 static void on_done(void *ud, int status, uint64_t offset)
 {
@@ -83,11 +84,12 @@ static void stream_name(char *out, size_t cap, unsigned i)
 /* Queue appends for c->seconds; returns appends per second. */
 static double run_queue(const struct cfg *c, enum bm_queue_sync pol, size_t size)
 {
-	char dir[4096], name[64];
+	char dir[4096];
 	struct bm_queue_opts o;
 	struct bm_queue *q;
 	uint8_t *buf = calloc(1, size);
 	uint64_t t0, t_end, n = 0;
+	unsigned si = 0;
 	int rc;
 
 	snprintf(dir, sizeof(dir), "%s/q-%s-%zu", c->dir, bm_queue_sync_name(pol), size);
@@ -102,9 +104,10 @@ static double run_queue(const struct cfg *c, enum bm_queue_sync pol, size_t size
 	t_end = t0 + (uint64_t)(c->seconds * 1e9);
 	while (bm_mono_ns() < t_end) {
 		for (int k = 0; k < 64; k++) {
-			stream_name(name, sizeof(name), (unsigned)(n % c->streams));
 			memcpy(buf, &n, size < 8 ? size : 8);
-			rc = bm_queue_append(q, name, buf, size, NULL, on_done, NULL);
+			rc = bm_queue_append(q, names[si], buf, size, NULL, on_done, NULL);
+			if (++si == c->streams)
+				si = 0;
 			if (rc) {
 				fprintf(stderr, "append: %s\n", bm_strerror(rc));
 				exit(1);
@@ -141,7 +144,7 @@ static double run_raw(const struct cfg *c, enum bm_queue_sync pol, size_t size)
 {
 	char path[4096];
 	size_t rec = 56 + size, cap = c->group_bytes + rec;
-	uint8_t *buf = calloc(1, cap);
+	uint8_t *buf = calloc(1, cap), *payload = calloc(1, size);
 	uint64_t t0, t_end, n = 0, batch_start = 0, batch_bytes = 0;
 	int fd;
 
@@ -161,6 +164,8 @@ static double run_raw(const struct cfg *c, enum bm_queue_sync pol, size_t size)
 			batch_start = now;
 		memset(buf + batch_bytes, 0, 56);
 		memcpy(buf + batch_bytes, &n, 8);
+		memcpy(payload, &n, size < 8 ? size : 8);
+		memcpy(buf + batch_bytes + 56, payload, size);
 		batch_bytes += rec;
 		n++;
 		switch (pol) {
@@ -193,6 +198,7 @@ static double run_raw(const struct cfg *c, enum bm_queue_sync pol, size_t size)
 	close(fd);
 	unlink(path);
 	free(buf);
+	free(payload);
 	return (double)n / ((double)(t_end - t0) / 1e9);
 }
 
@@ -387,6 +393,11 @@ int bench_queue_main(int argc, char **argv)
 		return 1;
 	}
 	c.dir = base;
+	names = calloc(c.streams, sizeof(*names));
+	if (!names)
+		return 1;
+	for (unsigned i = 0; i < c.streams; i++)
+		stream_name(names[i], sizeof(names[i]), i);
 	bm_log_set_level(BM_LOG_WARN);
 	printf("# bimip-bench queue: dir=%s seconds=%.1f streams=%u window_us=%u "
 	       "group_bytes=%u\n", base, c.seconds, c.streams, c.window_us, c.group_bytes);
@@ -407,5 +418,6 @@ int bench_queue_main(int argc, char **argv)
 		run_reopen(&c);
 	rmtree(base);
 	free(base);
+	free(names);
 	return 0;
 }
