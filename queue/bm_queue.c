@@ -2465,12 +2465,29 @@ int bm_queue_close(struct bm_queue *q)
 	pthread_mutex_unlock(&q->mu);
 	if (q->thr_started)
 		pthread_join(q->thr, NULL);
+	/* Completions may append (a server acknowledging by writing state):
+	 * sync and run them until none are left, a bounded number of times. */
+	for (int i = 0; i < 8; i++) {
+		int empty;
+		pthread_mutex_lock(&q->mu);
+		rc = sync_locked(q);
+		pthread_mutex_unlock(&q->mu);
+		run_completions(q);
+		pthread_mutex_lock(&q->mu);
+		empty = q->ring_head == q->ring_tail && q->wbuf.len == 0;
+		pthread_mutex_unlock(&q->mu);
+		if (empty || rc)
+			break;
+	}
 	pthread_mutex_lock(&q->mu);
-	rc = sync_locked(q);
+	if (!rc)
+		rc = sync_locked(q);
 	if (!rc && q->appended_pos != q->ckpt_pos)
 		rc = checkpoint_locked(q);
+	if (q->ring_head != q->ring_tail)
+		bm_warn(C, "closing '%s' with %zu completions that never ran", q->dir,
+			q->ring_tail - q->ring_head);
 	pthread_mutex_unlock(&q->mu);
-	run_completions(q);
 	queue_free(q);
 	return rc;
 }

@@ -94,8 +94,9 @@ typedef void bm_queue_done_fn(void *ud, int status, uint64_t offset);
 int bm_queue_open(struct bm_queue **out, const char *dir,
 		  const struct bm_queue_opts *opts);
 
-/* Flushes, fsyncs, runs the remaining completions, writes a checkpoint,
- * frees q.  Returns the first error met (q is freed regardless).  NULL ok. */
+/* Flushes, fsyncs, runs the remaining completions (which may still append;
+ * those are synced too), writes a checkpoint, frees q.  Returns the first
+ * error met (q is freed regardless).  NULL ok. */
 int bm_queue_close(struct bm_queue *q);
 
 /*
@@ -140,7 +141,8 @@ int bm_queue_read(struct bm_queue *q, const char *stream, uint64_t offset,
 
 /* Called for each record of a scan; data is valid during the call only and
  * is NULL with status BM_EDESTROYED for an erased record.  Return nonzero to
- * stop the scan. */
+ * stop the scan.  The queue is locked during the call: fn must not call any
+ * bm_queue_* function (copy what it needs and act after the scan). */
 typedef int bm_queue_scan_fn(void *ud, const struct bm_queue_meta *meta,
 			     const void *data, int status);
 
