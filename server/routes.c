@@ -104,10 +104,9 @@ static void log_then_reply(struct srv *s, struct srv_req *r, json_t *rec,
 	}
 	rc = srv_state_log(s, rec, on_durable_reply, d);
 	if (rc) {
+		/* Not appended: on_durable_reply will never run. */
 		ERR(s, r, bm_err_http(rc), "cannot store the change: %s", bm_strerror(rc));
-		/* on_durable_reply never runs for a record that was not appended */
-		if (rc != BM_ENOMEM)
-			free(d);
+		free(d);
 	}
 }
 
@@ -573,6 +572,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	struct srv_idem *e;
 	struct chat_ctx *ctx;
 	json_t *rec;
+	uint64_t ro = 0, so = 0;
 	int64_t v;
 	int rc;
 
@@ -625,13 +625,8 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		return;
 	}
 	v = chat->version + 1;
-	rec = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s}", "t", "msg", "c", chat->id,
-			"a", chat->a, "b", chat->b, "v", (json_int_t)v, "e", a->eid,
-			"d", r->device, "l", local);
 	ctx = calloc(1, sizeof(*ctx));
-	if (!rec || !ctx) {
-		json_decref(rec);
-		free(ctx);
+	if (!ctx) {
 		ERR(s, r, 500, "out of memory");
 		return;
 	}
@@ -668,20 +663,28 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	}
 	c->server_received_at = bm_wall_ms();
 
-	/* Order: the state record (version, resend key), the receiver's copy,
-	 * the sender's copy.  The sender's copy completes last, and completions
-	 * run in append order, so its VersionUpdate means all three are durable. */
-	rc = srv_state_log(s, rec, NULL, NULL);
-	if (!rc) {
-		BM_SET_STR(c->author, "receiver");
-		c->acknowledgment = 1;
-		rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, NULL, NULL, NULL);
-	}
+	/* Order: the receiver's copy, the sender's copy, then the state record
+	 * (version, resend key) naming both offsets.  Completions run in append
+	 * order, so the state record's completion means all three are durable.
+	 * A crash can keep any prefix: a copy whose state record was lost is
+	 * found at start-up (srv_state_repair) and its version and resend key
+	 * restored from the copy itself, so no version is ever handed out twice
+	 * and a resend is never stored twice. */
+	BM_SET_STR(c->author, "receiver");
+	c->acknowledgment = 1;
+	rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, &ro, NULL, NULL);
 	if (!rc) {
 		BM_SET_STR(c->author, "sender");
 		c->acknowledgment = 4;
-		rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, NULL,
-				       on_chat_stored, ctx);
+		rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, &so, NULL,
+				       NULL);
+	}
+	if (!rc) {
+		rec = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I}", "t", "msg",
+				"c", chat->id, "a", chat->a, "b", chat->b, "v", (json_int_t)v,
+				"e", a->eid, "d", r->device, "l", local, "ro", (json_int_t)ro,
+				"so", (json_int_t)so);
+		rc = rec ? srv_state_log(s, rec, on_chat_stored, ctx) : BM_ENOMEM;
 	}
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "message not stored: %s", bm_strerror(rc));

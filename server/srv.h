@@ -107,6 +107,7 @@ struct srv_user {
 	int32_t intention;
 	double lat, lon;
 	int64_t last_notify_ms;      /* awareness rate limit */
+	uint64_t ref_offset;         /* highest stream offset a state record names */
 };
 
 struct srv_chat {

@@ -12,7 +12,9 @@
  *   {"t":"block",  "o":owner, "s":eid}             block eid
  *   {"t":"unblock","o":owner, "s":eid}
  *   {"t":"msg", "c":chat, "a":eid, "b":eid, "v":version,
- *               "e":sender, "d":device, "l":message_id_local}
+ *               "e":sender, "d":device, "l":message_id_local,
+ *               "ro":receiver stream offset, "so":sender stream offset}
+ *      written after both copies of the message; see srv_state_repair()
  *   {"t":"seen", "e":eid, "ts":ms, "st":status, "lat":x, "lon":y, "in":n}
  *   {"t":"rvk",  "e":eid, "d":device, "j":jti, "exp":s, "bf":s}
  *      j set: that token id is revoked until exp;  otherwise every token of
@@ -23,6 +25,7 @@
  */
 #include "srv.h"
 
+#include "bm_env.h"
 #include "bm_err.h"
 #include "bm_log.h"
 #include "bm_queue.h"
@@ -269,10 +272,18 @@ int srv_state_apply(struct srv *s, void *obj)
 		int64_t v = num(o, "v");
 		struct srv_idem *e;
 
-		if (!c)
+		struct srv_user *sa = srv_user_get(s, str(o, "e"), 1);
+		struct srv_user *rb = srv_user_get(s, strcmp(str(o, "e"), str(o, "a"))
+							  ? str(o, "a") : str(o, "b"), 1);
+
+		if (!c || !sa || !rb)
 			return BM_ENOMEM;
 		if (v > c->version)
 			c->version = v;
+		if ((uint64_t)num(o, "so") > sa->ref_offset)
+			sa->ref_offset = (uint64_t)num(o, "so");
+		if ((uint64_t)num(o, "ro") > rb->ref_offset)
+			rb->ref_offset = (uint64_t)num(o, "ro");
 		if (*str(o, "l")) {
 			e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
 			if (!e)
@@ -343,7 +354,9 @@ int srv_state_log(struct srv *s, void *obj, srv_done_fn *cb, void *ud)
 	if (rc)
 		goto out;
 	c = NULL;
-	rc = srv_state_apply(s, o);
+	/* Appended: cb will run, so this returns 0 whatever applying says. */
+	if (srv_state_apply(s, o))
+		bm_err("state", "cannot apply state record '%s'", txt);
 out:
 	free(c);
 	free(txt);
@@ -353,10 +366,11 @@ out:
 
 /* --- start-up ---------------------------------------------------------------- */
 
+/* Scan callbacks run under the queue's lock and may not call back into the
+ * queue, so records are collected per batch and applied afterwards. */
 struct replay {
-	struct srv *s;
 	uint64_t last;
-	uint64_t count;
+	struct bm_buf batch;       /* [u32 len][bytes] ... */
 	int err;
 };
 
@@ -364,28 +378,143 @@ static int on_state_record(void *ud, const struct bm_queue_meta *meta,
 			   const void *data, int status)
 {
 	struct replay *r = ud;
-	json_error_t jerr;
-	json_t *o;
+	uint32_t len = meta->len;
 
 	r->last = meta->offset;
 	if (status)
 		return 0;  /* destroyed record: nothing to apply */
-	o = json_loadb(data, meta->len, 0, &jerr);
-	if (!o) {
-		bm_err("state", "state record %llu is not JSON: %s",
-		       (unsigned long long)meta->offset, jerr.text);
-		r->err = BM_ECORRUPT;
+	if (bm_buf_add(&r->batch, &len, sizeof(len)) || bm_buf_add(&r->batch, data, len)) {
+		r->err = BM_ENOMEM;
 		return 1;
 	}
-	srv_state_apply(r->s, o);
-	json_decref(o);
-	r->count++;
 	return 0;
+}
+
+static int apply_batch(struct srv *s, struct replay *r, uint64_t *count)
+{
+	for (size_t off = 0; off + 4 <= r->batch.len;) {
+		uint32_t len;
+		json_error_t jerr;
+		json_t *o;
+
+		memcpy(&len, r->batch.data + off, 4);
+		o = json_loadb((const char *)r->batch.data + off + 4, len, 0, &jerr);
+		if (!o) {
+			bm_err("state", "a state record is not JSON: %s", jerr.text);
+			return BM_ECORRUPT;
+		}
+		srv_state_apply(s, o);
+		json_decref(o);
+		(*count)++;
+		off += 4 + len;
+	}
+	bm_buf_reset(&r->batch);
+	return 0;
+}
+
+/*
+ * A crash may keep a message's copies in the user streams but lose the
+ * state record written after them.  Every stream whose head lies beyond the
+ * last offset a state record names is scanned from there, and each chat
+ * message found restores its chat's version and its resend key, so a
+ * version is never handed out twice.  Only those tails are read.
+ */
+struct repair {
+	struct srv *s;
+	unsigned fixed;
+};
+
+static int on_repair_record(void *ud, const struct bm_queue_meta *meta,
+			    const void *data, int status)
+{
+	static bimip_MessageScheme m;
+	struct repair *r = ud;
+	const uint8_t *p = data;
+	bimip_ChatMessage *c = &m.payload.chat_message;
+	struct srv_chat *chat;
+
+	if (status || meta->len < 3 || p[0] != 1 || 3u + p[2] > meta->len ||
+	    bm_env_decode(p + 3 + p[2], meta->len - 3 - p[2], &m, NULL) ||
+	    m.which_payload != bimip_MessageScheme_chat_message_tag || c->to_count != 1)
+		return 0;
+	chat = srv_chat_get(r->s, c->from.eid, c->to[0].eid, 1);
+	if (!chat || strcmp(chat->id, c->chat_id))
+		return 0;
+	if (c->version > chat->version) {
+		chat->version = c->version;
+		r->fixed++;
+	}
+	if (c->message_id_local[0] &&
+	    !srv_idem_find(r->s, c->from.eid, c->from.connection_resource_id,
+			   c->message_id_local)) {
+		struct srv_idem *e = srv_idem_add(r->s, c->from.eid,
+						  c->from.connection_resource_id,
+						  c->message_id_local, chat->id, c->version);
+		if (e)
+			e->durable = 1;
+	}
+	return 0;
+}
+
+struct stream_list {
+	char **names;
+	uint64_t *heads;
+	size_t n, cap;
+};
+
+static int on_list_stream(void *ud, const char *name, uint64_t head, uint64_t first)
+{
+	struct stream_list *l = ud;
+
+	if (strncmp(name, "u:", 2))
+		return 0;
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 64;
+		char **nn = realloc(l->names, cap * sizeof(*nn));
+		uint64_t *nh = nn ? realloc(l->heads, cap * sizeof(*nh)) : NULL;
+		if (nn)
+			l->names = nn;
+		if (!nh)
+			return 1;
+		l->heads = nh;
+		l->cap = cap;
+	}
+	l->names[l->n] = strdup(name);
+	l->heads[l->n] = head;
+	if (l->names[l->n])
+		l->n++;
+	return 0;
+}
+
+static void repair(struct srv *s, struct repair *r)
+{
+	struct stream_list l = { 0 };
+
+	bm_queue_streams(s->q, on_list_stream, &l);
+	for (size_t i = 0; i < l.n; i++) {
+		struct srv_user *u = srv_user_get(s, l.names[i] + 2, 0);
+
+		if (!(u && u->ref_offset >= l.heads[i]) &&
+		    (u || (u = srv_user_get(s, l.names[i] + 2, 1)))) {
+			for (uint64_t after = u->ref_offset; after < l.heads[i];) {
+				int n = bm_queue_scan(s->q, l.names[i], after, 4096,
+						      on_repair_record, r);
+				if (n <= 0)
+					break;
+				after += (uint64_t)n;
+			}
+			u->ref_offset = l.heads[i];
+		}
+		free(l.names[i]);
+	}
+	free(l.names);
+	free(l.heads);
 }
 
 int srv_state_open(struct srv *s)
 {
-	struct replay r = { .s = s };
+	struct replay r = { 0 };
+	uint64_t count = 0;
 	uint64_t t0 = bm_mono_ms();
 	int n;
 
@@ -400,15 +529,25 @@ int srv_state_open(struct srv *s)
 		return BM_ENOMEM;
 	s->replaying = 1;
 	do {
-		n = bm_queue_scan(s->q, STATE_STREAM, r.last, 65536, on_state_record, &r);
+		n = bm_queue_scan(s->q, STATE_STREAM, r.last, 4096, on_state_record, &r);
+		if (!r.err)
+			r.err = apply_batch(s, &r, &count);
 	} while (n > 0 && !r.err);
+	bm_buf_release(&r.batch);
 	s->replaying = 0;
 	if (r.err)
 		return r.err;
 	if (n < 0 && n != BM_ENOENT)
 		return n;
+	{
+		struct repair rp = { s, 0 };
+		repair(s, &rp);
+		if (rp.fixed)
+			bm_warn("state", "restored %u chat versions from messages whose state "
+				"record was lost in a crash", rp.fixed);
+	}
 	bm_info("state", "replayed %llu state records in %llu ms: %zu users, %zu chats",
-		(unsigned long long)r.count, (unsigned long long)(bm_mono_ms() - t0),
+		(unsigned long long)count, (unsigned long long)(bm_mono_ms() - t0),
 		s->users.count, s->chats.count);
 	return 0;
 }
