@@ -745,6 +745,78 @@ static void test_missing_files(void **state)
 	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), BM_EINVAL);
 }
 
+/* A crash between the retention checkpoint and the unlinks leaves old
+ * segments behind: open deletes them and everything reads as before. */
+static void test_retention_leftovers(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	char ck[4096], ck2[4096];
+	static uint8_t buf[1 << 20];
+	ssize_t n;
+	int fd;
+	uint64_t head, first;
+	int before;
+
+	f->o.segment_bytes = 8192;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 2, 100);
+	assert_int_equal(bm_queue_sync(q), 0);
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);  /* all segments */
+	before = qt_segment(f->dir2, 0, NULL, 0);
+	f->o.retention_bytes = 20000;
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_true(bm_queue_retain(q) > 0);
+	assert_int_equal(bm_queue_stream_head(q, "user-1", &head, &first), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	/* The copy: old segments plus the new checkpoint. */
+	snprintf(ck, sizeof(ck), "%s/checkpoint", f->dir);
+	snprintf(ck2, sizeof(ck2), "%s/checkpoint", f->dir2);
+	fd = open(ck, O_RDONLY);
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	assert_true(n > 0);
+	fd = open(ck2, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_int_equal(write(fd, buf, (size_t)n), n);
+	close(fd);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	assert_true(qt_segment(f->dir2, 0, NULL, 0) < before);
+	for (uint64_t o = first; o <= 100; o++)
+		check(q, 1, o);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+static struct bm_queue *chain_q;
+static int chain_left;
+
+static void on_chain(void *ud, int status, uint64_t offset)
+{
+	assert_int_equal(status, 0);
+	done_count++;
+	/* A server acknowledging by appending state from the completion. */
+	if (chain_left-- > 0)
+		assert_int_equal(bm_queue_append(chain_q, "state", "ack", 3, NULL,
+						 on_chain, NULL), 0);
+}
+
+static void test_close_runs_chained_completions(void **state)
+{
+	struct fx *f = *state;
+	uint64_t head;
+
+	reset_done();
+	chain_left = 3;
+	assert_int_equal(bm_queue_open(&chain_q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_append(chain_q, "state", "x", 1, NULL, on_chain, NULL), 0);
+	assert_int_equal(bm_queue_close(chain_q), 0);
+	assert_int_equal(done_count, 4);
+	assert_int_equal(bm_queue_open(&chain_q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_stream_head(chain_q, "state", &head, NULL), 0);
+	assert_int_equal(head, 4);
+	assert_int_equal(bm_queue_close(chain_q), 0);
+}
+
 /* Reopen after a crash replays only the tail written after the checkpoint. */
 static void test_checkpoint_bounds_replay(void **state)
 {
@@ -787,6 +859,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flipped_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpoint_bounds_replay, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_retention_leftovers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_close_runs_chained_completions, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
