@@ -21,6 +21,13 @@ static const struct mode modes[] = {
 	{ "queue", bench_queue_main,
 	  "BimipQueue: appends/s and MB/s per record size and fsync policy against a "
 	  "raw write+fdatasync baseline, random reads with p99, reopen time" },
+	{ "connections", bench_load_main,
+	  "N idle authenticated WebSocket sessions: setup rate, signal memory per session" },
+	{ "pairs", bench_load_main,
+	  "P sender/receiver pairs, W in flight: delivered msgs/s, latency p50/p99/p999 "
+	  "(--mqtt HOST:PORT: the same against an MQTT broker)" },
+	{ "fanout", bench_load_main,
+	  "awareness change of a user with K subscribers online: time until all K know" },
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,195 @@
+#!/bin/sh
+# make bench: every benchmark figure, one line each, then the ratios.
+#
+#   tests/bench/run-bench.sh [BIN]
+#
+# Starts its own bimip-server + bimip-signal (and Debian's mosquitto for the
+# peer comparison) on loopback, on ports the daemons bind themselves (port 0,
+# read back from their ready files; mosquitto gets a port found free just
+# before), in a temporary directory, and stops every process it started on
+# exit.  The broker processes run on core $BROKER_CPU, the load generator on
+# core $LOAD_CPU (see docs/performance.md, "Chat load").
+#
+# Sizes (environment):
+#   BENCH_CONN=19000 BENCH_CONN_PROCS=4   connections: sessions, client processes
+#   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
+#   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
+#   BENCH_SKIP="queue mqtt"               figures to leave out
+#   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
+set -u
+BIN=${1:-build/bin}
+BROKER_CPU=${BROKER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+CONN=${BENCH_CONN:-19000}
+CONN_PROCS=${BENCH_CONN_PROCS:-4}
+P=${BENCH_P:-100}
+W=${BENCH_W:-10}
+T=${BENCH_T:-10}
+K=${BENCH_K:-1000}
+ROUNDS=${BENCH_ROUNDS:-5}
+SKIP=${BENCH_SKIP:-}
+
+skip() { case " $SKIP " in *" $1 "*) return 0 ;; esac; return 1; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/bimip-bench.XXXXXX") || exit 1
+PIDS=""
+cleanup() {
+	for p in $PIDS; do kill -TERM "$p" 2>/dev/null; done
+	for p in $PIDS; do
+		i=0
+		while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+		kill -KILL "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PIN_B=""
+PIN_L=""
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+	PIN_B="taskset -c $BROKER_CPU"
+	PIN_L="taskset -c $LOAD_CPU"
+fi
+BENCH="$PIN_L $BIN/bimip-bench"
+FAIL=0
+
+# json_field FILE KEY: a string or number member of a one-line JSON object.
+json_field() {
+	sed -n "s/.*\"$2\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$1"
+}
+
+wait_file() {
+	i=0
+	while [ ! -s "$1" ]; do
+		kill -0 "$2" 2>/dev/null || { echo "# $3 exited during start-up" >&2; return 1; }
+		i=$((i + 1))
+		[ $i -gt 600 ] && { echo "# $3 not ready after 30 s" >&2; return 1; }
+		sleep 0.05
+	done
+}
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+echo "# bimip bench $(date -u +%FT%TZ) on $(nproc) cores; broker cpu $BROKER_CPU, load cpu $LOAD_CPU"
+
+# --- queue (bimip-bench queue) ----------------------------------------------
+if ! skip queue; then
+	# shellcheck disable=SC2086
+	(cd "$TMP" && $BENCH queue ${BENCH_QUEUE_ARGS:-}) || FAIL=1
+fi
+
+# --- single node: server + signal -------------------------------------------
+mkdir -p "$TMP/server" "$TMP/signal"
+cat > "$TMP/server/config.json" <<JSON
+{
+  "node": { "id": "bench-server" },
+  "data_dir": "$TMP/server/data",
+  "listen": { "zmq": "tcp://127.0.0.1:0", "admin": "127.0.0.1:0" },
+  "admin": { "key": "bench-admin-key" },
+  "queue": { "fsync": "group" },
+  "delivery": { "window": 4096 },
+  "log": { "level": "warn" }
+}
+JSON
+$PIN_B "$BIN/bimip-server" -c "$TMP/server/config.json" -r "$TMP/server/ready" \
+	> "$TMP/server/log" 2>&1 &
+SRV=$!
+PIDS="$SRV"
+wait_file "$TMP/server/ready" $SRV bimip-server || { cat "$TMP/server/log" >&2; exit 1; }
+ZMQ=$(json_field "$TMP/server/ready" zmq)
+cat > "$TMP/signal/config.json" <<JSON
+{
+  "node": { "id": "bench-signal" },
+  "listen": { "ws": "127.0.0.1:0", "admin": "127.0.0.1:0" },
+  "admin": { "key": "bench-admin-key" },
+  "servers": [ "$ZMQ" ],
+  "limits": { "rate": 1000000, "burst": 1000000, "max_sessions": 100000 },
+  "log": { "level": "warn" }
+}
+JSON
+$PIN_B "$BIN/bimip-signal" -c "$TMP/signal/config.json" -r "$TMP/signal/ready" \
+	> "$TMP/signal/log" 2>&1 &
+SIG=$!
+PIDS="$SIG $PIDS"
+wait_file "$TMP/signal/ready" $SIG bimip-signal || { cat "$TMP/signal/log" >&2; exit 1; }
+URL="ws://$(json_field "$TMP/signal/ready" ws)/"
+KEY="$TMP/server/data/token.key"
+echo "# bimip-server pid $SRV, bimip-signal pid $SIG at $URL"
+
+if ! skip connections; then
+	$BENCH connections --url "$URL" --key "$KEY" -n "$CONN" -j "$CONN_PROCS" \
+		--signal-pid "$SIG" || FAIL=1
+fi
+
+PEAK=""
+if ! skip pairs; then
+	OUT=$($BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T") || FAIL=1
+	echo "$OUT"
+	PEAK=$(echo "$OUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
+	if [ -n "$PEAK" ] && [ "$PEAK" -gt 0 ]; then
+		HALF=$((PEAK / 2))
+		echo "# the same at half the peak load ($HALF msgs/s offered)"
+		$BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T" --rate "$HALF" \
+			|| FAIL=1
+	fi
+fi
+
+if ! skip fanout; then
+	$BENCH fanout --url "$URL" --key "$KEY" -k "$K" -r "$ROUNDS" || FAIL=1
+fi
+
+kill -TERM $SIG $SRV 2>/dev/null
+wait $SIG $SRV 2>/dev/null
+PIDS=""
+if grep -E "ERROR|AddressSanitizer|runtime error" "$TMP/server/log" "$TMP/signal/log" >&2; then
+	echo "# the daemons logged errors (above)" >&2
+fi
+
+# --- peer: mosquitto, same pairs workload -----------------------------------
+if ! skip mqtt && [ -n "$PEAK" ]; then
+	if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+		echo "# mosquitto not installed (deploy/deps.sh --bench): no ratio"
+	else
+		MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+		MPORT=$(free_port)
+		mkdir -p "$TMP/mosquitto"
+		# Persistence on, as durable as mosquitto gets: the in-memory store is
+		# written to disk every autosave_interval seconds (it never fsyncs
+		# per message; see docs/performance.md).
+		cat > "$TMP/mosquitto/mosquitto.conf" <<CONF
+listener $MPORT 127.0.0.1
+user $(id -un)
+allow_anonymous true
+persistence true
+persistence_location $TMP/mosquitto/
+autosave_interval 1
+autosave_on_changes false
+log_dest stderr
+log_type error
+log_type warning
+CONF
+		$PIN_B "$MOSQ" -c "$TMP/mosquitto/mosquitto.conf" > "$TMP/mosquitto/log" 2>&1 &
+		MQ=$!
+		PIDS="$MQ"
+		i=0
+		until python3 -c "import socket; socket.create_connection(('127.0.0.1', $MPORT), 1)" \
+			2>/dev/null; do
+			i=$((i + 1))
+			kill -0 $MQ 2>/dev/null && [ $i -lt 200 ] || {
+				echo "# mosquitto did not start" >&2; cat "$TMP/mosquitto/log" >&2; FAIL=1; break; }
+			sleep 0.05
+		done
+		MOUT=$($BENCH pairs --mqtt "127.0.0.1:$MPORT" -p "$P" -w "$W" -t "$T") || FAIL=1
+		echo "$MOUT"
+		MRATE=$(echo "$MOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
+		if [ -n "$MRATE" ] && [ "$MRATE" -gt 0 ]; then
+			awk -v b="$PEAK" -v m="$MRATE" \
+				'BEGIN { printf "ratio bimip/mosquitto = %.2f (pairs msgs/s %d / %d)\n", b / m, b, m }'
+		fi
+	fi
+fi
+exit $FAIL
