@@ -436,6 +436,7 @@ static int on_handshake_bytes(struct sig *g, struct sig_sess *s)
 		return -1;
 	}
 	s->state = SIG_OPEN;
+	lru_touch(g, s);
 	bm_ws_parser_init(&s->ws, BM_WS_SERVER, (uint32_t)g->cfg.max_message);
 	s->tokens = (float)g->cfg.burst;
 	s->tokens_ms = now_ms32();
@@ -677,7 +678,10 @@ static void on_readable(struct sig *g, struct sig_sess *s)
 			kill_sess(g, s);
 			return;
 		}
-		lru_touch(g, s);
+		/* The handshake deadline runs from accept: a request trickled a
+		 * byte at a time must not extend it. */
+		if (s->state == SIG_OPEN)
+			lru_touch(g, s);
 		if (have)
 			drop_input(s);
 		process(g, s, g->rbuf, have + (size_t)n);
