@@ -169,9 +169,13 @@ check: tests
 deps:
 	@sh deploy/deps.sh
 
+# A short libFuzzer run of every target is part of make test (the corpus
+# replay runs with the other tests); make fuzz runs them for longer.
+FUZZ_SMOKE_SECONDS ?= 2
 test:
 	@sh deploy/deps.sh
 	@$(MAKE) --no-print-directory DEVELOPER=1 all
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
 	@$(MAKE) --no-print-directory DEVELOPER=1 check
 
 asan:
