@@ -2401,10 +2401,32 @@ int bm_queue_open(struct bm_queue **out, const char *dir,
 		rc = BM_ENOMEM;
 		goto fail;
 	}
-	if (q->o.create && mkdir(dir, 0755) == -1 && errno != EEXIST) {
-		bm_err(C, "cannot create queue directory '%s': %s", dir, strerror(errno));
-		rc = BM_EIO;
-		goto fail;
+	if (q->o.create) {
+		if (mkdir(dir, 0755) == 0) {
+			/* Make the new directory entry itself durable. */
+			char *parent = strdup(dir), *slash;
+			int pfd;
+			if (!parent) {
+				rc = BM_ENOMEM;
+				goto fail;
+			}
+			slash = strrchr(parent, '/');
+			if (slash == parent)
+				slash[1] = 0;
+			else if (slash)
+				*slash = 0;
+			pfd = open(slash ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			if (pfd != -1) {
+				fsync(pfd);
+				close(pfd);
+			}
+			free(parent);
+		} else if (errno != EEXIST) {
+			bm_err(C, "cannot create queue directory '%s': %s", dir,
+			       strerror(errno));
+			rc = BM_EIO;
+			goto fail;
+		}
 	}
 	q->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (q->dirfd == -1) {
