@@ -15,9 +15,12 @@
  *   BIMIP_CRASH_TRIALS=N   number of trials (default 12)
  *   BIMIP_CRASH_SEED=S     random seed (default: time; printed)
  *
- * kill -9 keeps the page cache, so this checks the logic (ordering of
- * completions, recovery, truncation), not the disk; torn writes are covered
- * by test_queue's every-byte truncation test.
+ * kill -9 keeps the page cache.  To approximate a power cut as well, every
+ * other trial then drops the unsynced tail: each report carries the queue's
+ * durable position at that moment, and the parent truncates the last
+ * segment at a random point at or after the highest durable position it
+ * was told about (and after the checkpoint's position), then appends random
+ * junk, as a torn page would leave.  Every acknowledged record must survive.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -46,15 +50,20 @@ struct report {
 	uint32_t stream;
 	uint32_t kind;      /* 0 append, 1 offset commit */
 	uint64_t offset;
+	uint64_t durable;   /* the queue's durable position when reported */
 };
 
 static int report_fd;
+static struct bm_queue *child_q;
 
 static void on_done(void *ud, int status, uint64_t offset)
 {
 	struct report r = { (uint32_t)(uintptr_t)ud & 0xffff,
-			    (uint32_t)((uintptr_t)ud >> 16), offset };
+			    (uint32_t)((uintptr_t)ud >> 16), offset, 0 };
+	struct bm_queue_stats st;
 
+	bm_queue_stats(child_q, &st);
+	r.durable = st.durable_pos;
 	if (status)
 		_exit(3);
 	if (write(report_fd, &r, sizeof(r)) != (ssize_t)sizeof(r))
@@ -76,6 +85,7 @@ static void writer(const char *dir, int fd, enum bm_queue_sync pol, unsigned see
 	o.group_window_us = 500;
 	if (bm_queue_open(&q, dir, &o))
 		_exit(2);
+	child_q = q;
 	srand(seed);
 	/* Bounded: the parent kills us long before this. */
 	for (uint64_t i = 0; bm_mono_ms() < deadline; i++) {
@@ -126,6 +136,45 @@ static int on_rec(void *ud, const struct bm_queue_meta *m, const void *data, int
 	return 0;
 }
 
+/* Drops what a power cut could drop: everything after a random point at or
+ * after the last durable position we know of. */
+static void power_cut(const char *dir, uint64_t durable)
+{
+	char seg[4096], ck[4096];
+	uint64_t base, lo = durable, end, cut, logpos = 0;
+	long long size;
+	int nseg = qt_segment(dir, 0, NULL, 0), fd;
+	uint8_t junk[512];
+
+	assert_true(nseg > 0);
+	qt_segment(dir, nseg - 1, seg, sizeof(seg));
+	base = strtoull(strrchr(seg, '/') + 1, NULL, 10);
+	size = qt_filesize(seg);
+	assert_true(size >= 0);
+	end = base + (uint64_t)size;
+	snprintf(ck, sizeof(ck), "%s/checkpoint", dir);
+	fd = open(ck, O_RDONLY);
+	if (fd != -1) {
+		assert_int_equal(pread(fd, &logpos, 8, 8), 8);   /* header.log_pos */
+		close(fd);
+	}
+	/* A later segment exists only after the previous one was synced. */
+	if (lo < base)
+		lo = base;
+	if (lo < logpos)
+		lo = logpos;
+	if (lo >= end)
+		return;
+	cut = lo + (uint64_t)rand() % (end - lo + 1);
+	assert_int_equal(truncate(seg, (off_t)(cut - base)), 0);
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)rand();
+	fd = open(seg, O_WRONLY | O_APPEND);
+	assert_true(fd != -1);
+	assert_true(write(fd, junk, (size_t)(rand() % (int)sizeof(junk))) >= 0);
+	close(fd);
+}
+
 static void test_crash(void **state)
 {
 	const char *e = getenv("BIMIP_CRASH_TRIALS");
@@ -134,7 +183,7 @@ static void test_crash(void **state)
 			(unsigned)time(NULL);
 	uint64_t acked[NSTREAMS] = { 0 }, committed[NSTREAMS] = { 0 };
 	char *dir = qt_tempdir("bmq-crash");
-	uint64_t total_acked = 0;
+	uint64_t total_acked = 0, durable = 0;
 
 	assert_non_null(dir);
 	print_message("crash test: %d trials, seed %u, dir %s\n", trials, seed, dir);
@@ -181,6 +230,8 @@ static void test_crash(void **state)
 			} else {
 				committed[r.stream] = r.offset;
 			}
+			if (r.durable > durable)
+				durable = r.durable;
 		}
 		kill(pid, SIGKILL);
 		assert_int_equal(waitpid(pid, &status, 0), pid);
@@ -200,9 +251,13 @@ static void test_crash(void **state)
 			} else {
 				committed[r.stream] = r.offset;
 			}
+			if (r.durable > durable)
+				durable = r.durable;
 		}
 		close(pfd[0]);
 		total_acked += (uint64_t)got;
+		if (t % 4 >= 2)
+			power_cut(dir, durable);
 
 		/* Recover and check every stream from offset 1. */
 		bm_queue_opts_default(&o);
@@ -234,8 +289,8 @@ static void test_crash(void **state)
 			}
 		}
 		assert_int_equal(bm_queue_close(q), 0);
-		print_message("trial %d: %s, killed after %llu ms, %d acknowledged\n", t,
-			      t % 2 ? "always" : "group",
+		print_message("trial %d: %s%s, killed after %llu ms, %d acknowledged\n", t,
+			      t % 2 ? "always" : "group", t % 4 >= 2 ? " + power cut" : "",
 			      (unsigned long long)(bm_mono_ms() - start), got);
 	}
 	assert_true(total_acked > 0);
