@@ -1,0 +1,158 @@
+/*
+ * The command-line tools as an operator and a user run them: --help of
+ * every binary, the shipped example configs, bimipctl against a live
+ * server, bimip-cli sending and reading history through a live edge.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <cmocka.h>
+
+#include "bimip_client.h"
+#include "bm_err.h"
+#include "bm_harness.h"
+
+static struct bm_h_node srv, sig;
+static const struct bm_h_node *servers[1] = { &srv };
+
+/* Run a shell command; its stdout (and stderr) into out.  Returns the exit status. */
+static int run(char *out, size_t cap, const char *fmt, ...)
+{
+	char cmd[2048];
+	size_t got = 0;
+	va_list ap;
+	FILE *f;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	f = popen(cmd, "r");
+	assert_non_null(f);
+	while (got + 1 < cap) {
+		size_t n = fread(out + got, 1, cap - 1 - got, f);
+		if (!n)
+			break;
+		got += n;
+	}
+	out[got] = 0;
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *bin(void)
+{
+	const char *b = getenv("BIMIP_BIN");
+	return b ? b : "build/bin";
+}
+
+static int setup(void **state)
+{
+	bm_h_init();
+	if (bm_h_start_server(&srv, "tools-s1", NULL))
+		return -1;
+	return bm_h_start_signal(&sig, "tools-g1", servers, 1, NULL);
+}
+
+static int teardown(void **state)
+{
+	if (bm_h_stop(&sig, SIGTERM) || bm_h_stop(&srv, SIGTERM))
+		return -1;
+	return bm_h_check_logs() ? -1 : 0;
+}
+
+static void test_help_and_configs(void **state)
+{
+	static const char *const progs[] = { "bimip-server", "bimip-signal", "bimipctl",
+					     "bimip-cli", "bimip-bench" };
+	char out[65536];
+
+	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++) {
+		assert_int_equal(run(out, sizeof(out), "%s/%s --help 2>&1", bin(), progs[i]), 0);
+		assert_non_null(strstr(out, "usage"));
+	}
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-server --help-config", bin()), 0);
+	assert_non_null(strstr(out, "queue.fsync"));
+	/* The shipped example configs load. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-server -c deploy/config/server.json "
+			     "--print-config", bin()), 0);
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-signal -c deploy/config/signal.json "
+			     "--print-config", bin()), 0);
+	/* A mistyped key is named, with the file. */
+	assert_int_equal(run(out, sizeof(out), "echo '{\"queue\":{\"fsynk\":\"group\"}}' > %s/bad.json; "
+			     "%s/bimip-server -c %s/bad.json 2>&1", bm_h_root(), bin(), bm_h_root()), 1);
+	assert_non_null(strstr(out, "unknown key 'queue.fsynk'"));
+	assert_non_null(strstr(out, "bad.json"));
+}
+
+static void test_bimipctl(void **state)
+{
+	char out[65536], *tok;
+	struct bm_client *c;
+	struct bm_client_opts o = { .url = sig.url };
+	char err[256];
+
+	/* The token is the last word of the output (for app backends' scripts). */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s token issue "
+			     "--eid ctl@tools --device phone --ttl 600", bin(), srv.admin,
+			     BM_H_ADMIN_KEY), 0);
+	tok = strrchr(out, '\n');
+	while (tok && tok > out && tok[1] == 0) {
+		*tok = 0;
+		tok = strrchr(out, '\n');
+	}
+	tok = tok ? tok + 1 : out;
+	o.token = tok;
+	assert_int_equal(bm_client_connect(&c, &o, err, sizeof(err)), 0);
+	bm_client_close(c);
+	/* Contacts through the admin API. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s contact add "
+			     "ctl@tools friend@tools", bin(), srv.admin, BM_H_ADMIN_KEY), 0);
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s contacts ctl@tools",
+			     bin(), srv.admin, BM_H_ADMIN_KEY), 0);
+	assert_non_null(strstr(out, "friend@tools"));
+	/* A wrong key is refused with a clear message. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key wrong status 2>&1",
+			     bin(), srv.admin), 1);
+	assert_non_null(strstr(out, "401"));
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s status", bin(),
+			     srv.admin, BM_H_ADMIN_KEY), 0);
+	assert_non_null(strstr(out, "\"role\": \"server\""));
+}
+
+static void test_bimip_cli(void **state)
+{
+	char out[65536];
+
+	setenv("BIMIP_ADMIN_KEY", BM_H_ADMIN_KEY, 1);
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid a@cli "
+			     "--device d send b@cli hello from the cli", bin(), sig.url, srv.admin), 0);
+	assert_non_null(strstr(out, "version 1"));
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid b@cli "
+			     "--device d history", bin(), sig.url, srv.admin), 0);
+	assert_non_null(strstr(out, "hello from the cli"));
+	assert_non_null(strstr(out, "1 stanzas"));
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid b@cli "
+			     "--device d ping", bin(), sig.url, srv.admin), 0);
+	assert_non_null(strstr(out, "pong: status 2"));
+	/* A bad token: the HTTP refusal is shown to the user. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --token x.y.z ping 2>&1",
+			     bin(), sig.url), 1);
+	assert_non_null(strstr(out, "401"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_help_and_configs),
+		cmocka_unit_test(test_bimipctl),
+		cmocka_unit_test(test_bimip_cli),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
