@@ -291,6 +291,14 @@ static void run_reopen(const struct cfg *c)
 	printf("queue.reopen kind=clean log_mb=%" PRIu64 " streams=%" PRIu64
 	       " open_ms=%.1f replayed_mb=%.1f\n", st.log_bytes >> 20, st.streams,
 	       st.open_us / 1e3, st.recovered_bytes / 1048576.0);
+	/* What a periodic checkpoint costs the loop that calls bm_queue_poll. */
+	if (bm_queue_append(q, "checkpoint-probe", buf, 1, NULL, NULL, NULL))
+		exit(1);
+	t0 = bm_mono_ns();
+	if (bm_queue_checkpoint(q))
+		exit(1);
+	printf("queue.checkpoint streams=%" PRIu64 " log_mb=%" PRIu64 " ms=%.1f\n",
+	       st.streams + 1, st.log_bytes >> 20, (bm_mono_ns() - t0) / 1e6);
 	bm_queue_close(q);
 
 	pid = fork();
