@@ -104,7 +104,8 @@ static void test_chat_two_users_two_devices(void **state)
 	struct bm_client *bp = connect_dev("bob@it", "phone");
 	struct bm_client *bt = connect_dev("bob@it", "tablet");
 	bimip_MessageScheme m;
-	char msgid[80], chat[80];
+	char msgid[sizeof(((bimip_VersionUpdate *)0)->message_id)];
+	char chat[sizeof(((bimip_VersionUpdate *)0)->chat_id)];
 
 	assert_int_equal(bm_client_send_text(ap, "bob@it", "Hey Bob!", "local-1"), 0);
 	/* The sender's device: VersionUpdate with the assigned ids. */
@@ -439,6 +440,92 @@ static void test_auth_matrix(void **state)
 	bm_jwt_key_free(other);
 }
 
+/* Who may do what: every refusal is an ErrorMessage 403 naming the route. */
+static void test_authorization_matrix(void **state)
+{
+	struct bm_client *x = connect_dev("xena@it", "phone");
+	struct bm_client *y = connect_dev("yuri@it", "phone");
+	struct bm_client *z = connect_dev("zoe@it", "phone");
+	char *ytok = bm_h_token(&srv, "yuri@it", "tablet", 3600);
+	bimip_MessageScheme m;
+	char msgid[128];
+
+	/* A message between x and y; z is not a party to it. */
+	assert_int_equal(bm_client_send_text(x, "yuri@it", "private", "x-1"), 0);
+	expect(x, bimip_MessageScheme_version_update_tag, &m);
+	snprintf(msgid, sizeof(msgid), "%s", m.payload.version_update.message_id);
+	expect(y, bimip_MessageScheme_chat_message_tag, &m);
+	assert_int_equal(bm_client_send_ack(z, "xena@it", msgid, 3), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	assert_string_equal(m.payload.error_message.route, "16");
+	/* Revoking someone else's token. */
+	assert_int_equal(bm_client_revoke(z, "", ytok), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	assert_string_equal(m.payload.error_message.route, "7");
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_token_revoke_request_tag;
+	m.payload.token_revoke_request.type = 1;
+	m.payload.token_revoke_request.has_to = true;
+	strcpy(m.payload.token_revoke_request.to.eid, "yuri@it");
+	assert_int_equal(bm_client_send(z, &m), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	/* Acting as another owner in contacts and logout. */
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_subscriber_add_request_tag;
+	m.payload.subscriber_add_request.has_owner = true;
+	strcpy(m.payload.subscriber_add_request.owner.eid, "xena@it");
+	m.payload.subscriber_add_request.has_subscriber = true;
+	strcpy(m.payload.subscriber_add_request.subscriber.eid, "zoe@it");
+	assert_int_equal(bm_client_send(z, &m), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_logout_tag;
+	m.payload.logout.type = 1;
+	m.payload.logout.has_entity = true;
+	strcpy(m.payload.logout.entity.eid, "xena@it");
+	assert_int_equal(bm_client_send(z, &m), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	/* A blocked user sees neither awareness nor a way to chat, even as a
+	 * subscriber; typing signals are refused too. */
+	assert_int_equal(bm_client_add_subscriber(y, "zoe@it"), 0);
+	expect(y, bimip_MessageScheme_subscriber_add_response_tag, &m);
+	assert_int_equal(bm_client_block(y, "zoe@it", 1), 0);
+	expect(y, bimip_MessageScheme_block_subscriber_tag, &m);
+	assert_int_equal(bm_client_awareness_request(z, "yuri@it", 1), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	assert_string_equal(m.payload.error_message.route, "4");
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_signal_tag;
+	m.payload.signal.has_to = true;
+	strcpy(m.payload.signal.to.eid, "yuri@it");
+	m.payload.signal.status = 6;
+	assert_int_equal(bm_client_send(z, &m), 0);
+	expect(z, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 403);
+	assert_string_equal(m.payload.error_message.route, "19");
+	/* ... while an unblocked contact's typing signal is relayed live. */
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_signal_tag;
+	m.payload.signal.has_to = true;
+	strcpy(m.payload.signal.to.eid, "yuri@it");
+	m.payload.signal.status = 6;
+	assert_int_equal(bm_client_send(x, &m), 0);
+	expect(y, bimip_MessageScheme_signal_tag, &m);
+	assert_string_equal(m.payload.signal.from.eid, "xena@it");
+	assert_int_equal(m.payload.signal.status, 6);
+	assert_int_equal(m.offset, 0);
+	free(ytok);
+	bm_client_close(x);
+	bm_client_close(y);
+	bm_client_close(z);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -448,6 +535,7 @@ int main(void)
 		cmocka_unit_test(test_errors_and_ping),
 		cmocka_unit_test(test_logout_and_revoke),
 		cmocka_unit_test(test_auth_matrix),
+		cmocka_unit_test(test_authorization_matrix),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
