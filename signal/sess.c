@@ -203,11 +203,22 @@ static int out_append(struct sig *g, struct sig_sess *s, const uint8_t *p, size_
 static int flush_out(struct sig *g, struct sig_sess *s)
 {
 	while (s->out_off < s->out_len) {
-		ssize_t w = sio_write(s, s->out + s->out_off, s->out_len - s->out_off);
+		size_t n = s->out_len - s->out_off;
+		ssize_t w;
+
+		/* After WANT_WRITE, mbedTLS must be called again with the same
+		 * length: it finishes the record it holds and returns the length
+		 * it is given, so passing the grown queue would skip bytes. */
+		if (s->tls_wlen)
+			n = s->tls_wlen;
+		w = sio_write(s, s->out + s->out_off, n);
 		if (w == BM_EAGAIN) {
+			if (s->tls)
+				s->tls_wlen = (uint32_t)n;
 			set_events(g, s, !s->tls || (bm_tls_wants(s->tls) & BM_TLS_WANT_WRITE));
 			return BM_EAGAIN;
 		}
+		s->tls_wlen = 0;
 		if (w < 0) {
 			kill_sess(g, s);
 			return (int)w;
@@ -894,7 +905,9 @@ void sig_sess_tick(struct sig *g)
 		}
 		if (s->state != SIG_OPEN || idle < (uint32_t)g->cfg.ping_ms)
 			continue;
-		if (idle >= (uint32_t)g->cfg.idle_ms) {
+		/* Never close without a ping first: when idle - ping is not more
+		 * than the tick, a tick can step over the ping window. */
+		if (idle >= (uint32_t)g->cfg.idle_ms && s->pinged) {
 			sig_sess_close(g, s, 1001, "idle timeout");
 		} else if (!s->pinged) {
 			uint8_t f[BM_WS_MAX_CONTROL_FRAME];

@@ -74,6 +74,7 @@ struct sig_sess {
 	uint32_t in_len, in_cap;
 	uint8_t *out;                 /* unsent output; NULL when none */
 	uint32_t out_len, out_cap, out_off;
+	uint32_t tls_wlen;            /* length of a TLS write to retry as is */
 	uint8_t *msg;                 /* fragmented message being reassembled */
 	uint32_t msg_len;
 	uint64_t id;

@@ -35,6 +35,7 @@
 #include "bm_http.h"
 #include "bm_jwt.h"
 #include "bm_time.h"
+#include "bm_tls.h"
 #include "bm_ws.h"
 #include "tls_testca.h"
 
@@ -48,6 +49,7 @@ static const struct bm_h_node *servers[1] = { &srv };
 struct rawc {
 	int fd;
 	int eof;
+	struct bm_tls *tls;           /* wss: set by tls_open() */
 	size_t len;                   /* bytes in `in` not parsed yet */
 	struct bm_ws_parser p;
 	uint8_t in[RC_CAP];
@@ -99,6 +101,7 @@ static void rc_free(struct rawc *c)
 {
 	if (!c)
 		return;
+	bm_tls_free(c->tls);
 	if (c->fd >= 0)
 		close(c->fd);
 	free(c);
@@ -119,6 +122,12 @@ static void send_all(int fd, const void *p, size_t n)
 	}
 }
 
+static int left_ms(uint64_t deadline)
+{
+	uint64_t now = bm_mono_ms();
+	return now >= deadline ? 0 : (int)(deadline - now);
+}
+
 /* Read what is there within timeout_ms into c->in.  1 bytes, 0 EOF, -1 none. */
 static int rc_fill(struct rawc *c, int timeout_ms)
 {
@@ -128,6 +137,25 @@ static int rc_fill(struct rawc *c, int timeout_ms)
 	if (c->eof)
 		return 0;
 	assert_true(c->len < RC_CAP);
+	if (c->tls) {
+		uint64_t deadline = bm_mono_ms() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms);
+		size_t got;
+		int rc;
+
+		/* Readable is not enough: a record may have arrived only in part. */
+		while ((rc = bm_tls_read(c->tls, c->in + c->len, RC_CAP - c->len, &got)) ==
+		       BM_EAGAIN) {
+			pfd.events = bm_tls_wants(c->tls) & BM_TLS_WANT_WRITE ? POLLOUT : POLLIN;
+			if (poll(&pfd, 1, left_ms(deadline)) <= 0)
+				return -1;
+		}
+		if (rc) {
+			c->eof = 1;
+			return 0;
+		}
+		c->len += got;
+		return 1;
+	}
 	if (poll(&pfd, 1, timeout_ms < 0 ? 0 : timeout_ms) <= 0)
 		return -1;
 	n = recv(c->fd, c->in + c->len, RC_CAP - c->len, 0);
@@ -138,12 +166,6 @@ static int rc_fill(struct rawc *c, int timeout_ms)
 	}
 	c->len += (size_t)n;
 	return 1;
-}
-
-static int left_ms(uint64_t deadline)
-{
-	uint64_t now = bm_mono_ms();
-	return now >= deadline ? 0 : (int)(deadline - now);
 }
 
 /*
@@ -1137,6 +1159,125 @@ static void test_tls(void **state)
 	stop_sig(&g);
 }
 
+/* Write all of p over TLS, retrying BM_EAGAIN with the same arguments. */
+static void tls_write_all(struct rawc *c, const uint8_t *p, size_t n)
+{
+	uint64_t deadline = bm_mono_ms() + 10000;
+
+	while (n) {
+		size_t w;
+		int rc = bm_tls_write(c->tls, p, n, &w);
+		if (rc == BM_EAGAIN) {
+			struct pollfd pfd = { .fd = c->fd,
+					      .events = bm_tls_wants(c->tls) & BM_TLS_WANT_READ
+								? POLLIN : POLLOUT };
+			if (poll(&pfd, 1, left_ms(deadline)) <= 0)
+				fail_msg("tls write stalled for 10 s");
+			continue;
+		}
+		assert_int_equal(rc, 0);
+		p += w;
+		n -= w;
+	}
+}
+
+/*
+ * Back-pressure over wss: the client does not read while the edge answers
+ * thousands of pings, so the edge's TLS writes hit EAGAIN while more output
+ * is queued behind them.  Every answer must then arrive intact and in order.
+ */
+static void test_tls_backpressure(void **state)
+{
+	enum { BATCH = 100, BATCHES = 2000 };
+	struct bm_h_node g;
+	char dir[300], extra[1200], key[BM_HTTP_KEY_LEN + 1];
+	static char req[8192];
+	static uint8_t batch[BATCH * 64];
+	struct bm_tls_options o = { .server = 0, .insecure = 1 };
+	struct bm_tls_config *cfg;
+	struct rawc *c = calloc(1, sizeof(*c));
+	struct bm_http_response r;
+	struct pollfd pfd;
+	uint8_t one[256];
+	uint64_t deadline, t0;
+	size_t n, len = 0;
+	int rc, pongs = 0, fl;
+	char *tok = token_for("bp@it", "d");
+	json_t *rj;
+
+	assert_non_null(c);
+	snprintf(dir, sizeof(dir), "%s/gtlsbp", bm_h_root());
+	mkdir(dir, 0700);
+	assert_int_equal(bm_test_make_ca(dir), 0);
+	snprintf(extra, sizeof(extra),
+		 "{\"listen\":{\"wss\":\"127.0.0.1:0\"},\"tls\":{\"cert\":\"%s/server.pem\","
+		 "\"key\":\"%s/server.key\"},\"limits\":{\"rate\":1000000,"
+		 "\"burst\":1000000,\"max_output\":\"64MiB\"}}", dir, dir);
+	start_sig(&g, "gtlsbp", extra);
+	rj = json_load_file(g.ready, 0, NULL);
+	assert_non_null(rj);
+	snprintf(dir, sizeof(dir), "%s", json_string_value(json_object_get(rj, "wss")));
+	json_decref(rj);
+
+	c->fd = tcp_open(dir, 4096);
+	bm_ws_parser_init(&c->p, BM_WS_CLIENT, RC_CAP);
+	fl = fcntl(c->fd, F_GETFL);
+	assert_int_equal(fcntl(c->fd, F_SETFL, fl | O_NONBLOCK), 0);
+	assert_int_equal(bm_tls_config_new(&cfg, &o), 0);
+	assert_int_equal(bm_tls_new(&c->tls, cfg, c->fd), 0);
+	bm_tls_config_unref(cfg);
+	deadline = bm_mono_ms() + 5000;
+	while ((rc = bm_tls_handshake(c->tls)) == BM_EAGAIN) {
+		pfd = (struct pollfd){ c->fd, bm_tls_wants(c->tls) & BM_TLS_WANT_WRITE ? POLLOUT
+										: POLLIN, 0 };
+		assert_true(poll(&pfd, 1, left_ms(deadline)) > 0);
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(bm_http_client_key(key), 0);
+	n = (size_t)upgrade_req(req, sizeof(req), dir, key, tok, TOK_BEARER);
+	tls_write_all(c, (uint8_t *)req, n);
+	while ((rc = bm_http_parse_response((char *)c->in, c->len, key, &r)) == BM_EAGAIN)
+		if (rc_fill(c, left_ms(deadline)) != 1)
+			fail_msg("no upgrade answer over wss");
+	assert_int_equal(rc, 0);
+	memmove(c->in, c->in + r.head_len, c->len - r.head_len);
+	c->len -= r.head_len;
+
+	n = ping_bytes(one, sizeof(one), 1);
+	for (int i = 0; i < BATCH; i++) {
+		uint8_t k4[4] = { 3, 1, 4, (uint8_t)i };
+		len += bm_ws_frame_header(batch + len, BM_WS_OP_BINARY, 1, n, k4);
+		memcpy(batch + len, one, n);
+		bm_ws_mask(batch + len, n, k4, 0);
+		len += n;
+	}
+	t0 = bm_mono_ms();
+	for (int b = 0; b < BATCHES; b++)
+		tls_write_all(c, batch, len);
+	/* Now read: every answer, intact, in order. */
+	deadline = bm_mono_ms() + 20000;
+	while (pongs < BATCH * BATCHES) {
+		static struct rev e;
+		struct bm_env_err err;
+		int got = rc_next(c, &e, left_ms(deadline));
+		if (got <= 0)
+			fail_msg("wss: %d of %d answers, then %s", pongs, BATCH * BATCHES,
+				 got ? "nothing for 20 s" : "the connection closed");
+		if (e.type != BM_WS_EV_MESSAGE)
+			continue;
+		if (bm_env_decode(e.data, e.len, &dm, &err))
+			fail_msg("wss: answer %d undecodable: %s", pongs, err.text);
+		assert_int_equal(dm.payload.pingpong_message.type, 2);
+		pongs++;
+	}
+	printf("# wss back-pressure: %d pings unread then read back intact in %llu ms\n",
+	       pongs, (unsigned long long)(bm_mono_ms() - t0));
+	assert_int_equal(metric(&g, "bimip_signal_slow_consumers_total"), 0);
+	rc_free(c);
+	free(tok);
+	stop_sig(&g);
+}
+
 /* --- 6. signals -------------------------------------------------------------------- */
 
 static void test_sigterm_closes_all(void **state)
@@ -1374,6 +1515,7 @@ int main(void)
 		cmocka_unit_test(test_rate_limit),
 		cmocka_unit_test(test_slow_consumer),
 		cmocka_unit_test(test_tls),
+		cmocka_unit_test(test_tls_backpressure),
 		cmocka_unit_test(test_sigterm_closes_all),
 		cmocka_unit_test(test_sighup_reload),
 		cmocka_unit_test(test_concurrency_smoke),
