@@ -98,7 +98,7 @@ ALL_OBJ += $(call obj,$(COMMON_SRC) $(QUEUE_SRC) $(CLUSTER_SRC) $(CLIENT_SRC) \
              $(SUPPORT_SRC) $(UNIT_SRC) $(IT_SRC) $(FUZZ_SRC) tests/fuzz/replay_main.c) \
            $(B)/obj/gen/bimip.pb.o
 
-.PHONY: all tests test check asan fuzz fuzzers bench run install clean deps \
+.PHONY: all tests test check asan fuzz fuzzers bench run install clean deps FORCE \
         soak crash-long
 .DEFAULT_GOAL := all
 
@@ -111,14 +111,22 @@ NANOPB_GEN ?= /usr/bin/python3 /usr/bin/nanopb_generator.py
 $(GEN)/bimip.pb.c $(GEN)/bimip.pb.h &: proto/bimip.proto proto/bimip.options | $(GEN)
 	$(NANOPB_GEN) -q -I proto -f proto/bimip.options -D $(GEN) proto/bimip.proto
 
-$(B)/obj/gen/bimip.pb.o: $(GEN)/bimip.pb.c
+$(B)/obj/gen/bimip.pb.o: $(GEN)/bimip.pb.c $(B)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -Wno-error -c -o $@ $<
 
 # Every object may include the generated header.
 $(filter-out $(B)/obj/gen/%,$(ALL_OBJ)): | $(GEN)/bimip.pb.h
 
-$(B)/obj/%.o: %.c
+# Objects depend on the flags they were built with (git's GIT-CFLAGS), so
+# switching DEVELOPER=1 on or off rebuilds what it must.
+FLAGS_ID := $(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS)
+$(B)/.flags: FORCE
+	@mkdir -p $(B)
+	@echo '$(FLAGS_ID)' | cmp -s - $@ || echo '$(FLAGS_ID)' > $@
+FORCE:
+
+$(B)/obj/%.o: %.c $(B)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 

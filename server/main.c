@@ -4,6 +4,7 @@
 #include "srv.h"
 
 #include "bm_admin.h"
+#include "bm_cluster.h"
 #include "bm_config.h"
 #include "bm_err.h"
 #include "bm_log.h"
@@ -76,6 +77,16 @@ static const struct bm_config_key keys[] = {
 	  .help = "Z85 CURVE secret key of this server (empty = no encryption)" },
 	{ "curve.allowed", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct srv_config, curve_allowed),
 	  .def = "", .list_max = 8, .help = "Z85 public keys of signals allowed to connect" },
+	{ "cluster.bind", BM_CFG_STRING, F(cluster_bind), .def = "",
+	  .help = "gossip UDP host:port (empty = standalone node)" },
+	{ "cluster.advertise", BM_CFG_STRING, F(cluster_advertise), .def = "",
+	  .help = "gossip address peers use (empty = cluster.bind with its bound port)" },
+	{ "cluster.seeds", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct srv_config, cluster_seeds),
+	  .def = "", .list_max = 8, .help = "gossip addresses to join through at start" },
+	{ "cluster.key", BM_CFG_STRING, F(cluster_key), .def = "", .secret = 1,
+	  .help = "shared secret that authenticates gossip (HMAC-SHA256)" },
+	{ "cluster.period", BM_CFG_DURATION, F(cluster_period_ms), .def = "1s", .min = 50,
+	  .max = 60000, .help = "gossip protocol period" },
 	{ NULL },
 };
 #undef F
@@ -265,6 +276,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 
 	bm_info("server", "signal %d: draining and stopping", (int)sig);
 	s->stopping = 1;
+	bm_cluster_leave(s->cluster);
 	event_base_loopbreak(s->base);
 }
 
@@ -296,9 +308,9 @@ static int write_ready(struct srv *s, const char *path)
 
 	snprintf(buf, sizeof(buf),
 		 "{\"role\":\"server\",\"node\":\"%s\",\"pid\":%d,\"zmq\":\"%s\","
-		 "\"admin\":\"127.0.0.1:%u\",\"data_dir\":\"%s\"}\n",
+		 "\"admin\":\"127.0.0.1:%u\",\"gossip\":\"%s\",\"data_dir\":\"%.400s\"}\n",
 		 s->cfg.node_id, (int)getpid(), s->zmq_bound, bm_admin_port(s->admin),
-		 s->cfg.data_dir);
+		 s->cluster ? bm_cluster_addr(s->cluster) : "", s->cfg.data_dir);
 	return write_file(path, buf, 0644);
 }
 
@@ -393,7 +405,7 @@ int main(int argc, char **argv)
 	if (!s->q_ev || event_add(s->q_ev, NULL) == -1)
 		return 1;
 	if (load_keys(s) || load_admin_key(s) || srv_state_open(s) || srv_link_open(s) ||
-	    srv_admin_open(s)) {
+	    srv_admin_open(s) || srv_cluster_open(s)) {
 		bm_err("server", "start-up failed");
 		rc = 1;
 		goto out;
@@ -417,6 +429,7 @@ int main(int argc, char **argv)
 	event_free(ev_int);
 	event_free(ev_hup);
 out:
+	bm_cluster_free(s->cluster);
 	srv_admin_close(s);
 	srv_link_close(s);
 	if (s->q_ev)

@@ -44,6 +44,7 @@ struct event;
 struct bm_queue;
 struct bm_zsock;
 struct bm_admin;
+struct bm_cluster;
 struct bm_metrics;
 struct bm_metrics_family;
 
@@ -79,6 +80,11 @@ struct srv_config {
 	int log_json;
 	char curve_secret[41];
 	char curve_allowed[8][41];
+	char cluster_bind[64];
+	char cluster_advertise[160];
+	char cluster_seeds[8][160];
+	char cluster_key[129];
+	int64_t cluster_period_ms;
 };
 
 /* An online device session, as the signal announced it. */
@@ -144,6 +150,7 @@ struct srv {
 	struct event *q_ev;
 	struct event *tick;
 	struct bm_admin *admin;
+	struct bm_cluster *cluster;       /* NULL when cluster.bind is empty */
 	struct bm_jwt_key *key;           /* signing key */
 	struct bm_jwt_keyring *ring;      /* verification keys */
 	struct bm_buf keys_json;          /* KEYS body for signals */
@@ -229,6 +236,7 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 
 /* admin.c */
 int srv_admin_open(struct srv *s);
+int srv_cluster_open(struct srv *s);
 void srv_admin_close(struct srv *s);
 int srv_token_issue(struct srv *s, const char *eid, const char *device,
 		    int64_t ttl_s, struct bm_buf *out, struct bm_jwt_claims *c);

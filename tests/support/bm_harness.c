@@ -125,7 +125,7 @@ static int spawn(struct bm_h_node *n)
 
 static void tail_log(const struct bm_h_node *n)
 {
-	char cmd[400];
+	char cmd[sizeof(n->log) + 32];
 
 	snprintf(cmd, sizeof(cmd), "tail -n 20 '%s' >&2", n->log);
 	if (system(cmd) != 0)
@@ -183,16 +183,16 @@ static void node_paths(struct bm_h_node *n, const char *name, int server)
 	bm_h_init();
 	n->server = server;
 	snprintf(n->name, sizeof(n->name), "%s", name);
-	snprintf(n->dir, sizeof(n->dir), "%s/%s", root, name);
+	snprintf(n->dir, sizeof(n->dir), "%.255s/%.63s", root, name);
 	mkdir(n->dir, 0700);
-	snprintf(n->cfg, sizeof(n->cfg), "%s/config.json", n->dir);
-	snprintf(n->log, sizeof(n->log), "%s/log", n->dir);
-	snprintf(n->ready, sizeof(n->ready), "%s/ready", n->dir);
+	snprintf(n->cfg, sizeof(n->cfg), "%.320s/config.json", n->dir);
+	snprintf(n->log, sizeof(n->log), "%.320s/log", n->dir);
+	snprintf(n->ready, sizeof(n->ready), "%.320s/ready", n->dir);
 }
 
 int bm_h_start_server(struct bm_h_node *n, const char *name, const char *extra)
 {
-	char data[300];
+	char data[sizeof(n->dir) + 8];
 	json_t *cfg;
 	int rc;
 

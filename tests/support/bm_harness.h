@@ -18,10 +18,10 @@ struct bm_h_node {
 	pid_t pid;
 	int server;                 /* 1 server, 0 signal */
 	char name[32];
-	char dir[256];
-	char cfg[300];
-	char log[300];
-	char ready[300];
+	char dir[320];
+	char cfg[400];
+	char log[400];
+	char ready[400];
 	char zmq[128];              /* server: bound ZeroMQ endpoint */
 	char admin[64];             /* host:port of the admin API */
 	char ws[64];                /* signal: host:port */

@@ -17,6 +17,9 @@ static void test_map_model(void **state)
 	struct bm_map m;
 	char key[32];
 	unsigned seed = 12345;
+	size_t count = 0, it = 0;
+	const char *name;
+	void *v;
 
 	bm_map_init(&m);
 	for (int i = 0; i < OPS; i++) {
@@ -35,11 +38,8 @@ static void test_map_model(void **state)
 			assert_int_equal((long)bm_map_get(&m, key), model[k]);
 		}
 	}
-	size_t count = 0, it = 0;
-	const char *k;
-	void *v;
-	while (bm_map_next(&m, &it, &k, &v)) {
-		int idx = atoi(k + 4);
+	while (bm_map_next(&m, &it, &name, &v)) {
+		int idx = atoi(name + 4);
 		assert_int_equal((long)v, model[idx]);
 		count++;
 	}

@@ -1,0 +1,145 @@
+#include "bm_cluster.h"
+
+#include "bm_err.h"
+#include "bm_log.h"
+#include "bm_swim_udp.h"
+#include "bm_time.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bm_cluster {
+	struct bm_swim *swim;
+	struct bm_swim_udp *udp;
+	char addr[160];
+};
+
+const char *bm_cluster_state_name(enum bm_swim_state st)
+{
+	static const char *const n[] = { "alive", "suspect", "dead", "left" };
+	return (unsigned)st < 4 ? n[st] : "?";
+}
+
+int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
+		     const struct bm_cluster_opts *o)
+{
+	struct bm_cluster *c = calloc(1, sizeof(*c));
+	struct bm_swim_config sc;
+	char host[128];
+	const char *colon;
+	int rc;
+
+	*out = NULL;
+	if (!c)
+		return BM_ENOMEM;
+	rc = bm_swim_udp_open(&c->udp, base, o->bind);
+	if (rc) {
+		bm_err("cluster", "cannot bind gossip to '%s': %s", o->bind, bm_strerror(rc));
+		goto fail;
+	}
+	if (o->advertise && *o->advertise) {
+		snprintf(c->addr, sizeof(c->addr), "%s", o->advertise);
+	} else {
+		colon = strrchr(o->bind, ':');
+		snprintf(host, sizeof(host), "%.*s", colon ? (int)(colon - o->bind) : 0, o->bind);
+		if (!strcmp(host, "0.0.0.0") || !host[0]) {
+			bm_err("cluster", "gossip bound to '%s': set cluster.advertise to the "
+			       "address peers should use", o->bind);
+			rc = BM_ECONFIG;
+			goto fail;
+		}
+		snprintf(c->addr, sizeof(c->addr), "%s:%u", host, bm_swim_udp_port(c->udp));
+	}
+	memset(&sc, 0, sizeof(sc));
+	sc.id = o->id;
+	sc.role = o->role;
+	sc.addr = c->addr;
+	sc.zmq = o->zmq;
+	sc.admin = o->admin;
+	sc.key = (const uint8_t *)(o->key ? o->key : "");
+	sc.key_len = o->key ? strlen(o->key) : 0;
+	sc.registry_epoch = (uint64_t)bm_wall_ms();
+	sc.seed = bm_mono_ns() ^ (uint64_t)(uintptr_t)c;
+	sc.send = bm_swim_udp_send;
+	sc.send_ctx = c->udp;
+	sc.on_member = o->on_member;
+	sc.ud = o->ud;
+	sc.period_ms = o->period_ms;
+	if (!sc.key_len)
+		bm_warn("cluster", "no cluster.key: gossip is not authenticated");
+	rc = bm_swim_new(&c->swim, &sc);
+	if (rc) {
+		bm_err("cluster", "cannot start gossip: %s", bm_strerror(rc));
+		goto fail;
+	}
+	rc = bm_swim_udp_start(c->udp, c->swim, 50);
+	if (rc)
+		goto fail;
+	for (size_t i = 0; i < o->n_seeds; i++)
+		if (o->seeds[i] && *o->seeds[i] && strcmp(o->seeds[i], c->addr))
+			bm_swim_join(c->swim, o->seeds[i], bm_mono_ms());
+	bm_info("cluster", "gossip on %s as '%s' (%zu seeds)", c->addr, o->id, o->n_seeds);
+	*out = c;
+	return 0;
+fail:
+	bm_cluster_free(c);
+	return rc;
+}
+
+int bm_cluster_join(struct bm_cluster *c, const char *seed)
+{
+	bm_info("cluster", "joining through '%s'", seed);
+	return bm_swim_join(c->swim, seed, bm_mono_ms());
+}
+
+void bm_cluster_leave(struct bm_cluster *c)
+{
+	if (!c)
+		return;
+	bm_info("cluster", "leaving the cluster");
+	bm_swim_leave(c->swim, bm_mono_ms());
+}
+
+void bm_cluster_free(struct bm_cluster *c)
+{
+	if (!c)
+		return;
+	if (c->udp)
+		bm_swim_udp_close(c->udp);
+	bm_swim_free(c->swim);
+	free(c);
+}
+
+const char *bm_cluster_addr(const struct bm_cluster *c)
+{
+	return c->addr;
+}
+
+struct bm_swim *bm_cluster_swim(struct bm_cluster *c)
+{
+	return c->swim;
+}
+
+unsigned bm_cluster_count(const struct bm_cluster *c, enum bm_swim_state st)
+{
+	return bm_swim_count(c->swim, st);
+}
+
+static void add_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
+{
+	json_array_append_new(ud, json_pack("{s:s, s:s, s:s, s:i, s:s, s:s, s:s, s:b}",
+		"id", m->id, "role", m->role == BM_SWIM_ROLE_SERVER ? "server" : "signal",
+		"state", bm_cluster_state_name(m->state), "incarnation", (int)m->incarnation,
+		"addr", m->addr ? m->addr : "", "zmq", m->zmq ? m->zmq : "",
+		"admin", m->admin ? m->admin : "", "self", m->self));
+}
+
+json_t *bm_cluster_members_json(const struct bm_cluster *c)
+{
+	json_t *a = json_array();
+
+	bm_swim_foreach(c->swim, add_member, a);
+	return json_pack("{s:s, s:s, s:o}", "self", bm_swim_self_id(c->swim), "addr",
+			 c->addr, "members", a);
+}
