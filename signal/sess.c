@@ -193,7 +193,8 @@ static int out_append(struct sig *g, struct sig_sess *s, const uint8_t *p, size_
 		s->out = q;
 		s->out_cap = (uint32_t)cap;
 	}
-	memcpy(s->out + s->out_len, p, n);
+	if (n)  /* p is NULL for a frame without payload */
+		memcpy(s->out + s->out_len, p, n);
 	s->out_len = (uint32_t)need;
 	return 0;
 }

@@ -1520,5 +1520,8 @@ int main(void)
 		cmocka_unit_test(test_sighup_reload),
 		cmocka_unit_test(test_concurrency_smoke),
 	};
+	/* IT_EDGE_FILTER=test_tls* runs only the matching tests. */
+	if (getenv("IT_EDGE_FILTER"))
+		cmocka_set_test_filter(getenv("IT_EDGE_FILTER"));
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
