@@ -235,38 +235,59 @@ void sig_link_tick(struct sig *g)
 	}
 }
 
-int sig_link_open(struct sig *g)
+int sig_link_add_server(struct sig *g, const char *endpoint)
 {
+	struct sig_server *sv;
 	int hwm = 100000;
 
+	if (!endpoint[0] || strlen(endpoint) >= sizeof(sv->endpoint))
+		return BM_EINVAL;
+	for (int i = 0; i < g->n_servers; i++)
+		if (!strcmp(g->servers[i].endpoint, endpoint))
+			return 0;
+	if (g->n_servers == (int)(sizeof(g->servers) / sizeof(g->servers[0]))) {
+		bm_warn("link", "cannot add server '%s': %d servers already", endpoint,
+			g->n_servers);
+		return BM_EFULL;
+	}
+	sv = &g->servers[g->n_servers];
+	memset(sv, 0, sizeof(*sv));
+	snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", endpoint);
+	snprintf(sv->node, sizeof(sv->node), "%.64s", endpoint);
+	sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
+	if (!sv->z)
+		return BM_ESYS;
+	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_SNDHWM, &hwm, sizeof(hwm));
+	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_RCVHWM, &hwm, sizeof(hwm));
+	if (g->cfg.curve_server_public[0] &&
+	    bm_zsock_curve_client(sv->z, g->cfg.curve_server_public, g->cfg.curve_public,
+				  g->cfg.curve_secret)) {
+		bm_err("link", "invalid CURVE keys in the configuration");
+		bm_zsock_free(sv->z);
+		return BM_ECONFIG;
+	}
+	if (bm_zsock_connect(sv->z, sv->endpoint)) {
+		bm_zsock_free(sv->z);
+		return BM_ESYS;
+	}
+	g->n_servers++;
+	bm_info("link", "connecting to server at %s", endpoint);
+	return 0;
+}
+
+int sig_link_open(struct sig *g)
+{
 	g->zctx = zmq_ctx_new();
 	if (!g->zctx)
 		return BM_ESYS;
 	for (int i = 0; i < 16 && g->cfg.servers[i][0]; i++) {
-		struct sig_server *sv = &g->servers[i];
-
-		/* Same sizes (128): plain copies; the node id comes with WELCOME. */
-		memcpy(sv->endpoint, g->cfg.servers[i], sizeof(sv->endpoint));
-		sv->endpoint[sizeof(sv->endpoint) - 1] = 0;
-		memcpy(sv->node, sv->endpoint, sizeof(sv->node) - 1);
-		sv->node[sizeof(sv->node) - 1] = 0;
-		sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
-		if (!sv->z)
-			return BM_ESYS;
-		zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_SNDHWM, &hwm, sizeof(hwm));
-		zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_RCVHWM, &hwm, sizeof(hwm));
-		if (g->cfg.curve_server_public[0] &&
-		    bm_zsock_curve_client(sv->z, g->cfg.curve_server_public, g->cfg.curve_public,
-					  g->cfg.curve_secret)) {
-			bm_err("link", "invalid CURVE keys in the configuration");
-			return BM_ECONFIG;
-		}
-		if (bm_zsock_connect(sv->z, sv->endpoint))
-			return BM_ESYS;
-		g->n_servers++;
+		int rc = sig_link_add_server(g, g->cfg.servers[i]);
+		if (rc)
+			return rc;
 	}
-	if (!g->n_servers) {
-		bm_err("link", "no server configured (key 'servers')");
+	if (!g->n_servers && !g->cfg.cluster_bind[0]) {
+		bm_err("link", "no server configured: set 'servers' or join a cluster "
+		       "with 'cluster.bind' and 'cluster.seeds'");
 		return BM_ECONFIG;
 	}
 	sig_link_tick(g);

@@ -4,6 +4,7 @@
 #include "sig.h"
 
 #include "bm_admin.h"
+#include "bm_cluster.h"
 #include "bm_config.h"
 #include "bm_err.h"
 #include "bm_log.h"
@@ -74,6 +75,16 @@ static const struct bm_config_key keys[] = {
 	  .reloadable = 1, .help = "error, warn, info or debug" },
 	{ "log.json", BM_CFG_BOOL, F(log_json), .def = "false", .reloadable = 1,
 	  .help = "one JSON object per log line" },
+	{ "cluster.bind", BM_CFG_STRING, F(cluster_bind), .def = "",
+	  .help = "gossip UDP host:port (empty = no gossip; servers from 'servers')" },
+	{ "cluster.advertise", BM_CFG_STRING, F(cluster_advertise), .def = "",
+	  .help = "gossip address peers use (empty = cluster.bind with its bound port)" },
+	{ "cluster.seeds", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct sig_config, cluster_seeds),
+	  .def = "", .list_max = 8, .help = "gossip addresses to join through at start" },
+	{ "cluster.key", BM_CFG_STRING, F(cluster_key), .def = "", .secret = 1,
+	  .help = "shared secret that authenticates gossip (HMAC-SHA256)" },
+	{ "cluster.period", BM_CFG_DURATION, F(cluster_period_ms), .def = "1s", .min = 50,
+	  .max = 60000, .help = "gossip protocol period" },
 	{ NULL },
 };
 #undef F
@@ -116,9 +127,9 @@ static int write_ready(struct sig *g)
 
 	n = snprintf(buf, sizeof(buf),
 		     "{\"role\":\"signal\",\"node\":\"%s\",\"pid\":%d,\"ws\":\"%s\","
-		     "\"wss\":\"%s\",\"admin\":\"127.0.0.1:%u\"}\n",
+		     "\"wss\":\"%s\",\"admin\":\"127.0.0.1:%u\",\"gossip\":\"%s\"}\n",
 		     g->cfg.node_id, (int)getpid(), g->ws_bound, g->wss_bound,
-		     bm_admin_port(g->admin));
+		     bm_admin_port(g->admin), g->cluster ? bm_cluster_addr(g->cluster) : "");
 	snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd == -1)
@@ -176,6 +187,7 @@ static void on_term(evutil_socket_t s, short what, void *arg)
 	bm_info("signal", "signal %d: closing %llu sessions and stopping", (int)s,
 		(unsigned long long)g->n_live);
 	g->stopping = 1;
+	bm_cluster_leave(g->cluster);
 	g->stop_deadline = bm_mono_ms() + (uint64_t)g->cfg.drain_ms;
 	sig_sess_stop_listening(g);
 	sig_sess_close_all(g, 1001, "server shutting down");
@@ -279,6 +291,73 @@ static void on_sessions(struct bm_admin_req *req, const json_t *body, void *ud)
 	bm_admin_reply_json(req, 200, json_pack("{s:o}", "sessions", a));
 }
 
+static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
+{
+	struct sig *g = ud;
+	const char *what = bm_admin_req_suffix(req);
+	const char *seed = json_string_value(json_object_get(body, "seed"));
+
+	if (!g->cluster) {
+		bm_admin_reply_error(req, 409, "this node is standalone: set cluster.bind to "
+				     "gossip with other nodes");
+	} else if (!strcmp(what, "members") && bm_admin_req_method(req) == BM_ADMIN_GET) {
+		bm_admin_reply_json(req, 200, bm_cluster_members_json(g->cluster));
+	} else if (!strcmp(what, "join") && bm_admin_req_method(req) == BM_ADMIN_POST) {
+		if (!seed || bm_cluster_join(g->cluster, seed))
+			bm_admin_reply_error(req, 400, "expected {\"seed\":\"host:port\"} with a "
+					     "numeric gossip address");
+		else
+			bm_admin_reply_json(req, 200, json_pack("{s:s}", "joining", seed));
+	} else if (!strcmp(what, "leave") && bm_admin_req_method(req) == BM_ADMIN_POST) {
+		bm_cluster_leave(g->cluster);
+		bm_admin_reply_json(req, 200, json_pack("{s:b}", "left", 1));
+	} else {
+		bm_admin_reply_error(req, 404, "expected GET members, POST join or POST leave");
+	}
+}
+
+/* Servers announce their ZeroMQ endpoint in gossip: connect to each. */
+static void on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
+{
+	struct sig *g = ud;
+	static const char *const names[] = { "?", "joined", "suspect", "dead", "left",
+					     "alive again", "updated" };
+
+	if (ev != BM_SWIM_EV_UPDATED)
+		bm_info("cluster", "member '%s' (%s, %s) %s", m->id,
+			m->role == BM_SWIM_ROLE_SERVER ? "server" : "signal", m->addr,
+			(unsigned)ev < 7 ? names[ev] : "?");
+	if (m->role == BM_SWIM_ROLE_SERVER && m->state == BM_SWIM_ALIVE && m->zmq && *m->zmq)
+		sig_link_add_server(g, m->zmq);
+}
+
+static int cluster_open(struct sig *g)
+{
+	const char *seeds[8];
+	size_t n = 0;
+	char admin[64];
+	struct bm_cluster_opts o;
+
+	if (!g->cfg.cluster_bind[0])
+		return 0;
+	for (int i = 0; i < 8 && g->cfg.cluster_seeds[i][0]; i++)
+		seeds[n++] = g->cfg.cluster_seeds[i];
+	snprintf(admin, sizeof(admin), "127.0.0.1:%u", bm_admin_port(g->admin));
+	memset(&o, 0, sizeof(o));
+	o.id = g->cfg.node_id;
+	o.role = BM_SWIM_ROLE_SIGNAL;
+	o.bind = g->cfg.cluster_bind;
+	o.advertise = g->cfg.cluster_advertise;
+	o.seeds = seeds;
+	o.n_seeds = n;
+	o.key = g->cfg.cluster_key;
+	o.admin = admin;
+	o.period_ms = (unsigned)g->cfg.cluster_period_ms;
+	o.on_member = on_member;
+	o.ud = g;
+	return bm_cluster_start(&g->cluster, g->base, &o);
+}
+
 static int is_ready(void *ud, char *why, size_t whylen)
 {
 	struct sig *g = ud;
@@ -298,6 +377,7 @@ static const struct bm_admin_route routes[] = {
 	{ BM_ADMIN_GET, "/v1/status", 0, on_status, 1 },
 	{ BM_ADMIN_GET, "/v1/sessions", 0, on_sessions, 1 },
 	{ BM_ADMIN_DELETE, "/v1/sessions/", 1, on_sessions, 1 },
+	{ BM_ADMIN_GET | BM_ADMIN_POST, "/v1/cluster/", 1, on_cluster, 1 },
 	{ 0, NULL, 0, NULL, 0 },
 };
 
@@ -429,7 +509,7 @@ int main(int argc, char **argv)
 		return 1;
 	event_add(g->tick, &sec);
 	event_add(ready_ev, &fast);
-	if (sig_sess_listen(g) || sig_admin_open(g) || sig_link_open(g)) {
+	if (sig_sess_listen(g) || sig_admin_open(g) || sig_link_open(g) || cluster_open(g)) {
 		bm_err("signal", "start-up failed");
 		goto out;
 	}
@@ -466,6 +546,7 @@ out:
 	}
 	bm_map_release(&g->sessions);
 	sig_idtab_release(&g->by_id);
+	bm_cluster_free(g->cluster);
 	sig_link_close(g);
 	bm_admin_free(g->admin);
 	bm_tls_config_unref(g->tls);

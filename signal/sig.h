@@ -28,6 +28,7 @@ struct bm_zsock;
 struct bm_tls;
 struct bm_tls_config;
 struct bm_admin;
+struct bm_cluster;
 struct bm_metrics;
 struct bm_metrics_family;
 
@@ -53,6 +54,11 @@ struct sig_config {
 	int64_t handshake_ms;
 	int64_t leeway_ms;
 	int64_t drain_ms;             /* SIGTERM: time to flush before exit */
+	char cluster_bind[64];
+	char cluster_advertise[160];
+	char cluster_seeds[8][160];
+	char cluster_key[129];
+	int64_t cluster_period_ms;
 	int log_level;
 	int log_json;
 };
@@ -131,6 +137,7 @@ struct sig {
 	char ws_bound[64], wss_bound[64];
 	struct bm_tls_config *tls;
 	struct bm_admin *admin;
+	struct bm_cluster *cluster;   /* NULL when cluster.bind is empty */
 	void *zctx;
 	struct sig_server servers[16];
 	int n_servers;
@@ -184,6 +191,8 @@ int sig_link_session_open(struct sig *g, struct sig_sess *s);
 void sig_link_session_close(struct sig *g, struct sig_sess *s);
 int sig_link_stanza(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n);
 void sig_link_tick(struct sig *g);
+/* Connect to a server endpoint learnt from gossip (no-op when known). */
+int sig_link_add_server(struct sig *g, const char *endpoint);
 
 /* auth.c */
 int sig_auth_verify(struct sig *g, const char *tok, size_t len,
