@@ -128,6 +128,8 @@
 #define REC_ERASED   0x54534544u
 #define CKPT_MAGIC   0x43514D42u
 #define CKPT_VERSION 1u
+#define IDX_MAGIC    0x49514D42u
+#define IDX_VERSION  1u
 #define NONE         UINT64_MAX
 #define IDX_EVERY    16u
 #define SCAN_MAX     65536u
@@ -190,6 +192,32 @@ struct ckpt_stream {
 	uint16_t ndev;
 };
 static_assert(sizeof(struct ckpt_stream) == 56, "checkpoint stream layout");
+
+/* One sparse-index entry as stored in a segment index file. */
+struct idx_ent {
+	uint64_t stream;
+	uint64_t offset;
+	uint64_t pos;
+};
+static_assert(sizeof(struct idx_ent) == 24, "segment index entry layout");
+
+struct idx_hdr {
+	uint32_t magic;
+	uint32_t version;
+	uint64_t base;
+	uint64_t end;
+	uint64_t nentries;
+	int64_t max_ts;
+	uint32_t zero;
+	uint32_t crc;
+};
+static_assert(sizeof(struct idx_hdr) == 48, "segment index header layout");
+static_assert(offsetof(struct idx_hdr, crc) == 44, "segment index header layout");
+
+struct entv {
+	struct idx_ent *v;
+	size_t n, cap;
+};
 
 struct dev {
 	uint64_t offset;
@@ -263,6 +291,7 @@ struct bm_queue {
 	struct comp *ring;
 	size_t ring_head, ring_tail, ring_cap;   /* cap is a power of two */
 
+	struct entv aidx;         /* sparse entries of the active segment */
 	uint64_t ckpt_pos;
 	uint64_t last_retain_ms;
 	struct bm_queue_stats st;
@@ -484,12 +513,37 @@ static int idx_push(struct stream *s, uint64_t offset, uint64_t pos)
 	return 0;
 }
 
+static int entv_push(struct entv *e, uint64_t stream, uint64_t offset, uint64_t pos)
+{
+	if (e->n == e->cap) {
+		size_t cap = e->cap ? e->cap * 2 : 256;
+		struct idx_ent *v = realloc(e->v, cap * sizeof(*v));
+		if (!v)
+			return BM_ENOMEM;
+		e->v = v;
+		e->cap = cap;
+	}
+	e->v[e->n].stream = stream;
+	e->v[e->n].offset = offset;
+	e->v[e->n].pos = pos;
+	e->n++;
+	return 0;
+}
+
 /* Makes room so that the next stream_push cannot fail. */
-static int idx_reserve(struct stream *s)
+static int idx_reserve(struct bm_queue *q, struct stream *s)
 {
 	int rc;
 
-	if ((s->head + 1) % IDX_EVERY || s->idx_len < s->idx_cap)
+	if ((s->head + 1) % IDX_EVERY)
+		return 0;
+	if (q->aidx.n == q->aidx.cap) {
+		rc = entv_push(&q->aidx, 0, 0, 0);
+		if (rc)
+			return rc;
+		q->aidx.n--;
+	}
+	if (s->idx_len < s->idx_cap)
 		return 0;
 	rc = idx_push(s, s->head + 1, 0);
 	if (!rc)
@@ -498,12 +552,14 @@ static int idx_reserve(struct stream *s)
 }
 
 /* Records a DATA record of s at pos (offset head + 1). */
-static int stream_push(struct stream *s, uint64_t pos)
+static int stream_push(struct bm_queue *q, struct stream *s, uint64_t pos)
 {
 	uint64_t off = s->head + 1;
 
 	if (off % IDX_EVERY == 0) {
 		int rc = idx_push(s, off, pos);
+		if (!rc)
+			rc = entv_push(&q->aidx, s->id, off, pos);
 		if (rc)
 			return rc;
 	}
@@ -719,6 +775,52 @@ static void *sync_main(void *arg)
 	return NULL;
 }
 
+static void idx_path(const struct bm_queue *q, char *out, size_t cap, uint64_t base,
+		     const char *suffix)
+{
+	snprintf(out, cap, "%s/%020" PRIu64 ".idx%s", q->dir, base, suffix);
+}
+
+/* Writes the index file of sealed segment sg (tmp, fdatasync, rename; the
+ * caller fsyncs the directory).  Returns 0 or BM_EIO. */
+static int write_seg_idx(struct bm_queue *q, const struct seg *sg,
+			 const struct idx_ent *v, size_t n)
+{
+	char tmp[4096], path[4096];
+	struct idx_hdr h;
+	uint32_t crc = bm_crc32c(0, v, n * sizeof(*v));
+	int fd, rc = 0;
+
+	idx_path(q, tmp, sizeof(tmp), sg->base, ".tmp");
+	idx_path(q, path, sizeof(path), sg->base, "");
+	memset(&h, 0, sizeof(h));
+	h.magic = IDX_MAGIC;
+	h.version = IDX_VERSION;
+	h.base = sg->base;
+	h.end = sg->end;
+	h.nentries = n;
+	h.max_ts = sg->max_ts;
+	h.crc = bm_crc32c(0, &h, offsetof(struct idx_hdr, crc));
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd == -1)
+		return BM_EIO;
+	if (pwrite_all(fd, &h, sizeof(h), 0) == -1 ||
+	    (n && pwrite_all(fd, v, n * sizeof(*v), sizeof(h)) == -1) ||
+	    pwrite_all(fd, &crc, 4, sizeof(h) + n * sizeof(*v)) == -1 ||
+	    fdatasync(fd) == -1)
+		rc = BM_EIO;
+	if (close(fd) == -1)
+		rc = BM_EIO;
+	if (!rc && rename(tmp, path) == -1)
+		rc = BM_EIO;
+	if (rc) {
+		bm_warn(C, "cannot write segment index '%s': %s; open will rebuild it",
+			path, strerror(errno));
+		unlink(tmp);
+	}
+	return rc;
+}
+
 /* mu held: seals the active segment (synced) and starts a new one. */
 static int rotate_locked(struct bm_queue *q)
 {
@@ -731,6 +833,10 @@ static int rotate_locked(struct bm_queue *q)
 	rc = sync_locked(q);
 	if (rc)
 		return rc;
+	/* Best effort: a missing index is rebuilt from the segment at open. */
+	q->segs[q->nsegs - 1].end = base;
+	write_seg_idx(q, &q->segs[q->nsegs - 1], q->aidx.v, q->aidx.n);
+	q->aidx.n = 0;
 	seg_path(q, path, sizeof(path), base);
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd == -1) {
@@ -906,14 +1012,14 @@ int bm_queue_append(struct bm_queue *q, const char *stream, const void *data,
 			goto out;
 		}
 	}
-	rc = idx_reserve(s);
+	rc = idx_reserve(q, s);
 	if (rc)
 		goto out;
 	rc = emit(q, REC_DATA, s->id, s->head + 1, s->head ? s->last_pos : NONE,
 		  data, len, &pos);
 	if (rc)
 		goto out;
-	stream_push(s, pos);
+	stream_push(q, s, pos);
 	if (offset)
 		*offset = s->head;
 	if (cb)
@@ -1469,6 +1575,7 @@ static int checkpoint_locked(struct bm_queue *q)
 	char tmp[4096], path[4096];
 	struct ckpt_hdr ch;
 	struct wr w = { .fd = -1, .off = sizeof(ch) };
+	uint64_t idx_base;
 	int rc;
 
 	rc = sync_locked(q);
@@ -1486,11 +1593,21 @@ static int checkpoint_locked(struct bm_queue *q)
 				       q->segs[i].max_ts };
 		rc = wr_add(&w, &cs, sizeof(cs));
 	}
+	/* Sparse entries in sealed segments are in their .idx files; the
+	 * checkpoint carries only those of the active segment. */
+	idx_base = q->segs[q->nsegs - 1].base;
+	if (!rc)
+		rc = wr_add(&w, &idx_base, 8);
 	for (uint64_t i = 0; !rc && i < q->nstreams; i++) {
 		struct stream *s = q->by_id[i];
-		struct ckpt_stream cs = {
+		uint32_t k = s->idx_len;
+		struct ckpt_stream cs;
+
+		while (k > 0 && s->idx[k - 1] >= idx_base)
+			k--;
+		cs = (struct ckpt_stream){
 			s->id, s->first, s->head, s->last_pos, s->first_pos,
-			s->idx_first, s->idx_len, s->name_len, (uint16_t)s->ndev,
+			s->idx_first + k, s->idx_len - k, s->name_len, (uint16_t)s->ndev,
 		};
 		rc = wr_add(&w, &cs, sizeof(cs));
 		if (!rc)
@@ -1503,8 +1620,8 @@ static int checkpoint_locked(struct bm_queue *q)
 			if (!rc)
 				rc = wr_add(&w, s->devs[d].name, dl);
 		}
-		if (!rc && s->idx_len)
-			rc = wr_add(&w, s->idx, s->idx_len * sizeof(uint64_t));
+		if (!rc && s->idx_len > k)
+			rc = wr_add(&w, s->idx + k, (s->idx_len - k) * sizeof(uint64_t));
 	}
 	if (!rc)
 		rc = wr_flush(&w);
@@ -1557,11 +1674,21 @@ int bm_queue_checkpoint(struct bm_queue *q)
 
 /* Parses a checkpoint image of n bytes into q (streams, segment
  * timestamps in *segs_out).  Every length is checked against n. */
+struct portion {
+	uint64_t idx_first;
+	uint32_t len;
+	size_t at;            /* where its positions are in the checkpoint image */
+};
+
 static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
-		      struct ckpt_seg **segs_out, uint64_t *nsegs_out)
+		      struct ckpt_seg **segs_out, uint64_t *nsegs_out,
+		      uint64_t *idx_base_out, struct portion **portions_out)
 {
 	struct ckpt_hdr ch;
 	struct ckpt_seg *cs = NULL;
+	struct portion *pt = NULL;
+	uint64_t idx_base;
+	int base_ok = 0;
 	size_t at;
 	uint32_t crc;
 	int rc = BM_ECORRUPT;
@@ -1596,8 +1723,20 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 	for (uint64_t i = 1; i < ch.nsegments; i++)
 		if (cs[i].base <= cs[i - 1].base)
 			goto bad;
-	if (ch.log_pos < cs[0].base)
+	if (ch.log_pos < cs[0].base || n - 4 - at < 8)
 		goto bad;
+	memcpy(&idx_base, p + at, 8);
+	at += 8;
+	for (uint64_t i = 0; i < ch.nsegments; i++)
+		if (cs[i].base == idx_base)
+			base_ok = 1;
+	if (!base_ok || idx_base > ch.log_pos)
+		goto bad;
+	pt = calloc(ch.nstreams ? ch.nstreams : 1, sizeof(*pt));
+	if (!pt) {
+		rc = BM_ENOMEM;
+		goto bad;
+	}
 	for (uint64_t i = 0; i < ch.nstreams; i++) {
 		struct ckpt_stream e;
 		struct stream *s;
@@ -1638,39 +1777,44 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 			rc = BM_ECORRUPT;
 			at += dl;
 		}
-		/* The index must cover exactly the multiples of 16 in
+		/* The portion in the checkpoint is the tail of the stream's
+		 * index: it ends at the last multiple of 16 <= head, and its
+		 * positions are in the segment that was active (>= idx_base).
+		 * The segment index files supply the rest; recover() checks
+		 * that together they cover every multiple of 16 in
 		 * [first, head]. */
-		{
-			uint64_t lo = (e.first + IDX_EVERY - 1) / IDX_EVERY;
-			uint64_t hi = e.head / IDX_EVERY;
-			uint64_t want = hi >= lo ? hi - lo + 1 : 0;
-			if (e.idx_len != want || (want && e.idx_first != lo) ||
-			    (end - at) / 8 < e.idx_len)
-				goto bad;
-		}
+		if ((end - at) / 8 < e.idx_len)
+			goto bad;
 		if (e.idx_len) {
-			s->idx = malloc(e.idx_len * sizeof(uint64_t));
-			if (!s->idx) {
-				rc = BM_ENOMEM;
+			uint64_t prev = 0;
+			if (e.idx_first == 0 || e.idx_first > e.head / IDX_EVERY ||
+			    e.head / IDX_EVERY - e.idx_first + 1 != e.idx_len ||
+			    e.idx_first * IDX_EVERY < e.first)
 				goto bad;
-			}
-			memcpy(s->idx, p + at, e.idx_len * sizeof(uint64_t));
-			s->idx_len = s->idx_cap = e.idx_len;
-			s->idx_first = e.idx_first;
-			at += e.idx_len * sizeof(uint64_t);
-			for (uint32_t k = 0; k < e.idx_len; k++)
-				if (s->idx[k] > e.last_pos || (k && s->idx[k] <= s->idx[k - 1]))
+			for (uint32_t k = 0; k < e.idx_len; k++) {
+				uint64_t pos;
+				memcpy(&pos, p + at + k * 8u, 8);
+				if (pos < idx_base || pos > e.last_pos || (k && pos <= prev))
 					goto bad;
+				prev = pos;
+			}
 		}
+		pt[i].idx_first = e.idx_first;
+		pt[i].len = e.idx_len;
+		pt[i].at = at;
+		at += e.idx_len * sizeof(uint64_t);
 	}
 	if (at != n - 4)
 		goto bad;
 	q->ckpt_pos = ch.log_pos;
 	*segs_out = cs;
 	*nsegs_out = ch.nsegments;
+	*idx_base_out = idx_base;
+	*portions_out = pt;
 	return 0;
 bad:
 	free(cs);
+	free(pt);
 	return rc;
 }
 
@@ -1780,6 +1924,8 @@ static int retain_locked(struct bm_queue *q)
 			bm_warn(C, "cannot delete segment '%s': %s", path, strerror(errno));
 		else
 			bm_info(C, "retention deleted segment '%s'", path);
+		idx_path(q, path, sizeof(path), gone[i].base, "");
+		unlink(path);
 	}
 	fsync(q->dirfd);
 	free(gone);
@@ -2013,7 +2159,7 @@ static int replay(struct bm_queue *q, uint64_t start, uint64_t end)
 					rc = corrupt_at(q, pos, "record out of sequence");
 					goto out;
 				}
-				rc = stream_push(s, pos);
+				rc = stream_push(q, s, pos);
 				break;
 			case REC_COMMIT:
 				if (!s || h.offset > s->head || h.len == 0 ||
@@ -2058,6 +2204,157 @@ static int replay(struct bm_queue *q, uint64_t start, uint64_t end)
 out:
 	free(r.buf);
 	return rc;
+}
+
+/* --- segment index files (recovery side) ---------------------------------- */
+
+/* Adds a sparse entry loaded from disk, checking it continues the index. */
+static int idx_load(struct bm_queue *q, uint64_t stream, uint64_t offset, uint64_t pos)
+{
+	struct stream *s = stream_by_id(q, stream);
+
+	if (!s || offset == 0 || offset % IDX_EVERY || offset > s->head ||
+	    offset < s->first || pos > s->last_pos ||
+	    (s->idx_len && (offset / IDX_EVERY != s->idx_first + s->idx_len ||
+			    pos <= s->idx[s->idx_len - 1]))) {
+		bm_err(C, "sparse index entry (stream %" PRIu64 ", offset %" PRIu64
+		       ", position %" PRIu64 ") of '%s' does not fit the stream table",
+		       stream, offset, pos, q->dir);
+		return BM_ECORRUPT;
+	}
+	return idx_push(s, offset, pos);
+}
+
+/* Reads the index file of sealed segment sg into *out; 0, or -1 when it is
+ * missing or damaged (the caller rebuilds it), or BM_ENOMEM. */
+static int read_seg_idx(struct bm_queue *q, const struct seg *sg, struct entv *out)
+{
+	char path[4096];
+	struct idx_hdr h;
+	struct stat st;
+	uint32_t crc;
+	int fd, rc = -1;
+
+	idx_path(q, path, sizeof(path), sg->base, "");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	if (fstat(fd, &st) == -1 || (uint64_t)st.st_size < sizeof(h) + 4 ||
+	    pread_all(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+	    h.magic != IDX_MAGIC || h.version != IDX_VERSION ||
+	    h.crc != bm_crc32c(0, &h, offsetof(struct idx_hdr, crc)) ||
+	    h.base != sg->base || h.end != sg->end ||
+	    h.nentries != ((uint64_t)st.st_size - sizeof(h) - 4) / sizeof(struct idx_ent) ||
+	    (uint64_t)st.st_size != sizeof(h) + 4 + h.nentries * sizeof(struct idx_ent))
+		goto out;
+	out->n = 0;
+	if (h.nentries > out->cap) {
+		struct idx_ent *v = realloc(out->v, h.nentries * sizeof(*v));
+		if (!v) {
+			rc = BM_ENOMEM;
+			goto out;
+		}
+		out->v = v;
+		out->cap = h.nentries;
+	}
+	if (pread_all(fd, out->v, h.nentries * sizeof(struct idx_ent), sizeof(h)) !=
+	    (ssize_t)(h.nentries * sizeof(struct idx_ent)) ||
+	    pread_all(fd, &crc, 4, sizeof(h) + h.nentries * sizeof(struct idx_ent)) != 4 ||
+	    crc != bm_crc32c(0, out->v, h.nentries * sizeof(struct idx_ent)))
+		goto out;
+	out->n = h.nentries;
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+/* Rebuilds the sparse entries of sealed segment sg by reading it. */
+static int scan_seg_idx(struct bm_queue *q, const struct seg *sg, struct entv *out)
+{
+	struct rdr r = { 0 };
+	uint64_t off = 0;
+	int rc = 0;
+
+	out->n = 0;
+	r.fd = sg->fd;
+	r.size = sg->end - sg->base;
+	while (off < r.size) {
+		struct rec_hdr h;
+		const uint8_t *pl;
+		int err, k = rdr_record(&r, off, &h, &pl, &err);
+		if (k == REC_END) {
+			rc = err ? err : corrupt_at(q, sg->base + off, "sealed segment is damaged");
+			break;
+		}
+		if (h.type == REC_DATA && h.offset && h.offset % IDX_EVERY == 0) {
+			rc = entv_push(out, h.stream, h.offset, sg->base + off);
+			if (rc)
+				break;
+		}
+		off += HDR + h.len;
+	}
+	free(r.buf);
+	return rc;
+}
+
+/* Loads the sparse entries of the sealed segments below idx_base, then the
+ * checkpoint's portions, and checks every stream's index is complete. */
+static int load_index(struct bm_queue *q, uint64_t idx_base, const uint8_t *ck,
+		      const struct portion *pt)
+{
+	struct entv e = { 0 };
+	int rc = 0;
+
+	for (size_t i = 0; i < q->nsegs && q->segs[i].base < idx_base; i++) {
+		struct seg *sg = &q->segs[i];
+		rc = read_seg_idx(q, sg, &e);
+		if (rc == -1) {
+			char path[4096];
+			idx_path(q, path, sizeof(path), sg->base, "");
+			bm_warn(C, "segment index '%s' is missing or damaged; rebuilding it", path);
+			rc = scan_seg_idx(q, sg, &e);
+			if (!rc && !write_seg_idx(q, sg, e.v, e.n))
+				fsync(q->dirfd);
+		}
+		for (size_t k = 0; !rc && k < e.n; k++) {
+			if (e.v[k].pos < sg->base || e.v[k].pos >= sg->end)
+				rc = corrupt_at(q, e.v[k].pos, "segment index entry outside its segment");
+			else
+				rc = idx_load(q, e.v[k].stream, e.v[k].offset, e.v[k].pos);
+		}
+		if (rc)
+			goto out;
+	}
+	for (uint64_t i = 0; i < q->nstreams; i++) {
+		struct stream *s = q->by_id[i];
+		uint64_t lo = (s->first + IDX_EVERY - 1) / IDX_EVERY, hi = s->head / IDX_EVERY;
+		uint64_t want = hi >= lo ? hi - lo + 1 : 0;
+
+		for (uint32_t k = 0; !rc && k < pt[i].len; k++) {
+			uint64_t pos;
+			memcpy(&pos, ck + pt[i].at + k * 8u, 8);
+			rc = idx_load(q, s->id, (pt[i].idx_first + k) * IDX_EVERY, pos);
+		}
+		if (rc)
+			goto out;
+		if (s->idx_len != want || (want && s->idx_first != lo)) {
+			bm_err(C, "sparse index of stream '%s' in '%s' is incomplete "
+			       "(%u of %" PRIu64 " entries)", s->name, q->dir, s->idx_len, want);
+			rc = BM_ECORRUPT;
+			goto out;
+		}
+	}
+out:
+	free(e.v);
+	return rc;
+}
+
+static int cmp_ent_pos(const void *a, const void *b)
+{
+	const struct idx_ent *x = a, *y = b;
+
+	return x->pos < y->pos ? -1 : x->pos > y->pos;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -2109,8 +2406,10 @@ static int list_segments(struct bm_queue *q, uint64_t **out, size_t *n_out)
 	return 0;
 }
 
-/* Loads the checkpoint if there is one: 0 (loaded), 1 (none), or error. */
-static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *ncs)
+/* Loads the checkpoint if there is one: 0 (loaded), 1 (none), or error.
+ * On 0, *img is the file image (the caller frees it; *pt points into it). */
+static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *ncs,
+			   uint8_t **img, uint64_t *idx_base, struct portion **pt)
 {
 	char path[4096];
 	struct stat st;
@@ -2138,9 +2437,13 @@ static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *n
 		rc = BM_EIO;
 		goto out;
 	}
-	rc = ckpt_parse(q, p, (size_t)st.st_size, cs, ncs);
+	rc = ckpt_parse(q, p, (size_t)st.st_size, cs, ncs, idx_base, pt);
 	if (rc == BM_ECORRUPT)
 		bm_err(C, "checkpoint '%s' is damaged", path);
+	if (!rc) {
+		*img = p;
+		p = NULL;
+	}
 out:
 	free(p);
 	close(fd);
@@ -2159,7 +2462,9 @@ static void table_clear(struct bm_queue *q)
 static int recover(struct bm_queue *q)
 {
 	struct ckpt_seg *cs = NULL;
-	uint64_t ncs = 0, *bases = NULL, start, end;
+	struct portion *pt = NULL;
+	uint8_t *img = NULL;
+	uint64_t ncs = 0, *bases = NULL, start, end, idx_base = 0;
 	size_t nb = 0, first = 0;
 	char path[4096];
 	int rc, have_ckpt;
@@ -2167,7 +2472,7 @@ static int recover(struct bm_queue *q)
 	rc = list_segments(q, &bases, &nb);
 	if (rc)
 		return rc;
-	have_ckpt = load_checkpoint(q, &cs, &ncs);
+	have_ckpt = load_checkpoint(q, &cs, &ncs, &img, &idx_base, &pt);
 	if (have_ckpt < 0 && have_ckpt != BM_ECORRUPT) {
 		rc = have_ckpt;
 		goto out;
@@ -2188,12 +2493,16 @@ static int recover(struct bm_queue *q)
 		free(cs);
 		cs = NULL;
 		ncs = 0;
+		free(pt);
+		pt = NULL;
 	} else {
 		/* Segments below the checkpoint's first one are leftovers of an
 		 * interrupted retention. */
 		while (first < nb && bases[first] < cs[0].base) {
 			seg_path(q, path, sizeof(path), bases[first]);
 			bm_info(C, "deleting segment '%s' left by retention", path);
+			unlink(path);
+			idx_path(q, path, sizeof(path), bases[first], "");
 			unlink(path);
 			first++;
 		}
@@ -2258,6 +2567,11 @@ static int recover(struct bm_queue *q)
 			q->segs[i].max_ts = cs[j].max_ts;
 		}
 	}
+	if (pt) {
+		rc = load_index(q, idx_base, img, pt);
+		if (rc)
+			goto out;
+	}
 	start = have_ckpt == 0 && ncs ? q->ckpt_pos : q->segs[0].base;
 	if (start > q->segs[q->nsegs - 1].end) {
 		rc = BM_ECORRUPT;
@@ -2292,6 +2606,21 @@ static int recover(struct bm_queue *q)
 	rc = replay(q, start, end);
 	if (rc)
 		goto out;
+	/* The active segment's sparse entries, for its index file at seal. */
+	q->aidx.n = 0;
+	for (uint64_t i = 0; i < q->nstreams; i++) {
+		struct stream *s = q->by_id[i];
+		uint32_t k = s->idx_len;
+		while (k > 0 && s->idx[k - 1] >= q->segs[q->nsegs - 1].base)
+			k--;
+		for (; k < s->idx_len; k++) {
+			rc = entv_push(&q->aidx, s->id, (s->idx_first + k) * IDX_EVERY, s->idx[k]);
+			if (rc)
+				goto out;
+		}
+	}
+	if (q->aidx.n)
+		qsort(q->aidx.v, q->aidx.n, sizeof(*q->aidx.v), cmp_ent_pos);
 	q->appended_pos = q->durable_pos = q->taken_pos = q->written_pos = end;
 	q->wbuf_pos = end;
 	q->cur_fd = q->segs[q->nsegs - 1].fd;
@@ -2301,6 +2630,8 @@ static int recover(struct bm_queue *q)
 out:
 	free(cs);
 	free(bases);
+	free(pt);
+	free(img);
 	return rc;
 }
 
@@ -2351,6 +2682,7 @@ static void queue_free(struct bm_queue *q)
 	free(q->ht);
 	free(q->segs);
 	free(q->ring);
+	free(q->aidx.v);
 	bm_buf_release(&q->wbuf);
 	bm_buf_release(&q->sbuf);
 	if (q->evfd != -1)

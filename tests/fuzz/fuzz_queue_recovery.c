@@ -3,8 +3,10 @@
  * contents.  The input describes a queue directory:
  *
  *   byte 0        flags: bit 0 = a checkpoint file follows,
- *                        bit 1 = the log is cut into two segments
+ *                        bit 1 = the log is cut into two segments,
+ *                        bit 2 = an index file for segment 0 follows
  *   [u16 LE n]    (bit 0) length of the checkpoint, then n bytes of it
+ *   [u16 LE m]    (bit 2) length of the segment index, then m bytes of it
  *   [u16 LE k]    (bit 1) the first segment's size; the second segment's
  *                 base is k
  *   rest          the log bytes (segment 0, and segment k with bit 1)
@@ -78,7 +80,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct bm_queue *q;
 	const char *shm = "/dev/shm";
 	char *dir, name[64];
-	size_t at = 1, ck = 0, split = 0;
+	size_t at = 1, ck = 0, split = 0, ix = 0;
 	uint8_t flags;
 	struct stat st;
 
@@ -101,6 +103,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ck = size - at;
 		put_file(dir, "checkpoint", data + at, ck);
 		at += ck;
+	}
+	if ((flags & 4) && size - at >= 2) {
+		ix = (size_t)data[at] | (size_t)data[at + 1] << 8;
+		at += 2;
+		if (ix > size - at)
+			ix = size - at;
+		put_file(dir, "00000000000000000000.idx", data + at, ix);
+		at += ix;
 	}
 	if ((flags & 2) && size - at >= 2) {
 		split = (size_t)data[at] | (size_t)data[at + 1] << 8;

@@ -745,6 +745,50 @@ static void test_missing_files(void **state)
 	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), BM_EINVAL);
 }
 
+/* Sealed segments carry a sparse index file; a missing or damaged one is
+ * rebuilt from its segment at open, and the data reads the same. */
+static void test_segment_index_files(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	char seg[4096], idx[4096];
+	int nseg;
+
+	f->o.segment_bytes = 8192;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 3, 200);
+	assert_int_equal(bm_queue_close(q), 0);
+	nseg = qt_segment(f->dir, 0, NULL, 0);
+	assert_true(nseg > 10);
+	for (int i = 0; i < nseg - 1; i++) {
+		qt_segment(f->dir, i, seg, sizeof(seg));
+		snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+		assert_true(qt_filesize(idx) >= 52);   /* sealed: has an index */
+	}
+	/* Lose one index, damage another, truncate a third. */
+	qt_segment(f->dir, 1, seg, sizeof(seg));
+	snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+	unlink(idx);
+	qt_segment(f->dir, 3, seg, sizeof(seg));
+	snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+	flip_byte(idx, qt_filesize(idx) - 10);
+	qt_segment(f->dir, 5, seg, sizeof(seg));
+	snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+	assert_int_equal(truncate(idx, 30), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	check_all(q, 3, 200);
+	fill(q, 0, 0);
+	put(q, 2, 201);
+	assert_int_equal(bm_queue_close(q), 0);
+	qt_segment(f->dir, 1, seg, sizeof(seg));
+	snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+	assert_true(qt_filesize(idx) >= 52);        /* rebuilt */
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	check_all(q, 2, 200);
+	check(q, 2, 201);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
 /* A crash between the retention checkpoint and the unlinks leaves old
  * segments behind: open deletes them and everything reads as before. */
 static void test_retention_leftovers(void **state)
@@ -860,6 +904,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpoint_bounds_replay, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retention_leftovers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_segment_index_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_runs_chained_completions, setup, teardown),
 	};
 
