@@ -162,6 +162,8 @@ static int wait_ready(struct bm_h_node *n, int timeout_ms)
 		snprintf(n->zmq, sizeof(n->zmq), "%s", v);
 	if ((v = json_string_value(json_object_get(r, "admin"))))
 		snprintf(n->admin, sizeof(n->admin), "%s", v);
+	if ((v = json_string_value(json_object_get(r, "gossip"))))
+		snprintf(n->gossip, sizeof(n->gossip), "%s", v);
 	if ((v = json_string_value(json_object_get(r, "ws"))) && *v) {
 		snprintf(n->ws, sizeof(n->ws), "%s", v);
 		snprintf(n->url, sizeof(n->url), "ws://%s/", v);

@@ -26,6 +26,7 @@ struct bm_h_node {
 	char admin[64];             /* host:port of the admin API */
 	char ws[64];                /* signal: host:port */
 	char url[128];              /* signal: ws://host:port/ */
+	char gossip[160];           /* gossip address, when clustered */
 };
 
 /* Create the temporary root (once) and register the exit cleanup. */
