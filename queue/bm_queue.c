@@ -9,8 +9,9 @@
  *      LOCK                       empty; flock(LOCK_EX) while open
  *      NNNNNNNNNNNNNNNNNNNN.seg   segment files; the 20 decimal digits are
  *                                 the segment's BASE position
+ *      NNNNNNNNNNNNNNNNNNNN.idx   sparse index of a sealed segment (section 6)
  *      checkpoint                 the stream table (section 4)
- *      checkpoint.tmp             a checkpoint being written; ignored, removed
+ *      *.tmp                      files being written; ignored
  *    Other names are ignored.
  *
  * 2. Log and positions.  The log is one byte sequence; a record's POSITION
@@ -65,6 +66,7 @@
  *      56 u32 0                          60 u32 CRC-32C of bytes [0,60)
  *      body, body_len bytes:
  *       nsegments x {u64 base, i64 first_ts, i64 max_ts}    (ascending base)
+ *       u64 idx_base   the BASE of the segment that was active
  *       nstreams  x stream entry, packed:
  *         u64 id, u64 first, u64 head, u64 last_pos, u64 first_pos,
  *         u64 idx_first, u32 idx_len, u16 name_len, u16 ndev,
@@ -74,8 +76,13 @@
  *      trailer: u32 CRC-32C of the body.
  *    first = first offset still in the log (head + 1 if none); first_pos
  *    its position (none if none); last_pos = position of offset head.
- *    Sparse index: entry k is the position of offset (idx_first + k) * 16;
- *    entries cover every multiple of 16 in [first, head], contiguously.
+ *    Sparse index: every DATA record whose offset is a multiple of 16 has an
+ *    entry (offset -> position).  Entries at positions >= idx_base are in
+ *    the checkpoint: entry k of a stream is the position of offset
+ *    (idx_first + k) * 16, and they run up to the last multiple of 16 <=
+ *    head.  Entries in sealed segments below idx_base are in those
+ *    segments' .idx files.  Together they cover every multiple of 16 in
+ *    [first, head], contiguously; open checks this.
  *
  * 5. Recovery.  Open lists the segments, checks they are contiguous, loads
  *    the checkpoint (if it is missing or damaged and the log still starts at
@@ -94,6 +101,21 @@
  *    by the read that meets it (BM_ECORRUPT).  Segments entirely below the
  *    checkpoint's first segment are leftovers of an interrupted retention
  *    and are deleted.
+ *
+ * 6. Segment index (NNNN.idx).  Written when its segment is sealed (tmp,
+ *    fdatasync, rename; the directory fsync that follows the creation of
+ *    the next segment covers the rename):
+ *      header, 48 bytes: u32 magic 0x49514D42 ("BMQI"), u32 version 1,
+ *        u64 base, u64 end (the segment's BASE and BASE + size),
+ *        u64 nentries, i64 max_ts, u32 0, u32 CRC-32C of bytes [0,44)
+ *      nentries x {u64 stream, u64 offset, u64 position}, ascending position:
+ *        every DATA record of the segment whose offset is a multiple of 16
+ *      trailer: u32 CRC-32C of the entries.
+ *    Open loads the index files of the segments below the checkpoint's
+ *    idx_base.  A missing or damaged one (bad size, magic, CRC, base or end)
+ *    is rebuilt by reading its segment, and rewritten.  The log stays the
+ *    only authority: an index never changes what a read returns, it only
+ *    says where to start walking prev links.
  */
 #include "bm_queue.h"
 

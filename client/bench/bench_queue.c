@@ -39,6 +39,7 @@ struct cfg {
 	unsigned streams;
 	unsigned reads;
 	unsigned reopen_mb;
+	unsigned reopen_record;
 	uint32_t window_us;
 	uint32_t group_bytes;
 	int only_reopen;
@@ -264,7 +265,8 @@ static void run_reopen(const struct cfg *c)
 	struct bm_queue_opts o;
 	struct bm_queue *q;
 	struct bm_queue_stats st;
-	uint8_t *buf = calloc(1, 4096);
+	size_t rs = c->reopen_record;
+	uint8_t *buf = calloc(1, rs);
 	uint64_t total = (uint64_t)c->reopen_mb << 20, t0, i;
 	unsigned streams = 100000;
 	pid_t pid;
@@ -275,16 +277,16 @@ static void run_reopen(const struct cfg *c)
 	if (bm_queue_open(&q, dir, &o))
 		exit(1);
 	t0 = bm_mono_ns();
-	for (i = 0; i * (4096 + 56) < total; i++) {
+	for (i = 0; i * (rs + 56) < total; i++) {
 		stream_name(name, sizeof(name), (unsigned)(i % streams));
-		if (bm_queue_append(q, name, buf, 4096, NULL, NULL, NULL))
+		if (bm_queue_append(q, name, buf, rs, NULL, NULL, NULL))
 			exit(1);
 		if (i % 1024 == 0)
 			bm_queue_poll(q);   /* periodic checkpoints, as a server does */
 	}
 	bm_queue_close(q);
-	printf("# built a %u MB log (%" PRIu64 " records, %u streams) in %.1f s\n",
-	       c->reopen_mb, i, streams, (bm_mono_ns() - t0) / 1e9);
+	printf("# built a %u MB log (%" PRIu64 " records of %zu B, %u streams) in %.1f s\n",
+	       c->reopen_mb, i, rs, streams, (bm_mono_ns() - t0) / 1e9);
 	if (bm_queue_open(&q, dir, &o))
 		exit(1);
 	bm_queue_stats(q, &st);
@@ -305,9 +307,9 @@ static void run_reopen(const struct cfg *c)
 	if (pid == 0) {
 		if (bm_queue_open(&q, dir, &o))
 			_exit(1);
-		for (i = 0; i * (4096 + 56) < (60u << 20); i++) {
+		for (i = 0; i * (rs + 56) < (60u << 20); i++) {
 			stream_name(name, sizeof(name), (unsigned)(i % streams));
-			if (bm_queue_append(q, name, buf, 4096, NULL, NULL, NULL))
+			if (bm_queue_append(q, name, buf, rs, NULL, NULL, NULL))
 				_exit(1);
 			if (i % 1024 == 0)
 				bm_queue_poll(q);
@@ -342,6 +344,7 @@ static void usage(void)
 	       "  --group-bytes N    group commit byte limit (default 1048576)\n"
 	       "  --reads N          random reads to time (default 200000)\n"
 	       "  --reopen-mb N      size of the log for the reopen test (default 1024)\n"
+	       "  --reopen-record N  record size in that log (default 4096)\n"
 	       "  --no-reopen        skip the reopen test\n"
 	       "  --only-reopen      run only the reopen test\n");
 }
@@ -352,7 +355,7 @@ int bench_queue_main(int argc, char **argv)
 	static const enum bm_queue_sync pols[] = {
 		BM_QUEUE_SYNC_ALWAYS, BM_QUEUE_SYNC_GROUP, BM_QUEUE_SYNC_NONE,
 	};
-	struct cfg c = { NULL, 1.0, 1000, 200000, 1024, 1000, 1u << 20, 0, 0 };
+	struct cfg c = { NULL, 1.0, 1000, 200000, 1024, 4096, 1000, 1u << 20, 0, 0 };
 	char *base;
 	const char *tmp = getenv("TMPDIR");
 
@@ -384,13 +387,16 @@ int bench_queue_main(int argc, char **argv)
 				c.reads = (unsigned)atoi(v);
 			else if (!strcmp(a, "--reopen-mb"))
 				c.reopen_mb = (unsigned)atoi(v);
+			else if (!strcmp(a, "--reopen-record"))
+				c.reopen_record = (unsigned)atoi(v);
 			else {
 				fprintf(stderr, "bimip-bench queue: unknown option '%s'\n", a);
 				return 2;
 			}
 		}
 	}
-	if (c.seconds <= 0 || c.streams == 0 || c.reads == 0 || c.group_bytes == 0) {
+	if (c.seconds <= 0 || c.streams == 0 || c.reads == 0 || c.group_bytes == 0 ||
+	    c.reopen_record == 0 || c.reopen_record > (1u << 20)) {
 		fprintf(stderr, "bimip-bench queue: bad option value\n");
 		return 2;
 	}
