@@ -804,6 +804,16 @@ static void test_frames(void **state)
 		}
 	}
 
+	/* Invalid UTF-8 in a text message or a close reason: 1007. */
+	c = rc_session(&sig, "fr@it", "d");
+	rc_frame(c, BM_WS_OP_TEXT, 1, "\xc3\x28", 2, 0, 0);
+	rc_expect_close(c, 1007, 5000);
+	rc_free(c);
+	c = rc_session(&sig, "fr@it", "d");
+	rc_frame(c, BM_WS_OP_CLOSE, 1, "\x03\xe8\xff", 3, 0, 0);
+	rc_expect_close(c, 1007, 5000);
+	rc_free(c);
+
 	/* A close without a code is answered with 1000. */
 	c = rc_session(&sig, "fr@it", "d");
 	rc_frame(c, BM_WS_OP_CLOSE, 1, "", 0, 0, 0);
@@ -1010,6 +1020,45 @@ static void test_rate_limit(void **state)
 	}
 	assert_true(ok);
 	assert_true(metric(&g, "bimip_signal_rate_limited_total") >= limited);
+	rc_free(c);
+
+	/* Ignoring 429s: the 101st refusal in a row closes with 1008. */
+	c = rc_session(&g, "rate@it", "d2");
+	{
+		static struct rev e;
+		uint8_t one[64], all[110 * 64];
+		size_t n = ping_bytes(one, sizeof(one), 1), len = 0;
+		int answered = 0, refused = 0;
+		/* 5 or 6 answered, 100 refused, closed at the next: 110 is enough
+		 * and small enough to arrive in one read (no reset on close). */
+		for (int i = 0; i < 110; i++) {
+			uint8_t key[4] = { (uint8_t)i, 1, 2, 3 };
+			len += bm_ws_frame_header(all + len, BM_WS_OP_BINARY, 1, n, key);
+			memcpy(all + len, one, n);
+			bm_ws_mask(all + len, n, key, 0);
+			len += n;
+		}
+		send_all(c->fd, all, len);
+		for (;;) {
+			struct bm_env_err err;
+			int r = rc_next(c, &e, 5000);
+			if (r <= 0)
+				fail_msg("no close after %d answers, %d refusals", answered, refused);
+			if (e.type == BM_WS_EV_CLOSE)
+				break;
+			if (e.type != BM_WS_EV_MESSAGE)
+				continue;
+			assert_int_equal(bm_env_decode(e.data, e.len, &dm, &err), 0);
+			if (dm.which_payload == bimip_MessageScheme_error_message_tag)
+				refused++;
+			else
+				answered++;
+		}
+		assert_int_equal(e.close_code, 1008);
+		assert_int_equal(refused, 100);
+		assert_true(answered >= 5 && answered <= 6);
+		assert_int_equal(rc_next(c, &e, 5000), 0);
+	}
 	rc_free(c);
 	stop_sig(&g);
 }
@@ -1286,19 +1335,58 @@ static void test_sigterm_closes_all(void **state)
 	struct rawc *c[5];
 	char dev[16];
 
-	start_sig(&g, "gterm", NULL);
+	struct rawc *stuck;
+	uint8_t one[64], batch[100 * 64];
+	size_t n, len = 0;
+	uint64_t t0;
+	int rc;
+
+	start_sig(&g, "gterm", "{\"limits\":{\"rate\":1000000,\"burst\":1000000,"
+			       "\"max_output\":\"64MiB\"},\"timeouts\":{\"drain\":\"1s\"}}");
 	for (int i = 0; i < 5; i++) {
 		snprintf(dev, sizeof(dev), "d%d", i);
 		c[i] = rc_session(&g, "term@it", dev);
 		rc_send_ping(c[i]);
 		expect_pong_stanza(c[i]);
 	}
-	assert_int_equal(bm_h_stop(&g, SIGTERM), 0);
+	/* One more that never reads, with output queued at the edge: the drain
+	 * deadline (1 s) bounds the exit. */
+	stuck = calloc(1, sizeof(*stuck));
+	assert_non_null(stuck);
+	stuck->fd = tcp_open(g.ws, 4096);
+	bm_ws_parser_init(&stuck->p, BM_WS_CLIENT, RC_CAP);
+	{
+		char *t = token_for("term@it", "stuck");
+		rc_upgrade(stuck, g.ws, t, TOK_BEARER);
+		free(t);
+	}
+	n = ping_bytes(one, sizeof(one), 1);
+	for (int i = 0; i < 100; i++) {
+		uint8_t key[4] = { 2, 7, 1, (uint8_t)i };
+		len += bm_ws_frame_header(batch + len, BM_WS_OP_BINARY, 1, n, key);
+		memcpy(batch + len, one, n);
+		bm_ws_mask(batch + len, n, key, 0);
+		len += n;
+	}
+	for (int b = 0; b < 2000; b++)
+		send_all(stuck->fd, batch, len);
+	/* Until the edge has answered them all: ~10 MB, more than the socket
+	 * buffers hold, so the rest waits in the session's output queue. */
+	t0 = bm_mono_ms();
+	while (metric(&g, "bimip_signal_pings_total") < 200005 && bm_mono_ms() < t0 + 20000)
+		poll(NULL, 0, 20);
+	assert_true(metric(&g, "bimip_signal_pings_total") >= 200005);
+	t0 = bm_mono_ms();
+	rc = bm_h_stop(&g, SIGTERM);
+	printf("# SIGTERM: 5 idle sessions + 1 with 200000 unread answers: exit %d after "
+	       "%llu ms (timeouts.drain 1 s)\n", rc, (unsigned long long)(bm_mono_ms() - t0));
+	assert_int_equal(rc, 0);
 	for (int i = 0; i < 5; i++) {
 		rc_expect_close(c[i], 1001, 5000);
 		rc_free(c[i]);
 	}
-	assert_true(bm_h_log_has(&g, "closing 5 sessions"));
+	assert_true(bm_h_log_has(&g, "closing 6 sessions"));
+	rc_free(stuck);
 }
 
 static int wait_log(const struct bm_h_node *n, const char *needle, int ms)
