@@ -11,7 +11,7 @@
 # core $LOAD_CPU (see docs/performance.md, "Chat load").
 #
 # Sizes (environment):
-#   BENCH_CONN=19000 BENCH_CONN_PROCS=4   connections: sessions, client processes
+#   BENCH_CONN=19000 BENCH_CONN_PROCS=16  connections: sessions, client processes
 #   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out
@@ -21,7 +21,7 @@ BIN=${1:-build/bin}
 BROKER_CPU=${BROKER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 CONN=${BENCH_CONN:-19000}
-CONN_PROCS=${BENCH_CONN_PROCS:-4}
+CONN_PROCS=${BENCH_CONN_PROCS:-16}
 P=${BENCH_P:-100}
 W=${BENCH_W:-10}
 T=${BENCH_T:-10}
@@ -68,6 +68,26 @@ wait_file() {
 		[ $i -gt 600 ] && { echo "# $3 not ready after 30 s" >&2; return 1; }
 		sleep 0.05
 	done
+}
+
+# cpu_ticks PID...: user+system clock ticks the processes have used so far.
+cpu_ticks() {
+	t=0
+	for p in "$@"; do
+		v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+		t=$((t + v))
+	done
+	echo $t
+}
+
+# cpu_line NAME TICKS_BEFORE TICKS_AFTER PAIRS_OUTPUT: broker CPU per message,
+# which the other engineers' jobs on a shared machine distort less than
+# the rates do.
+cpu_line() {
+	n=$(echo "$4" | sed -n 's/.* received=\([0-9]*\).*/\1/p')
+	awk -v name="$1" -v a="$2" -v b="$3" -v n="${n:-0}" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { if (n > 0) { us = (b - a) * 1e6 / hz / n;
+		  printf "cpu %s broker_us/msg=%.1f msgs/s_per_broker_core=%.0f\n", name, us, (us > 0 ? 1e6 / us : 0) } }'
 }
 
 free_port() {
@@ -121,14 +141,25 @@ KEY="$TMP/server/data/token.key"
 echo "# bimip-server pid $SRV, bimip-signal pid $SIG at $URL"
 
 if ! skip connections; then
-	$BENCH connections --url "$URL" --key "$KEY" -n "$CONN" -j "$CONN_PROCS" \
-		--signal-pid "$SIG" || FAIL=1
+	C0=$(cpu_ticks $SRV $SIG)
+	OUT=$($BENCH connections --url "$URL" --key "$KEY" -n "$CONN" -j "$CONN_PROCS" \
+		--signal-pid "$SIG") || FAIL=1
+	C1=$(cpu_ticks $SRV $SIG)
+	echo "$OUT"
+	# Broker CPU per session set up (includes the 1 s settling pause: an
+	# upper bound).
+	echo "$OUT" | grep -q '^connections' && awk -v a="$C0" -v b="$C1" -v n="$CONN" -v hz="$(getconf CLK_TCK)" \
+		'BEGIN { us = (b - a) * 1e6 / hz / n;
+		  printf "cpu connections broker_us/session=%.1f sessions/s_per_broker_core=%.0f\n", us, (us > 0 ? 1e6 / us : 0) }'
 fi
 
 PEAK=""
 if ! skip pairs; then
+	C0=$(cpu_ticks $SRV $SIG)
 	OUT=$($BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T") || FAIL=1
+	C1=$(cpu_ticks $SRV $SIG)
 	echo "$OUT"
+	cpu_line bimip "$C0" "$C1" "$OUT"
 	PEAK=$(echo "$OUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
 	if [ -n "$PEAK" ] && [ "$PEAK" -gt 0 ]; then
 		HALF=$((PEAK / 2))
@@ -159,9 +190,11 @@ if ! skip mqtt && [ -n "$PEAK" ]; then
 		mkdir -p "$TMP/mosquitto"
 		# Persistence on, as durable as mosquitto gets: the in-memory store is
 		# written to disk every autosave_interval seconds (it never fsyncs
-		# per message; see docs/performance.md).
+		# per message; see docs/performance.md).  TCP_NODELAY as the signal
+		# sets it on its sessions.
 		cat > "$TMP/mosquitto/mosquitto.conf" <<CONF
 listener $MPORT 127.0.0.1
+set_tcp_nodelay true
 user $(id -un)
 allow_anonymous true
 persistence true
@@ -183,8 +216,11 @@ CONF
 				echo "# mosquitto did not start" >&2; cat "$TMP/mosquitto/log" >&2; FAIL=1; break; }
 			sleep 0.05
 		done
+		C0=$(cpu_ticks $MQ)
 		MOUT=$($BENCH pairs --mqtt "127.0.0.1:$MPORT" -p "$P" -w "$W" -t "$T") || FAIL=1
+		C1=$(cpu_ticks $MQ)
 		echo "$MOUT"
+		cpu_line mosquitto "$C0" "$C1" "$MOUT"
 		MRATE=$(echo "$MOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
 		if [ -n "$MRATE" ] && [ "$MRATE" -gt 0 ]; then
 			awk -v b="$PEAK" -v m="$MRATE" \
