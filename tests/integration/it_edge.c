@@ -608,6 +608,60 @@ static void test_handshake_refusals(void **state)
 	free(tok);
 }
 
+/* What browsers and proxies really send must upgrade: header names and the
+ * Bearer scheme in any case, "Connection: keep-alive, Upgrade" (Firefox),
+ * "Upgrade: WebSocket", the token among other query parameters. */
+static void test_handshake_variants(void **state)
+{
+	static char req[8192];
+	char *tok = token_for("var@it", "d");
+	char enc[4096], key[BM_HTTP_KEY_LEN + 1];
+
+	pct(enc, sizeof(enc), tok);
+	for (int i = 0; i < 3; i++) {
+		struct rawc *c = rc_open(sig.ws);
+		struct bm_http_response r;
+		uint64_t deadline = bm_mono_ms() + 5000;
+		int n = 0, rc;
+
+		assert_int_equal(bm_http_client_key(key), 0);
+		switch (i) {
+		case 0:
+			n = snprintf(req, sizeof(req),
+				     "GET /?token=%s HTTP/1.1\r\nhost: x\r\nupgrade: WebSocket\r\n"
+				     "connection: keep-alive, Upgrade\r\nsec-websocket-key: %s\r\n"
+				     "sec-websocket-version: 13\r\n\r\n", enc, key);
+			break;
+		case 1:
+			n = snprintf(req, sizeof(req),
+				     "GET /chat?v=2&token=%s&lang=en HTTP/1.1\r\nHost: x\r\n"
+				     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+				     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+				     "Origin: http://example.com\r\n\r\n", enc, key);
+			break;
+		case 2:
+			n = snprintf(req, sizeof(req),
+				     "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+				     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+				     "Sec-WebSocket-Version: 13\r\nAUTHORIZATION: bearer %s\r\n\r\n",
+				     key, tok);
+			break;
+		}
+		send_all(c->fd, req, (size_t)n);
+		while ((rc = bm_http_parse_response((char *)c->in, c->len, key, &r)) == BM_EAGAIN)
+			if (rc_fill(c, left_ms(deadline)) != 1)
+				break;
+		if (rc)
+			fail_msg("variant %d refused (%s): %.120s", i, bm_strerror(rc), (char *)c->in);
+		memmove(c->in, c->in + r.head_len, c->len - r.head_len);
+		c->len -= r.head_len;
+		rc_send_ping(c);
+		expect_pong_stanza(c);
+		rc_free(c);
+	}
+	free(tok);
+}
+
 static void test_handshake_timeout(void **state)
 {
 	struct rawc *c = rc_open(sig.ws);
@@ -703,13 +757,14 @@ static void test_max_sessions(void **state)
 		snprintf(dev, sizeof(dev), "d%d", i);
 		c[i] = rc_session(&g, "full@it", dev);
 	}
-	{
+	/* Refused at once, every time, with the reason readable. */
+	for (int k = 0; k < 20; k++) {
 		const char *req = "GET / HTTP/1.1\r\n" HDRS "Sec-WebSocket-Key: " KEY
 				  "\r\nSec-WebSocket-Version: 13\r\n\r\n";
 		assert_int_equal(http_raw(g.ws, req, strlen(req), out, sizeof(out)), 503);
 		assert_non_null(strstr(body_of(out), "too many connections"));
 	}
-	assert_true(metric(&g, "bimip_signal_full_refused_total") >= 1);
+	assert_int_equal(metric(&g, "bimip_signal_full_refused_total"), 20);
 	/* The sessions inside the limit are unaffected. */
 	for (int i = 0; i < 3; i++) {
 		rc_send_ping(c[i]);
@@ -1593,6 +1648,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_handshake_refusals),
+		cmocka_unit_test(test_handshake_variants),
 		cmocka_unit_test(test_handshake_timeout),
 		cmocka_unit_test(test_handshake_trickle),
 		cmocka_unit_test(test_pipelined_after_head),
