@@ -252,11 +252,12 @@ struct stream {
 	uint64_t head;         /* last assigned offset, 0 = none */
 	uint64_t last_pos;     /* position of offset head */
 	uint64_t first_pos;    /* position of offset first, NONE if none */
-	uint64_t idx_first;    /* idx[k] = position of offset (idx_first+k)*64 */
+	uint64_t idx_first;    /* idx[k] = position of offset (idx_first+k)*16 */
 	uint64_t *idx;
 	uint32_t idx_len, idx_cap;
 	struct dev *devs;
 	uint32_t ndev;
+	uint8_t idx_broken;    /* open: an index entry did not fit (see load_index) */
 	uint16_t name_len;
 	char name[];
 };
@@ -2231,18 +2232,20 @@ out:
 /* --- segment index files (recovery side) ---------------------------------- */
 
 /* Adds a sparse entry loaded from disk, checking it continues the index. */
+/* Adds a sparse entry loaded from disk if it continues the stream's index;
+ * otherwise marks the stream's index broken (load_index drops it). */
 static int idx_load(struct bm_queue *q, uint64_t stream, uint64_t offset, uint64_t pos)
 {
 	struct stream *s = stream_by_id(q, stream);
 
-	if (!s || offset == 0 || offset % IDX_EVERY || offset > s->head ||
+	if (!s || s->idx_broken)
+		return 0;
+	if (offset == 0 || offset % IDX_EVERY || offset > s->head ||
 	    offset < s->first || pos > s->last_pos ||
 	    (s->idx_len && (offset / IDX_EVERY != s->idx_first + s->idx_len ||
 			    pos <= s->idx[s->idx_len - 1]))) {
-		bm_err(C, "sparse index entry (stream %" PRIu64 ", offset %" PRIu64
-		       ", position %" PRIu64 ") of '%s' does not fit the stream table",
-		       stream, offset, pos, q->dir);
-		return BM_ECORRUPT;
+		s->idx_broken = 1;
+		return 0;
 	}
 	return idx_push(s, offset, pos);
 }
@@ -2306,7 +2309,13 @@ static int scan_seg_idx(struct bm_queue *q, const struct seg *sg, struct entv *o
 		const uint8_t *pl;
 		int err, k = rdr_record(&r, off, &h, &pl, &err);
 		if (k == REC_END) {
-			rc = err ? err : corrupt_at(q, sg->base + off, "sealed segment is damaged");
+			/* Record boundaries are lost past damage: keep what was
+			 * found; load_index drops the incomplete indexes. */
+			rc = err ? err : -1;
+			if (!err)
+				bm_err(C, "sealed segment %020" PRIu64 " of '%s' is damaged at "
+				       "position %" PRIu64 "; its records after it are unreadable",
+				       sg->base, q->dir, sg->base + off);
 			break;
 		}
 		if (h.type == REC_DATA && h.offset && h.offset % IDX_EVERY == 0) {
@@ -2338,11 +2347,11 @@ static int load_index(struct bm_queue *q, uint64_t idx_base, const uint8_t *ck,
 			rc = scan_seg_idx(q, sg, &e);
 			if (!rc && !write_seg_idx(q, sg, e.v, e.n))
 				fsync(q->dirfd);
+			if (rc == -1)
+				rc = 0;     /* partial: the entries found so far */
 		}
 		for (size_t k = 0; !rc && k < e.n; k++) {
-			if (e.v[k].pos < sg->base || e.v[k].pos >= sg->end)
-				rc = corrupt_at(q, e.v[k].pos, "segment index entry outside its segment");
-			else
+			if (e.v[k].pos >= sg->base && e.v[k].pos < sg->end)
 				rc = idx_load(q, e.v[k].stream, e.v[k].offset, e.v[k].pos);
 		}
 		if (rc)
@@ -2360,11 +2369,14 @@ static int load_index(struct bm_queue *q, uint64_t idx_base, const uint8_t *ck,
 		}
 		if (rc)
 			goto out;
-		if (s->idx_len != want || (want && s->idx_first != lo)) {
-			bm_err(C, "sparse index of stream '%s' in '%s' is incomplete "
-			       "(%u of %" PRIu64 " entries)", s->name, q->dir, s->idx_len, want);
-			rc = BM_ECORRUPT;
-			goto out;
+		if (s->idx_broken || s->idx_len != want || (want && s->idx_first != lo)) {
+			/* The index only speeds reads up: without it a read walks
+			 * prev links from the head, slower but still checked. */
+			bm_warn(C, "sparse index of stream '%s' in '%s' is incomplete "
+				"(%u of %" PRIu64 " entries); reads of old offsets of this "
+				"stream will be slow", s->name, q->dir, s->idx_len, want);
+			s->idx_len = 0;
+			s->idx_broken = 0;
 		}
 	}
 out:
@@ -2377,6 +2389,46 @@ static int cmp_ent_pos(const void *a, const void *b)
 	const struct idx_ent *x = a, *y = b;
 
 	return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* Sealed segments at or above idx_base got their entries from the
+ * checkpoint and the replay, not from their index files: write any index
+ * file that is missing or damaged from memory, so that a later checkpoint
+ * (which will not carry those entries) can rely on it.  Best effort. */
+static void heal_seg_idx(struct bm_queue *q, uint64_t idx_base)
+{
+	struct entv e = { 0 };
+	int wrote = 0;
+
+	for (size_t i = 0; i + 1 < q->nsegs; i++) {
+		struct seg *sg = &q->segs[i];
+		if (sg->base < idx_base || read_seg_idx(q, sg, &e) == 0)
+			continue;
+		e.n = 0;
+		for (uint64_t j = 0; j < q->nstreams; j++) {
+			struct stream *s = q->by_id[j];
+			uint32_t lo = 0, hi = s->idx_len;
+			while (lo < hi) {
+				uint32_t mid = (lo + hi) / 2;
+				if (s->idx[mid] < sg->base)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			for (; lo < s->idx_len && s->idx[lo] < sg->end; lo++)
+				if (entv_push(&e, s->id, (s->idx_first + lo) * IDX_EVERY,
+					      s->idx[lo]))
+					goto out;
+		}
+		if (e.n)
+			qsort(e.v, e.n, sizeof(*e.v), cmp_ent_pos);
+		if (!write_seg_idx(q, sg, e.v, e.n))
+			wrote = 1;
+	}
+out:
+	if (wrote)
+		fsync(q->dirfd);
+	free(e.v);
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -2643,6 +2695,7 @@ static int recover(struct bm_queue *q)
 	}
 	if (q->aidx.n)
 		qsort(q->aidx.v, q->aidx.n, sizeof(*q->aidx.v), cmp_ent_pos);
+	heal_seg_idx(q, idx_base);
 	q->appended_pos = q->durable_pos = q->taken_pos = q->written_pos = end;
 	q->wbuf_pos = end;
 	q->cur_fd = q->segs[q->nsegs - 1].fd;

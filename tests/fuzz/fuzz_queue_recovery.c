@@ -85,7 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct stat st;
 
 	if (!init) {
-		bm_log_set_level((enum bm_log_level)-1);
+		bm_log_set_level(getenv("BIMIP_FUZZ_VERBOSE") ? BM_LOG_DEBUG :
+				 (enum bm_log_level)-1);
 		if (!getenv("TMPDIR") && stat(shm, &st) == 0 && S_ISDIR(st.st_mode))
 			setenv("TMPDIR", shm, 1);
 		init = 1;

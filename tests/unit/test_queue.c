@@ -789,6 +789,47 @@ static void test_segment_index_files(void **state)
 	assert_int_equal(bm_queue_close(q), 0);
 }
 
+/* A damaged sealed segment whose index file is lost: open still works (the
+ * index of the affected streams is dropped), undamaged records read, damaged
+ * ones say BM_ECORRUPT, and the queue reopens again. */
+static void test_damaged_sealed_without_index(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_buf b = BM_BUF_INIT;
+	char seg[4096], idx[4096];
+	int ok = 0, bad = 0;
+
+	f->o.segment_bytes = 8192;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 3, 150);
+	assert_int_equal(bm_queue_close(q), 0);
+	qt_segment(f->dir, 2, seg, sizeof(seg));
+	snprintf(idx, sizeof(idx), "%.*s.idx", (int)(strlen(seg) - 4), seg);
+	unlink(idx);
+	flip_byte(seg, 100);
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+		for (unsigned s = 0; s < 3; s++) {
+			char name[16];
+			snprintf(name, sizeof(name), "user-%u", s);
+			for (uint64_t o = 1; o <= 150; o++) {
+				int rc = bm_queue_read(q, name, o, &b, NULL);
+				assert_true(rc == 0 || rc == BM_ECORRUPT);
+				if (rc)
+					bad++;
+				else
+					ok++;
+			}
+		}
+		check(q, 0, 150);
+		assert_int_equal(bm_queue_close(q), 0);
+	}
+	assert_true(bad > 0);
+	assert_true(ok > bad);
+	bm_buf_release(&b);
+}
+
 /* A crash between the retention checkpoint and the unlinks leaves old
  * segments behind: open deletes them and everything reads as before. */
 static void test_retention_leftovers(void **state)
@@ -905,6 +946,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_checkpoint_bounds_replay, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retention_leftovers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_segment_index_files, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damaged_sealed_without_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_runs_chained_completions, setup, teardown),
 	};
 
