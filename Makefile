@@ -207,9 +207,11 @@ bench:
 	@tests/bench/run-bench.sh $(BIN)
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/bimip
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/bimip \
+	    $(DESTDIR)$(PREFIX)/share/doc/bimip
 	install -m 0755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 proto/bimip.proto $(DESTDIR)$(PREFIX)/share/bimip/
+	install -m 0644 proto/bimip.proto proto/bimip.options $(DESTDIR)$(PREFIX)/share/bimip/
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/bimip/
 	if [ -d deploy/systemd ]; then install -d $(DESTDIR)$(PREFIX)/lib/systemd/system && \
 	    install -m 0644 deploy/systemd/*.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
 	if [ -d deploy/config ]; then install -d $(DESTDIR)$(PREFIX)/share/bimip/config && \

@@ -3,6 +3,7 @@
  *
  *   POST   /v1/tokens                {"eid","device","ttl"?}  -> {"token","jti","exp","kid"}
  *   POST   /v1/tokens/revoke         {"eid","device"?,"jti"?} -> {"revoked":true}
+ *   POST   /v1/tokens/refresh        {"token"}                -> as /v1/tokens; old revoked
  *   GET    /v1/keys                  public keys that verify this server's tokens
  *   GET    /v1/status                node, counts, queue figures
  *   GET    /v1/users/<eid>/contacts  {"subscribers":[..],"blocked":[..]}
@@ -29,6 +30,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Longest token lifetime the admin API issues; a revoked jti is kept that
+ * long, so it outlives any token that carries it. */
+#define MAX_TTL_S (366LL * 86400)
 
 int srv_token_issue(struct srv *s, const char *eid, const char *device,
 		    int64_t ttl_s, struct bm_buf *out, struct bm_jwt_claims *c)
@@ -59,6 +64,12 @@ static void on_tokens(struct bm_admin_req *req, const json_t *body, void *ud)
 	int64_t ttl_s = ttl ? (int64_t)json_integer_value(ttl) : s->cfg.token_ttl_ms / 1000;
 	int rc;
 
+	if (ttl_s > MAX_TTL_S) {
+		bm_admin_reply_error(req, 400, "ttl %lld exceeds the limit of %lld seconds",
+				     (long long)ttl_s, MAX_TTL_S);
+		return;
+	}
+
 	if (!body || !json_is_object(body)) {
 		bm_admin_reply_error(req, 400, "expected a JSON object with eid and device");
 		return;
@@ -80,7 +91,7 @@ static void on_tokens(struct bm_admin_req *req, const json_t *body, void *ud)
 
 struct admin_revoke {
 	struct srv *s;
-	char body[512];
+	struct bm_buf body;
 };
 
 static void on_admin_revoked(void *ud, int status, uint64_t offset)
@@ -88,7 +99,8 @@ static void on_admin_revoked(void *ud, int status, uint64_t offset)
 	struct admin_revoke *a = ud;
 
 	if (!status)
-		srv_broadcast(a->s, BM_IPC_REVOKE, a->body, strlen(a->body));
+		srv_broadcast(a->s, BM_IPC_REVOKE, a->body.data, a->body.len);
+	bm_buf_release(&a->body);
 	free(a);
 }
 
@@ -96,37 +108,24 @@ static void on_revoke(struct bm_admin_req *req, const json_t *body, void *ud)
 {
 	struct srv *s = ud;
 	const char *eid = jstr(body, "eid"), *dev = jstr(body, "device"), *jti = jstr(body, "jti");
-	struct admin_revoke *a = calloc(1, sizeof(*a));
-	json_t *delta;
-	char *txt;
+	struct admin_revoke *a;
 	int rc;
 
+	if (!eid[0] || strlen(eid) > SRV_EID_MAX || strlen(dev) > SRV_DEV_MAX ||
+	    strlen(jti) > 64) {
+		bm_admin_reply_error(req, 400, "eid is required (device or jti optional)");
+		return;
+	}
+	a = calloc(1, sizeof(*a));
 	if (!a) {
 		bm_admin_reply_error(req, 500, "out of memory");
 		return;
 	}
-	if (!eid[0] || strlen(eid) > SRV_EID_MAX || strlen(dev) > SRV_DEV_MAX ||
-	    strlen(jti) > 64) {
-		free(a);
-		bm_admin_reply_error(req, 400, "eid is required (device or jti optional)");
-		return;
-	}
 	a->s = s;
-	if (jti[0]) {
-		delta = json_pack("{s:{s:I}, s:{}}", "jti", jti,
-				  (json_int_t)(bm_wall_s() + s->cfg.token_ttl_ms / 1000), "before");
-	} else {
-		char key[SRV_EID_MAX + SRV_DEV_MAX + 4];
-		snprintf(key, sizeof(key), dev[0] ? "%s\x1f%s" : "%s", eid, dev);
-		delta = json_pack("{s:{}, s:{s:I}}", "jti", "before", key, (json_int_t)bm_wall_s());
-	}
-	txt = delta ? json_dumps(delta, JSON_COMPACT) : NULL;
-	json_decref(delta);
-	snprintf(a->body, sizeof(a->body), "%s", txt ? txt : "{}");
-	free(txt);
-	rc = srv_revoke(s, eid, dev, jti, bm_wall_s() + s->cfg.token_ttl_ms / 1000,
+	rc = srv_revoke(s, eid, dev, jti, bm_wall_s() + MAX_TTL_S, &a->body,
 			on_admin_revoked, a);
 	if (rc) {
+		bm_buf_release(&a->body);
 		free(a);
 		bm_admin_reply_error(req, 500, "cannot revoke: %s", bm_strerror(rc));
 		return;
@@ -137,6 +136,54 @@ static void on_revoke(struct bm_admin_req *req, const json_t *body, void *ud)
 		return;
 	}
 	bm_admin_reply_json(req, 200, json_pack("{s:b}", "revoked", 1));
+}
+
+/* POST /v1/tokens/refresh {"token":..}: a new token for the same eid and
+ * device; the old one is revoked.  A token expired less than
+ * tokens.refresh_grace ago may still be refreshed. */
+static void on_refresh(struct bm_admin_req *req, const json_t *body, void *ud)
+{
+	struct srv *s = ud;
+	const char *tok = jstr(body, "token");
+	struct bm_jwt_claims old, c;
+	struct bm_buf out = BM_BUF_INIT;
+	struct admin_revoke *a;
+	int64_t now = bm_wall_s();
+	int rc;
+
+	rc = bm_jwt_verify(s->ring, tok, strlen(tok), now, s->cfg.token_leeway_ms / 1000, &old);
+	if (rc == BM_ETOKEN_EXPIRED)
+		rc = bm_jwt_verify(s->ring, tok, strlen(tok),
+				   now - s->cfg.refresh_grace_ms / 1000,
+				   s->cfg.token_leeway_ms / 1000, &old);
+	if (!rc && srv_revoked(s, old.sub, old.device, old.jti, old.iat))
+		rc = BM_ETOKEN_REVOKED;
+	if (rc) {
+		bm_admin_reply_error(req, 401, "cannot refresh: %s", bm_strerror(rc));
+		return;
+	}
+	rc = srv_token_issue(s, old.sub, old.device, s->cfg.token_ttl_ms / 1000, &out, &c);
+	a = rc ? NULL : calloc(1, sizeof(*a));
+	if (a) {
+		a->s = s;
+		rc = srv_revoke(s, old.sub, "", old.jti, old.exp, &a->body, on_admin_revoked, a);
+		if (rc) {
+			bm_buf_release(&a->body);
+			free(a);
+		} else {
+			rc = bm_queue_sync(s->q);
+		}
+	}
+	if (rc || !a) {
+		bm_buf_release(&out);
+		bm_admin_reply_error(req, 500, "cannot refresh: %s", bm_strerror(rc ? rc : BM_ENOMEM));
+		return;
+	}
+	bm_admin_reply_json(req, 200, json_pack("{s:s, s:s, s:I, s:s, s:s}", "token",
+						(char *)out.data, "jti", c.jti, "exp",
+						(json_int_t)c.exp, "kid", bm_jwt_key_kid(s->key),
+						"eid", c.sub));
+	bm_buf_release(&out);
 }
 
 static void on_keys(struct bm_admin_req *req, const json_t *body, void *ud)
@@ -332,6 +379,7 @@ static int is_ready(void *ud, char *why, size_t whylen)
 static const struct bm_admin_route routes[] = {
 	{ BM_ADMIN_POST, "/v1/tokens", 0, on_tokens, 1 },
 	{ BM_ADMIN_POST, "/v1/tokens/revoke", 0, on_revoke, 1 },
+	{ BM_ADMIN_POST, "/v1/tokens/refresh", 0, on_refresh, 1 },
 	{ BM_ADMIN_GET, "/v1/keys", 0, on_keys, 0 },
 	{ BM_ADMIN_GET, "/v1/status", 0, on_status, 1 },
 	{ BM_ADMIN_GET | BM_ADMIN_POST | BM_ADMIN_DELETE, "/v1/users/", 1, on_users, 1 },

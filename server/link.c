@@ -8,6 +8,7 @@
  * all its sessions, so a restarted server learns who is online.
  *
  * Control bodies are JSON:
+ *   HELLO    {"boot":"<hex>"} (the signal's boot id)
  *   WELCOME  {"node":"s1","boot":"<hex>"}
  *   KEYS     {"keys":[{"kid":"..","alg":"RS256","pem":"-----BEGIN.."}]}
  *   REVOKE   {"jti":{"<jti>":exp,..},"before":{"<eid>[\x1f<device>]":s,..}}
@@ -67,6 +68,8 @@ int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
 
 	if (n > BM_ENV_MAX_BYTES)
 		return BM_ETOOBIG;
+	if (!s->router)
+		return BM_ECLOSED;
 	memcpy(buf, p, n);
 	if (offset > 0)
 		len += put_offset(buf + n, offset);
@@ -77,6 +80,8 @@ int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
 	rc = bm_zsock_send(s->router, d->rid, d->rid_len, &h, buf, len);
 	if (!rc)
 		(*s->m.stanzas_out)++;
+	else
+		(*s->m.push_failed)++;
 	return rc;
 }
 
@@ -99,10 +104,14 @@ int srv_reply(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t sessio
 
 	if (rc)
 		return rc;
+	if (!s->router)
+		return BM_ECLOSED;
 	fill_hdr(s, &h, BM_IPC_PUSH, session);
 	rc = bm_zsock_send(s->router, rid, rid_len, &h, buf, n);
 	if (!rc)
 		(*s->m.stanzas_out)++;
+	else
+		(*s->m.push_failed)++;
 	return rc;
 }
 
@@ -129,6 +138,8 @@ int srv_kick(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session
 	char body[160];
 	int n = snprintf(body, sizeof(body), "%d %s", code, reason);
 
+	if (!s->router)
+		return BM_ECLOSED;
 	fill_hdr(s, &h, BM_IPC_KICK, session);
 	return bm_zsock_send(s->router, rid, rid_len, &h, body, (size_t)n);
 }
@@ -138,6 +149,8 @@ void srv_broadcast(struct srv *s, int kind, const void *body, size_t n)
 	struct bm_ipc_hdr h;
 	const char *k;
 
+	if (!s->router)
+		return;
 	fill_hdr(s, &h, kind, 0);
 	for (size_t it = 0; bm_map_next(&s->signals, &it, &k, NULL);)
 		if (bm_zsock_send(s->router, (const uint8_t *)k, strlen(k), &h, body, n))
@@ -166,23 +179,38 @@ static void dev_unlink(struct srv_user *u, struct srv_dev *d)
 
 /* --- messages from signals ----------------------------------------------------- */
 
-static void on_hello(struct srv *s, const uint8_t *rid, size_t rid_len)
+/* HELLO is a heartbeat, once a second: answered with WELCOME each time, and
+ * with the keys and the revocations in force only when the signal is new or
+ * restarted (its body names its boot id). */
+static void on_hello(struct srv *s, const uint8_t *rid, size_t rid_len,
+		     const uint8_t *body, size_t n)
 {
 	char id[BM_IPC_ORIGIN_MAX + 1];
 	struct bm_ipc_hdr h;
 	struct bm_buf b = BM_BUF_INIT;
+	json_t *o = json_loadb((const char *)body, n, 0, NULL);
+	const char *boot = o ? json_string_value(json_object_get(o, "boot")) : NULL;
+	char *known, *copy;
 
-	if (rid_len == 0 || rid_len > BM_IPC_ORIGIN_MAX || memchr(rid, 0, rid_len))
+	if (rid_len == 0 || rid_len > BM_IPC_ORIGIN_MAX || memchr(rid, 0, rid_len)) {
+		json_decref(o);
 		return;
+	}
 	memcpy(id, rid, rid_len);
 	id[rid_len] = 0;
-	if (!bm_map_get(&s->signals, id)) {
-		bm_info("link", "signal '%s' connected", id);
-		bm_map_put(&s->signals, id, (void *)1, NULL);
-	}
 	fill_hdr(s, &h, BM_IPC_WELCOME, 0);
 	bm_buf_addf(&b, "{\"node\":\"%s\",\"boot\":\"%s\"}", s->cfg.node_id, s->boot_id);
 	bm_zsock_send(s->router, rid, rid_len, &h, b.data, b.len);
+	known = bm_map_get(&s->signals, id);
+	if (known && boot && !strcmp(known, boot))
+		goto out;
+	copy = strdup(boot ? boot : "");
+	if (!copy || bm_map_put(&s->signals, id, copy, NULL)) {
+		free(copy);
+		goto out;
+	}
+	free(known);
+	bm_info("link", "signal '%s' %s", id, known ? "restarted" : "connected");
 	fill_hdr(s, &h, BM_IPC_KEYS, 0);
 	bm_zsock_send(s->router, rid, rid_len, &h, s->keys_json.data, s->keys_json.len);
 	bm_buf_reset(&b);
@@ -190,7 +218,9 @@ static void on_hello(struct srv *s, const uint8_t *rid, size_t rid_len)
 		fill_hdr(s, &h, BM_IPC_REVOKE, 0);
 		bm_zsock_send(s->router, rid, rid_len, &h, b.data, b.len);
 	}
+out:
 	bm_buf_release(&b);
+	json_decref(o);
 }
 
 static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
@@ -311,7 +341,7 @@ static void on_msg(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 
 	switch (h->kind) {
 	case BM_IPC_HELLO:
-		on_hello(s, rid, rid_len);
+		on_hello(s, rid, rid_len, body, n);
 		break;
 	case BM_IPC_SESSION_OPEN:
 		on_session_open(s, rid, rid_len, h, body, n);
@@ -383,6 +413,12 @@ int srv_link_open(struct srv *s)
 
 void srv_link_close(struct srv *s)
 {
+	const char *k;
+	void *v;
+
+	for (size_t it = 0; bm_map_next(&s->signals, &it, &k, &v);)
+		free(v);
+	bm_map_release(&s->signals);
 	if (s->tick)
 		event_free(s->tick);
 	bm_zsock_free(s->router);

@@ -46,6 +46,9 @@ static const struct bm_config_key keys[] = {
 	  .max = 366LL * 86400 * 1000, .reloadable = 1, .help = "default token lifetime" },
 	{ "tokens.leeway", BM_CFG_DURATION, F(token_leeway_ms), .def = "30s", .min = 0,
 	  .max = 600000, .reloadable = 1, .help = "clock skew allowed when verifying" },
+	{ "tokens.refresh_grace", BM_CFG_DURATION, F(refresh_grace_ms), .def = "1h", .min = 0,
+	  .max = 7LL * 86400 * 1000, .reloadable = 1,
+	  .help = "an expired token may still be refreshed this long after expiry" },
 	{ "queue.fsync", BM_CFG_ENUM, F(fsync), .def = "group", .enums = syncs,
 	  .help = "durability: fsync every append, group commit, or none" },
 	{ "queue.group_window", BM_CFG_DURATION, F(group_window_ms), .def = "1ms", .min = 0,
@@ -55,9 +58,10 @@ static const struct bm_config_key keys[] = {
 	{ "queue.segment_bytes", BM_CFG_SIZE, F(segment_bytes), .def = "128MiB",
 	  .min = 1 << 20, .max = 1LL << 34, .help = "segment rotation size" },
 	{ "queue.retention", BM_CFG_DURATION, F(retention_ms), .def = "0", .min = 0,
-	  .max = 0, .help = "delete segments older than this (0 = keep)" },
+	  .max = 0, .help = "delete segments older than this (0 = keep); must stay 0 "
+	  "until state snapshots exist, see docs/operations.md" },
 	{ "queue.retention_bytes", BM_CFG_SIZE, F(retention_bytes), .def = "0",
-	  .help = "delete oldest segments past this total (0 = no limit)" },
+	  .help = "delete oldest segments past this total (0 = no limit); must stay 0" },
 	{ "delivery.window", BM_CFG_INT, F(window), .def = "256", .min = 1, .max = 65536,
 	  .reloadable = 1, .help = "stanzas pushed to a device before it must commit" },
 	{ "limits.max_contacts", BM_CFG_INT, F(max_contacts), .def = "10000", .min = 1,
@@ -253,6 +257,7 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_resends_total", "Resends answered with the original ids.", &s->m.dup_resends) ||
 	     bm_metrics_counter(r, "bimip_server_queue_appends_total", "Stream appends.", &s->m.appends) ||
 	     bm_metrics_counter(r, "bimip_server_ipc_dropped_total", "Internal messages dropped.", &s->m.ipc_dropped) ||
+	     bm_metrics_counter(r, "bimip_server_push_failed_total", "Pushes to signals that ZeroMQ refused (queue full or signal gone).", &s->m.push_failed) ||
 	     bm_metrics_family(r, "bimip_server_stanzas_by_route_total", "Stanzas received, by route.", "route", 40, &s->m.by_route) ||
 	     bm_metrics_family(r, "bimip_server_errors_total", "ErrorMessages sent, by code.", "code", 16, &s->m.errors);
 	return rc ? BM_ENOMEM : 0;
@@ -360,6 +365,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bimip-server: %s\n", err);
 		return 1;
 	}
+	/* Segments hold the __state records too: deleting old segments would
+	 * drop contacts, blocks and revocations with them. */
+	if (s->cfg.retention_ms || s->cfg.retention_bytes) {
+		fprintf(stderr, "bimip-server: config: keys 'queue.retention' and "
+			"'queue.retention_bytes' must be 0: retention would delete server "
+			"state kept in the same segments (not supported yet)\n");
+		return 1;
+	}
 	if (data_dir) {
 		if (strlen(data_dir) >= sizeof(s->cfg.data_dir)) {
 			fprintf(stderr, "bimip-server: --data-dir is longer than %zu bytes\n",
@@ -431,7 +444,12 @@ int main(int argc, char **argv)
 out:
 	bm_cluster_free(s->cluster);
 	srv_admin_close(s);
+	/* Run the last completions while the link can still carry their
+	 * answers; then nothing may send any more. */
+	if (s->q && bm_queue_sync(s->q))
+		bm_err("server", "final sync of the queue failed");
 	srv_link_close(s);
+	s->router = NULL;
 	if (s->q_ev)
 		event_free(s->q_ev);
 	if (bm_queue_close(s->q)) {

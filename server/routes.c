@@ -118,11 +118,9 @@ static int is_self(struct srv_req *r, const char *eid)
 
 /* --- awareness --------------------------------------------------------------- */
 
-static int mutual(struct srv_user *owner, const char *viewer)
+/* Whether owner has added viewer as a subscriber (may see owner's awareness). */
+static int is_subscriber(struct srv_user *owner, const char *viewer)
 {
-	struct srv_user *v = NULL;
-
-	(void)v;
 	return bm_map_get(&owner->subscribers, viewer) != NULL;
 }
 
@@ -179,9 +177,11 @@ static void h_awareness_request(struct srv *s, struct srv_req *r)
 		ERR(s, r, 403, "from.eid must be the session's user");
 		return;
 	}
-	y = srv_user_get(s, q->to.eid, 1);
+	/* An unknown user has no subscribers: the answer is 403 either way,
+	 * and a lookup must not create state. */
+	y = srv_user_get(s, q->to.eid, 0);
 	if (!y) {
-		ERR(s, r, 500, "out of memory");
+		ERR(s, r, 403, "not a subscriber of '%s'", q->to.eid);
 		return;
 	}
 	if (y != r->user) {
@@ -189,7 +189,7 @@ static void h_awareness_request(struct srv *s, struct srv_req *r)
 			ERR(s, r, 403, "'%s' has blocked you", y->eid);
 			return;
 		}
-		if (!mutual(y, r->user->eid)) {
+		if (!is_subscriber(y, r->user->eid)) {
 			ERR(s, r, 403, "not a subscriber of '%s'", y->eid);
 			return;
 		}
@@ -232,7 +232,8 @@ static void h_awareness_notification(struct srv *s, struct srv_req *r)
 		return;
 	}
 	u->last_notify_ms = now;
-	u->status = n->status == AW_OFFLINE ? AW_ONLINE : n->status;
+	/* Status 2 while connected means "appear offline". */
+	u->status = n->status;
 	u->lat = n->latitude;
 	u->lon = n->longitude;
 	u->intention = n->awareness_intention;
@@ -423,19 +424,34 @@ static void on_revoked(void *ud, int status, uint64_t offset)
 }
 
 int srv_revoke(struct srv *s, const char *eid, const char *device,
-	       const char *jti, int64_t exp, srv_done_fn *cb, void *ud)
+	       const char *jti, int64_t exp, struct bm_buf *delta,
+	       srv_done_fn *cb, void *ud)
 {
 	int64_t now = bm_wall_s();
-	json_t *rec;
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 4];
+	json_t *rec, *d;
+	char *txt;
 
-	if (jti && *jti)
+	/* One timestamp for the record and for what the signals are told. */
+	if (jti && *jti) {
 		rec = json_pack("{s:s, s:s, s:s, s:s, s:I}", "t", "rvk", "e", eid, "d", "",
 				"j", jti, "exp", (json_int_t)exp);
-	else
+		d = json_pack("{s:{s:I}, s:{}}", "jti", jti, (json_int_t)exp, "before");
+	} else {
+		snprintf(key, sizeof(key), device && *device ? "%s\x1f%s" : "%s", eid,
+			 device ? device : "");
 		rec = json_pack("{s:s, s:s, s:s, s:s, s:I}", "t", "rvk", "e", eid, "d",
 				device ? device : "", "j", "", "bf", (json_int_t)now);
-	if (!rec)
+		d = json_pack("{s:{}, s:{s:I}}", "jti", "before", key, (json_int_t)now);
+	}
+	txt = d ? json_dumps(d, JSON_COMPACT) : NULL;
+	json_decref(d);
+	if (!rec || !txt || bm_buf_adds(delta, txt)) {
+		json_decref(rec);
+		free(txt);
 		return BM_ENOMEM;
+	}
+	free(txt);
 	bm_info("tokens", "revoking %s of eid=%s%s%s", jti && *jti ? "token" : "tokens",
 		eid, device && *device ? " device=" : "", device ? device : "");
 	return srv_state_log(s, rec, cb, ud);
@@ -449,8 +465,6 @@ static void h_token_revoke(struct srv *s, struct srv_req *r)
 	struct revoke_ctx *ctx;
 	const char *device = q->has_to ? q->to.connection_resource_id : "";
 	int64_t now = bm_wall_ms();
-	json_t *delta;
-	char key[SRV_EID_MAX + SRV_DEV_MAX + 4];
 	int rc;
 
 	memset(&c, 0, sizeof(c));
@@ -467,6 +481,19 @@ static void h_token_revoke(struct srv *s, struct srv_req *r)
 				   s->cfg.token_leeway_ms / 1000, &c);
 		if (rc && rc != BM_ETOKEN_EXPIRED) {
 			ERR(s, r, 400, "token cannot be revoked: %s", bm_strerror(rc));
+			return;
+		}
+		if (rc == BM_ETOKEN_EXPIRED) {
+			/* Already refused everywhere: nothing to store. */
+			a = &begin(bimip_MessageScheme_token_revoke_response_tag)
+				     ->payload.token_revoke_response;
+			a->has_to = true;
+			ident(&a->to, r->user->eid, device);
+			a->status = 1;
+			a->type = 2;
+			a->timestamp = now;
+			a->rtt = q->timestamp ? now - q->timestamp : 0;
+			reply(s, r, &out);
 			return;
 		}
 		if (strcmp(c.sub, r->user->eid)) {
@@ -487,25 +514,7 @@ static void h_token_revoke(struct srv *s, struct srv_req *r)
 		ERR(s, r, 500, "out of memory");
 		return;
 	}
-	/* The delta the signals apply: same shape as the full list. */
-	if (c.jti[0])
-		delta = json_pack("{s:{s:I}, s:{}}", "jti", c.jti, (json_int_t)c.exp, "before");
-	else {
-		if (device[0])
-			snprintf(key, sizeof(key), "%s\x1f%s", r->user->eid, device);
-		else
-			snprintf(key, sizeof(key), "%s", r->user->eid);
-		delta = json_pack("{s:{}, s:{s:I}}", "jti", "before", key,
-				  (json_int_t)bm_wall_s());
-	}
-	if (delta) {
-		char *txt = json_dumps(delta, JSON_COMPACT);
-		if (txt)
-			bm_buf_adds(&ctx->body, txt);
-		free(txt);
-		json_decref(delta);
-	}
-	rc = srv_revoke(s, r->user->eid, device, c.jti, c.exp, on_revoked, ctx);
+	rc = srv_revoke(s, r->user->eid, device, c.jti, c.exp, &ctx->body, on_revoked, ctx);
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "cannot store the revocation: %s", bm_strerror(rc));
 		bm_buf_release(&ctx->body);
@@ -786,11 +795,9 @@ static void h_signal(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "signal needs to.eid");
 		return;
 	}
-	b = srv_user_get(s, g->to.eid, 1);
-	if (!b) {
-		ERR(s, r, 400, "invalid receiver");
-		return;
-	}
+	b = srv_user_get(s, g->to.eid, 0);
+	if (!b)
+		return;  /* nobody online to tell: typing signals are not stored */
 	if (bm_map_get(&b->blocked, r->user->eid)) {
 		ERR(s, r, 403, "'%s' has blocked you", b->eid);
 		return;

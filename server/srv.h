@@ -65,6 +65,7 @@ struct srv_config {
 	int token_alg;               /* 0 = RS256, 1 = ES256 */
 	int64_t token_ttl_ms;
 	int64_t token_leeway_ms;
+	int64_t refresh_grace_ms;
 	int fsync;                   /* 0 always, 1 group, 2 none */
 	int64_t group_window_ms;
 	int64_t group_bytes;
@@ -135,7 +136,7 @@ struct srv_metrics {
 	struct bm_metrics *reg;
 	uint64_t *sessions, n_sessions;
 	uint64_t *stanzas_in, *stanzas_out, *chats, *acks, *dup_resends;
-	uint64_t *appends, *ipc_dropped;
+	uint64_t *appends, *ipc_dropped, *push_failed;
 	struct bm_metrics_family *by_route, *errors;
 };
 
@@ -163,7 +164,7 @@ struct srv {
 	size_t idem_head, idem_count;
 	struct bm_map revoked_jti;        /* jti -> (void *)(intptr_t)exp */
 	struct bm_map revoked_before;     /* "eid" or "eid\x1fdevice" -> iat bound */
-	struct bm_map signals;            /* signal node id -> (void *)1 */
+	struct bm_map signals;            /* signal node id -> its boot id (strdup) */
 	int replaying;                    /* state rebuild: no side effects */
 	int pump_stalled;                 /* a push met a full queue: retry */
 	int stopping;
@@ -240,7 +241,11 @@ int srv_cluster_open(struct srv *s);
 void srv_admin_close(struct srv *s);
 int srv_token_issue(struct srv *s, const char *eid, const char *device,
 		    int64_t ttl_s, struct bm_buf *out, struct bm_jwt_claims *c);
+/* Store a revocation (a token id until exp, or every token of eid / of
+ * eid's device issued up to now) and append to delta the JSON the signals
+ * apply.  cb runs once durable; then broadcast delta (BM_IPC_REVOKE). */
 int srv_revoke(struct srv *s, const char *eid, const char *device,
-	       const char *jti, int64_t exp, srv_done_fn *cb, void *ud);
+	       const char *jti, int64_t exp, struct bm_buf *delta,
+	       srv_done_fn *cb, void *ud);
 
 #endif

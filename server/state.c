@@ -568,7 +568,6 @@ void srv_state_close(struct srv *s)
 	bm_map_release(&s->idem);
 	bm_map_release(&s->revoked_jti);
 	bm_map_release(&s->revoked_before);
-	bm_map_release(&s->signals);
 	free(s->idem_ring);
 	s->idem_ring = NULL;
 }

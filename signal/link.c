@@ -224,6 +224,8 @@ void sig_link_tick(struct sig *g)
 	for (int i = 0; i < g->n_servers; i++) {
 		struct sig_server *sv = &g->servers[i];
 		struct bm_ipc_hdr h;
+		char body[64];
+		int n = snprintf(body, sizeof(body), "{\"boot\":\"%s\"}", g->boot_id);
 
 		if (sv->up && now - sv->last_welcome_ms > DOWN_AFTER_MS) {
 			sv->up = 0;
@@ -231,7 +233,7 @@ void sig_link_tick(struct sig *g)
 				sv->endpoint);
 		}
 		fill_hdr(g, &h, BM_IPC_HELLO, NULL);
-		bm_zsock_send(sv->z, NULL, 0, &h, "{}", 2);
+		bm_zsock_send(sv->z, NULL, 0, &h, body, (size_t)n);
 	}
 }
 
@@ -278,7 +280,7 @@ int sig_link_add_server(struct sig *g, const char *endpoint)
 int sig_link_open(struct sig *g)
 {
 	g->zctx = zmq_ctx_new();
-	if (!g->zctx)
+	if (!g->zctx || bm_jwt_random_hex(g->boot_id, 16))
 		return BM_ESYS;
 	for (int i = 0; i < 16 && g->cfg.servers[i][0]; i++) {
 		int rc = sig_link_add_server(g, g->cfg.servers[i]);

@@ -141,6 +141,7 @@ struct sig {
 	void *zctx;
 	struct sig_server servers[16];
 	int n_servers;
+	char boot_id[33];             /* told to servers in HELLO */
 	struct event *tick;
 	struct event *reap_ev;
 

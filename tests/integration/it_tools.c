@@ -17,6 +17,7 @@
 #include "bimip_client.h"
 #include "bm_err.h"
 #include "bm_harness.h"
+#include "bm_time.h"
 
 static struct bm_h_node srv, sig;
 static const struct bm_h_node *servers[1] = { &srv };
@@ -147,12 +148,51 @@ static void test_bimip_cli(void **state)
 	assert_non_null(strstr(out, "401"));
 }
 
+/* Token refresh (admin API): a new token for the same device, the old one
+ * refused from then on. */
+static void test_token_refresh(void **state)
+{
+	char *old = bm_h_token(&srv, "ref@tools", "phone", 600);
+	char body[4096], out[8192];
+	struct bm_client_opts o = { .url = sig.url };
+	struct bm_client *c;
+	char err[256], *tok, *end;
+	uint64_t deadline;
+
+	assert_non_null(old);
+	snprintf(body, sizeof(body), "{\"token\":\"%s\"}", old);
+	assert_int_equal(bm_h_http(srv.admin, "POST", "/v1/tokens/refresh", BM_H_ADMIN_KEY,
+				   body, out, sizeof(out)), 200);
+	tok = strstr(out, "\"token\":\"");
+	assert_non_null(tok);
+	tok += 9;
+	end = strchr(tok, '"');
+	assert_non_null(end);
+	*end = 0;
+	o.token = tok;
+	assert_int_equal(bm_client_connect(&c, &o, err, sizeof(err)), 0);
+	bm_client_close(c);
+	/* The edge learns the revocation of the old token within a moment. */
+	o.token = old;
+	deadline = bm_mono_ms() + 5000;
+	while (bm_client_connect(&c, &o, err, sizeof(err)) == 0) {
+		bm_client_close(c);
+		assert_true(bm_mono_ms() < deadline);
+	}
+	assert_non_null(strstr(err, "revoked"));
+	/* Refreshing the revoked one again is refused. */
+	assert_int_equal(bm_h_http(srv.admin, "POST", "/v1/tokens/refresh", BM_H_ADMIN_KEY,
+				   body, out, sizeof(out)), 401);
+	free(old);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_help_and_configs),
 		cmocka_unit_test(test_bimipctl),
 		cmocka_unit_test(test_bimip_cli),
+		cmocka_unit_test(test_token_refresh),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
