@@ -5,9 +5,12 @@
  * Every message is two ZeroMQ frames:
  *
  *   frame 1: header, encoded by bm_ipc_encode (below), at most BM_IPC_HDR_MAX
- *   frame 2: body: for STANZA/PUSH the client's MessageScheme bytes unchanged;
- *            for control kinds a small kind-specific body (documented per kind
- *            in docs/architecture.md), possibly empty.
+ *   frame 2: body: for STANZA/PUSH the client's MessageScheme bytes unchanged
+ *            (a PUSH of a stored stanza has MessageScheme.offset appended);
+ *            for control kinds a small body: HELLO {"boot":..}, WELCOME
+ *            {"node":..,"boot":..}, KEYS/REVOKE JSON, SESSION_OPEN
+ *            {"iat":..,"exp":..}, KICK "<close code> <reason>", SESSION_CLOSE
+ *            empty (server/link.c documents each).
  *
  * Header wire format, little-endian, version 1:
  *
@@ -59,13 +62,13 @@ enum bm_ipc_kind {
 	BM_IPC_REVOKE = 8,       /* revocation; body: JSON */
 	BM_IPC_WELCOME = 9,      /* answer to HELLO; body: JSON */
 	/* server -> server */
-	BM_IPC_FORWARD = 10,     /* a stanza for an EID this server does not own */
-	BM_IPC_PING = 11,        /* liveness between processes */
+	BM_IPC_FORWARD = 10,     /* reserved: server-to-server routing (not sent yet) */
+	BM_IPC_PING = 11,        /* answered with PONG by the server (not sent yet) */
 	BM_IPC_PONG = 12,
 	BM_IPC_KIND_MAX = 12,
 };
 
-#define BM_IPC_F_REPLAY 0x01     /* PUSH replays stored history */
+#define BM_IPC_F_REPLAY 0x01     /* reserved: PUSH replays stored history */
 
 struct bm_ipc_hdr {
 	uint8_t kind;

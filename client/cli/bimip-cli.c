@@ -29,7 +29,8 @@ static void usage(FILE *f)
 		"                     get a token from the server admin API instead\n"
 		"                     (--admin HOST:PORT, default 127.0.0.1:4101; key from\n"
 		"                     $BIMIP_ADMIN_KEY or var/server-1/admin.key)\n"
-		"  --ca FILE          wss:// CA certificate (else not verified)\n"
+		"  --ca FILE          wss:// CA certificate (default: the system's CAs)\n"
+		"  --insecure         wss:// without verifying the server (testing only)\n"
 		"\n"
 		"commands:\n"
 		"  send TO TEXT...            send a message; prints its server ids\n"
@@ -278,6 +279,7 @@ int main(int argc, char **argv)
 		{ "admin", required_argument, 0, 'a' },
 		{ "ca", required_argument, 0, 'C' },
 		{ "quiet-awareness", no_argument, 0, 'q' },
+		{ "insecure", no_argument, 0, 'I' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -296,6 +298,7 @@ int main(int argc, char **argv)
 		case 'a': admin = optarg; break;
 		case 'C': o.ca_file = optarg; break;
 		case 'q': quiet_awareness = 1; break;
+		case 'I': o.insecure_tls = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}

@@ -24,6 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#define BM_CLIENT_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
 struct bm_client {
 	struct bm_client_opts o;
 	char *url, *token, *ca_file, *local_addr;
@@ -212,9 +214,11 @@ static int tcp_connect(struct bm_client *c, int timeout_ms, char *err, size_t er
 
 static int tls_handshake(struct bm_client *c, uint64_t deadline, char *err, size_t errlen)
 {
-	struct bm_tls_options o = { .server = 0, .ca_file = c->ca_file,
-				    .server_name = c->host,
-				    .insecure = c->o.insecure_tls || !c->ca_file };
+	/* Verify against the given CA, else the system's bundle; never
+	 * silently unverified. */
+	struct bm_tls_options o = { .server = 0,
+				    .ca_file = c->ca_file ? c->ca_file : BM_CLIENT_SYSTEM_CA,
+				    .server_name = c->host, .insecure = c->o.insecure_tls };
 	int rc;
 
 	if (!c->tls_cfg && (rc = bm_tls_config_new(&c->tls_cfg, &o))) {

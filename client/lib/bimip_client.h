@@ -35,8 +35,9 @@ struct bm_client;
 struct bm_client_opts {
 	const char *url;          /* ws://host:port/path or wss://... */
 	const char *token;        /* JWT, sent as Authorization: Bearer */
-	const char *ca_file;      /* wss: CA to verify the server (NULL: insecure_tls) */
-	int insecure_tls;         /* wss: do not verify (tests only) */
+	const char *ca_file;      /* wss: CA to verify the server (NULL: the system's
+				     /etc/ssl/certs/ca-certificates.crt) */
+	int insecure_tls;         /* wss: do not verify the server at all (tests only) */
 	int timeout_ms;           /* connect + handshake (default 5000) */
 	int commit_every;         /* auto-commit after this many stored stanzas;
 				     0 = default 64, -1 = never */
