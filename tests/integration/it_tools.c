@@ -80,6 +80,31 @@ static void test_help_and_configs(void **state)
 	}
 	assert_int_equal(run(out, sizeof(out), "%s/bimip-server --help-config", bin()), 0);
 	assert_non_null(strstr(out, "queue.fsync"));
+	/* Every configuration key is documented in docs/operations.md. */
+	{
+		static const char *const daemons[] = { "bimip-server", "bimip-signal" };
+		FILE *f = fopen("docs/operations.md", "r");
+		static char doc[1 << 18];
+		size_t n = f ? fread(doc, 1, sizeof(doc) - 1, f) : 0;
+		doc[n] = 0;
+		if (f)
+			fclose(f);
+		assert_true(n > 0);
+		for (int d = 0; d < 2; d++) {
+			char *line, *save = NULL;
+			assert_int_equal(run(out, sizeof(out), "%s/%s --help-config", bin(),
+					     daemons[d]), 0);
+			for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+				char key[128], needle[140];
+				if (line[0] == ' ' || sscanf(line, "%127s", key) != 1)
+					continue;
+				snprintf(needle, sizeof(needle), "`%s`", key);
+				if (!strstr(doc, needle))
+					fail_msg("%s key '%s' is not in docs/operations.md "
+						 "(run docs/gen-config-tables.py)", daemons[d], key);
+			}
+		}
+	}
 	/* The shipped example configs load. */
 	assert_int_equal(run(out, sizeof(out), "%s/bimip-server -c deploy/config/server.json "
 			     "--print-config", bin()), 0);
