@@ -234,7 +234,9 @@ static void usage(const char *mode)
 	       "connections:\n"
 	       "  -n, --sessions N       sessions to open (1000)\n"
 	       "  -j, --procs J          client processes holding them (4)\n"
-	       "      --signal-pid PID   report the signal's VmRSS per session\n"
+	       "      --signal-pid PID   report the signal's (or with --mqtt the broker's)\n"
+	       "                         VmRSS per session\n"
+	       "      --mqtt H:P         hold MQTT connections (CONNECT only) instead\n"
 	       "      --hold S           keep the sessions S seconds after measuring (0)\n"
 	       "pairs:\n"
 	       "  -p, --pairs P          sender/receiver pairs (100)\n"
@@ -333,6 +335,8 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 
 /* --- connections ---------------------------------------------------------- */
 
+static int parse_hostport(const char *hp, char *host, size_t cap, int *port);
+
 struct conn_report {
 	int ready;             /* 1: tokens minted, waiting for go; 0: done */
 	int ok, failed;
@@ -343,14 +347,15 @@ struct conn_report {
 static void conn_child(const struct load_opts *o, const struct minter *mt, int idx, int count,
 		       int go_fd, int rep_fd, int hold_fd)
 {
-	struct bm_client **cs = calloc((size_t)count, sizeof(*cs));
+	void **held = calloc((size_t)count, sizeof(*held));   /* never used, only kept */
 	char **toks = calloc((size_t)count, sizeof(*toks));
 	struct conn_report r = { .ready = 1 };
-	char eid[160], src[64], b;
+	char eid[160], src[64], host[64], b;
+	int port = 0;
 
-	if (!cs || !toks)
+	if (!held || !toks || (o->mqtt && parse_hostport(o->mqtt, host, sizeof(host), &port)))
 		_exit(1);
-	for (int i = 0; i < count; i++) {
+	for (int i = 0; i < count && !o->mqtt; i++) {
 		snprintf(eid, sizeof(eid), "%s-c%d-%d@bench", o->run, idx, i);
 		if (!(toks[i] = mint(mt, eid, "d")))
 			_exit(1);
@@ -364,7 +369,18 @@ static void conn_child(const struct load_opts *o, const struct minter *mt, int i
 					     .max_message = 16384, .commit_every = -1,
 					     .local_addr = src_addr(o, idx, i, src, sizeof(src)) };
 		char err[256];
-		int rc = bm_client_connect(&cs[i], &co, err, sizeof(err));
+		int rc;
+
+		if (o->mqtt) {
+			struct mqtt *q = NULL;
+			snprintf(eid, sizeof(eid), "%s-c%d-%d", o->run, idx, i);
+			rc = mqtt_connect(&q, host, port, co.local_addr, eid, 10000, err, sizeof(err));
+			held[i] = q;
+		} else {
+			struct bm_client *c = NULL;
+			rc = bm_client_connect(&c, &co, err, sizeof(err));
+			held[i] = c;
+		}
 
 		if (rc) {
 			if (!r.failed)
@@ -474,11 +490,11 @@ static int mode_connections(const struct load_opts *o, const struct minter *mt)
 		usleep(1000 * 1000);
 		rss1 = vm_rss_kb(o->signal_pid);
 	}
-	printf("connections bimip N=%d procs=%d ok=%d failed=%d setup_s=%.3f conn/s=%.0f",
-	       o->n, o->procs, ok, failed, (double)(t1 - t0) / 1e9,
+	printf("connections %s N=%d procs=%d ok=%d failed=%d setup_s=%.3f conn/s=%.0f",
+	       o->mqtt ? "mosquitto" : "bimip", o->n, o->procs, ok, failed, (double)(t1 - t0) / 1e9,
 	       ok ? (double)ok / ((double)(t1 - t0) / 1e9) : 0.0);
 	if (rss0 >= 0 && rss1 >= 0)
-		printf(" signal_rss_before_kb=%ld signal_rss_after_kb=%ld bytes/session=%.0f",
+		printf(" broker_rss_before_kb=%ld broker_rss_after_kb=%ld bytes/session=%.0f",
 		       rss0, rss1, ok ? (double)(rss1 - rss0) * 1024.0 / ok : 0.0);
 	printf("\n");
 	if (failed)
@@ -935,7 +951,11 @@ int bench_load_main(int argc, char **argv)
 		return rc > 0 ? 0 : 2;
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
-	if (!(o.mqtt && !strcmp(o.mode, "pairs")) && minter_init(&mt, &o))
+	if (o.mqtt && !strcmp(o.mode, "fanout")) {
+		fprintf(stderr, "bimip-bench fanout: --mqtt is not supported\n");
+		return 2;
+	}
+	if (!o.mqtt && minter_init(&mt, &o))
 		return 2;
 	if (!strcmp(o.mode, "connections"))
 		rc = mode_connections(&o, &mt);

@@ -15,6 +15,7 @@
 #   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out
+#   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
 #   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
 set -u
 BIN=${1:-build/bin}
@@ -110,7 +111,7 @@ cat > "$TMP/server/config.json" <<JSON
   "data_dir": "$TMP/server/data",
   "listen": { "zmq": "tcp://127.0.0.1:0", "admin": "127.0.0.1:0" },
   "admin": { "key": "bench-admin-key" },
-  "queue": { "fsync": "group" },
+  "queue": { "fsync": "${BENCH_FSYNC:-group}" },
   "delivery": { "window": 4096 },
   "log": { "level": "warn" }
 }
@@ -221,6 +222,10 @@ CONF
 		C1=$(cpu_ticks $MQ)
 		echo "$MOUT"
 		cpu_line mosquitto "$C0" "$C1" "$MOUT"
+		if ! skip connections; then
+			$BENCH connections --mqtt "127.0.0.1:$MPORT" -n "$CONN" -j "$CONN_PROCS" \
+				--signal-pid "$MQ" || FAIL=1
+		fi
 		MRATE=$(echo "$MOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
 		if [ -n "$MRATE" ] && [ "$MRATE" -gt 0 ]; then
 			awk -v b="$PEAK" -v m="$MRATE" \
