@@ -371,6 +371,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	const char *k;
 	void *v;
 
+	srv_snapshot_maybe(s);
 	if (!s->pump_stalled)
 		return;
 	s->pump_stalled = 0;

@@ -73,6 +73,10 @@ static const struct bm_config_key keys[] = {
 	  .help = "minimum time between explicit awareness changes of a user" },
 	{ "limits.sync_max", BM_CFG_INT, F(sync_max), .def = "1000", .min = 1,
 	  .max = 65536, .reloadable = 1, .help = "most stanzas one sync_request returns" },
+	{ "state.snapshot_every", BM_CFG_INT, F(snapshot_every), .def = "200000",
+	  .min = 100, .max = 100000000, .reloadable = 1,
+	  .help = "state records between background snapshots (start-up replays at most "
+		  "this many)" },
 	{ "log.level", BM_CFG_ENUM, F(log_level), .def = "info", .enums = levels,
 	  .reloadable = 1, .help = "error, warn, info or debug" },
 	{ "log.json", BM_CFG_BOOL, F(log_json), .def = "false", .reloadable = 1,
@@ -448,6 +452,9 @@ out:
 	 * answers; then nothing may send any more. */
 	if (s->q && bm_queue_sync(s->q))
 		bm_err("server", "final sync of the queue failed");
+	srv_snapshot_wait(s);
+	if (s->q && !rc && srv_snapshot_now(s))
+		bm_err("server", "final state snapshot failed");
 	srv_link_close(s);
 	s->router = NULL;
 	if (s->q_ev)

@@ -77,6 +77,7 @@ struct srv_config {
 	int64_t idem_max;            /* remembered (device, message_id_local) */
 	int64_t awareness_min_interval_ms;
 	int64_t sync_max;            /* cap of SyncRequest.limit */
+	int64_t snapshot_every;      /* state records between snapshots */
 	int log_level;
 	int log_json;
 	char curve_secret[41];
@@ -167,6 +168,9 @@ struct srv {
 	struct bm_map signals;            /* signal node id -> its boot id (strdup) */
 	int replaying;                    /* state rebuild: no side effects */
 	int pump_stalled;                 /* a push met a full queue: retry */
+	uint64_t snap_records;            /* state records since the snapshot */
+	int snap_pid;                     /* background snapshot writer, or 0 */
+	uint64_t snap_offset;
 	int stopping;
 	uint64_t msg_seq;
 
@@ -195,6 +199,12 @@ int srv_revoked(struct srv *s, const char *eid, const char *device,
 int srv_revocations_json(struct srv *s, struct bm_buf *out);
 /* Stream name of a user. */
 void srv_stream_name(const char *eid, char *out, size_t cap);
+
+/* snapshot.c */
+int srv_snapshot_load(struct srv *s, uint64_t *state_offset);
+int srv_snapshot_now(struct srv *s);
+void srv_snapshot_maybe(struct srv *s);
+void srv_snapshot_wait(struct srv *s);
 
 /* link.c */
 int srv_link_open(struct srv *s);

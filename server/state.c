@@ -354,6 +354,7 @@ int srv_state_log(struct srv *s, void *obj, srv_done_fn *cb, void *ud)
 	if (rc)
 		goto out;
 	c = NULL;
+	s->snap_records++;
 	/* Appended: cb will run, so this returns 0 whatever applying says. */
 	if (srv_state_apply(s, o))
 		bm_err("state", "cannot apply state record '%s'", txt);
@@ -511,6 +512,18 @@ static void repair(struct srv *s, struct repair *r)
 	free(l.heads);
 }
 
+static int maps_init(struct srv *s)
+{
+	bm_map_init(&s->users);
+	bm_map_init(&s->chats);
+	bm_map_init(&s->idem);
+	bm_map_init(&s->revoked_jti);
+	bm_map_init(&s->revoked_before);
+	s->idem_head = s->idem_count = 0;
+	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
+	return s->idem_ring ? 0 : BM_ENOMEM;
+}
+
 int srv_state_open(struct srv *s)
 {
 	struct replay r = { 0 };
@@ -518,16 +531,17 @@ int srv_state_open(struct srv *s)
 	uint64_t t0 = bm_mono_ms();
 	int n;
 
-	bm_map_init(&s->users);
-	bm_map_init(&s->chats);
-	bm_map_init(&s->idem);
-	bm_map_init(&s->revoked_jti);
-	bm_map_init(&s->revoked_before);
 	bm_map_init(&s->signals);
-	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
-	if (!s->idem_ring)
+	if (maps_init(s))
 		return BM_ENOMEM;
 	s->replaying = 1;
+	if (srv_snapshot_load(s, &r.last)) {
+		/* Unusable snapshot: forget what it loaded, replay everything. */
+		srv_state_close(s);
+		if (maps_init(s))
+			return BM_ENOMEM;
+		r.last = 0;
+	}
 	do {
 		n = bm_queue_scan(s->q, STATE_STREAM, r.last, 4096, on_state_record, &r);
 		if (!r.err)
