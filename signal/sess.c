@@ -322,8 +322,10 @@ void sig_sess_close(struct sig *g, struct sig_sess *s, int code, const char *rea
 	n = bm_ws_close_frame(f, BM_WS_SERVER, (uint16_t)code, reason);
 	if (n > 0)
 		send_raw(g, s, f, (size_t)n, NULL, 0);
-	if (s->state == SIG_OPEN)
+	if (s->state == SIG_OPEN) {
 		s->state = SIG_CLOSING;
+		lru_touch(g, s);  /* sig_sess_tick gives the close timeouts.drain */
+	}
 	if (s->state == SIG_CLOSING && !s->out_len)
 		flush_out(g, s);
 }
@@ -891,7 +893,11 @@ void sig_sess_tick(struct sig *g)
 	uint32_t now = now_ms32();
 	uint32_t soonest = (uint32_t)(g->cfg.handshake_ms < g->cfg.ping_ms
 					      ? g->cfg.handshake_ms : g->cfg.ping_ms);
+	uint32_t close_ms = (uint32_t)(g->cfg.drain_ms > 1000 ? g->cfg.drain_ms : 1000);
 	struct sig_sess *s, *next;
+
+	if (close_ms < soonest)
+		soonest = close_ms;
 
 	for (s = g->lru_head; s; s = next) {
 		uint32_t idle = now - s->last_ms;
@@ -902,6 +908,13 @@ void sig_sess_tick(struct sig *g)
 		if (s->state == SIG_HANDSHAKE) {
 			if (idle >= (uint32_t)g->cfg.handshake_ms)
 				http_refuse(g, s, 408, "handshake timed out");
+			continue;
+		}
+		if (s->state == SIG_CLOSING) {
+			/* A close frame the client does not read (nor anything
+			 * queued before it) must not hold the connection forever. */
+			if (idle >= close_ms)
+				kill_sess(g, s);
 			continue;
 		}
 		if (s->state != SIG_OPEN || idle < (uint32_t)g->cfg.ping_ms)

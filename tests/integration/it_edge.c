@@ -1020,6 +1020,57 @@ static void test_idle_and_keepalive(void **state)
 	stop_sig(&g);
 }
 
+/*
+ * A client that stops reading AND sending, with output queued below
+ * limits.max_output: the idle close frame cannot be written either, yet
+ * the connection must not stay forever.
+ */
+static void test_stuck_client_is_dropped(void **state)
+{
+	struct bm_h_node g;
+	struct rawc *c;
+	uint8_t one[64], batch[100 * 64];
+	size_t n, len = 0;
+	uint64_t t0, deadline;
+	long conns = -1;
+
+	start_sig(&g, "gstuck", "{\"limits\":{\"rate\":1000000,\"burst\":1000000,"
+				"\"max_output\":\"64MiB\"},\"timeouts\":{\"idle\":\"2s\","
+				"\"ping\":\"1s\",\"drain\":\"1s\"}}");
+	c = calloc(1, sizeof(*c));
+	assert_non_null(c);
+	c->fd = tcp_open(g.ws, 4096);
+	bm_ws_parser_init(&c->p, BM_WS_CLIENT, RC_CAP);
+	{
+		char *t = token_for("stuck@it", "d");
+		rc_upgrade(c, g.ws, t, TOK_BEARER);
+		free(t);
+	}
+	n = ping_bytes(one, sizeof(one), 1);
+	for (int i = 0; i < 100; i++) {
+		uint8_t key[4] = { 4, 4, 4, (uint8_t)i };
+		len += bm_ws_frame_header(batch + len, BM_WS_OP_BINARY, 1, n, key);
+		memcpy(batch + len, one, n);
+		bm_ws_mask(batch + len, n, key, 0);
+		len += n;
+	}
+	for (int b = 0; b < 2000; b++)
+		send_all(c->fd, batch, len);
+	t0 = bm_mono_ms();
+	while (metric(&g, "bimip_signal_pings_total") < 200000 && bm_mono_ms() < t0 + 20000)
+		poll(NULL, 0, 20);
+	/* Silent from now on: idle (2 s) + a ping tick + drain (1 s) + ticks. */
+	t0 = bm_mono_ms();
+	deadline = t0 + 8000;
+	while (bm_mono_ms() < deadline && (conns = metric(&g, "bimip_signal_connections")) != 0)
+		poll(NULL, 0, 50);
+	printf("# stuck client (output queued, never reads): connections=%ld after %llu ms\n",
+	       conns, (unsigned long long)(bm_mono_ms() - t0));
+	assert_int_equal(conns, 0);
+	rc_free(c);
+	stop_sig(&g);
+}
+
 /* --- 4. limits -------------------------------------------------------------------- */
 
 /* Send k pings in one write; count answers and 429s. */
@@ -1656,6 +1707,7 @@ int main(void)
 		cmocka_unit_test(test_frames),
 		cmocka_unit_test(test_replace_and_app_ping),
 		cmocka_unit_test(test_idle_and_keepalive),
+		cmocka_unit_test(test_stuck_client_is_dropped),
 		cmocka_unit_test(test_rate_limit),
 		cmocka_unit_test(test_slow_consumer),
 		cmocka_unit_test(test_tls),
