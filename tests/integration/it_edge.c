@@ -1292,6 +1292,37 @@ static void test_tls(void **state)
 	assert_non_null(strstr(err, "tls handshake"));
 	assert_true(strstr(err, "verif") || strstr(err, "certificate") || strstr(err, "CA"));
 
+	/* SIGHUP with a new certificate: new connections get it. */
+	{
+		char dir2[300], ca2[330];
+		json_t *cfg = json_load_file(g.cfg, 0, NULL);
+		json_t *tls;
+		assert_non_null(cfg);
+		tls = json_object_get(cfg, "tls");
+		snprintf(dir2, sizeof(dir2), "%s/gtls-new", bm_h_root());
+		mkdir(dir2, 0700);
+		assert_int_equal(bm_test_make_ca(dir2), 0);
+		snprintf(extra, sizeof(extra), "%s/server.pem", dir2);
+		json_object_set_new(tls, "cert", json_string(extra));
+		snprintf(extra, sizeof(extra), "%s/server.key", dir2);
+		json_object_set_new(tls, "key", json_string(extra));
+		assert_int_equal(json_dump_file(cfg, g.cfg, JSON_INDENT(2)), 0);
+		json_decref(cfg);
+		assert_int_equal(kill(g.pid, SIGHUP), 0);
+		deadline = bm_mono_ms() + 5000;
+		while (!bm_h_log_has(&g, "certificate reloaded") && bm_mono_ms() < deadline)
+			poll(NULL, 0, 10);
+		assert_true(bm_h_log_has(&g, "certificate reloaded"));
+		snprintf(ca2, sizeof(ca2), "%s/ca.pem", dir2);
+		o.ca_file = ca2;
+		if (bm_client_connect(&cl, &o, err, sizeof(err)))
+			fail_msg("wss connect after the reload: %s", err);
+		bm_client_close(cl);
+		o.ca_file = ca;
+		assert_int_not_equal(bm_client_connect(&cl, &o, err, sizeof(err)), 0);
+		assert_non_null(strstr(err, "certificate verification failed"));
+	}
+
 	/* A TCP connection that never starts TLS is dropped at the handshake
 	 * deadline. */
 	{
