@@ -1598,7 +1598,15 @@ static void test_sighup_reload(void **state)
 
 /* --- concurrency smoke ------------------------------------------------------------- */
 
-#define N_LOAD 500
+/* 500 by default; IT_EDGE_SESSIONS=N (at most 9000: both processes stay
+ * under 20,000 open files) for a measurement. */
+static int n_load(void)
+{
+	const char *e = getenv("IT_EDGE_SESSIONS");
+	int n = e ? atoi(e) : 500;
+
+	return n < 1 ? 1 : n > 9000 ? 9000 : n;
+}
 
 static long vmrss_kib(pid_t pid)
 {
@@ -1620,19 +1628,20 @@ static void test_concurrency_smoke(void **state)
 {
 	static struct rev e;
 	struct bm_h_node g;
-	struct rawc **c = calloc(N_LOAD, sizeof(*c));
-	char **tok = calloc(N_LOAD, sizeof(*tok));
-	int *st = calloc(N_LOAD, sizeof(int));
-	struct pollfd *pf = calloc(N_LOAD, sizeof(*pf));
-	char keys[N_LOAD][BM_HTTP_KEY_LEN + 1];
+	const int nload = n_load();
+	struct rawc **c = calloc((size_t)nload, sizeof(*c));
+	char **tok = calloc((size_t)nload, sizeof(*tok));
+	int *st = calloc((size_t)nload, sizeof(int));
+	struct pollfd *pf = calloc((size_t)nload, sizeof(*pf));
+	char (*keys)[BM_HTTP_KEY_LEN + 1] = calloc((size_t)nload, sizeof(*keys));
 	static char req[4096];
 	uint64_t t0, t_open = 0, t_ping = 0, deadline;
 	long rss0, rss1 = 0, rss2;
 	int done[4] = { 0 };
 
-	assert_true(c && tok && st && pf);
+	assert_true(c && tok && st && pf && keys);
 	start_sig(&g, "gload", NULL);
-	for (int i = 0; i < N_LOAD; i++) {
+	for (int i = 0; i < nload; i++) {
 		char dev[16];
 		snprintf(dev, sizeof(dev), "d%d", i);
 		tok[i] = token_for("load@it", dev);
@@ -1640,7 +1649,7 @@ static void test_concurrency_smoke(void **state)
 	rss0 = vmrss_kib(g.pid);
 	t0 = bm_mono_ms();
 	/* State per connection: 0 wait 101, 1 wait pong, 2 wait close, 3 done. */
-	for (int i = 0; i < N_LOAD; i++) {
+	for (int i = 0; i < nload; i++) {
 		int n;
 		c[i] = rc_open(g.ws);
 		assert_int_equal(bm_http_client_key(keys[i]), 0);
@@ -1648,12 +1657,12 @@ static void test_concurrency_smoke(void **state)
 		send_all(c[i]->fd, req, (size_t)n);
 	}
 	deadline = bm_mono_ms() + 30000;
-	while (done[2] < N_LOAD && bm_mono_ms() < deadline) {
-		for (int i = 0; i < N_LOAD; i++)
+	while (done[2] < nload && bm_mono_ms() < deadline) {
+		for (int i = 0; i < nload; i++)
 			pf[i] = (struct pollfd){ c[i]->fd, st[i] < 3 ? POLLIN : 0, 0 };
-		if (poll(pf, N_LOAD, left_ms(deadline)) <= 0)
+		if (poll(pf, (nfds_t)nload, left_ms(deadline)) <= 0)
 			break;
-		for (int i = 0; i < N_LOAD; i++) {
+		for (int i = 0; i < nload; i++) {
 			if (!pf[i].revents)
 				continue;
 			if (st[i] == 0) {
@@ -1669,7 +1678,7 @@ static void test_concurrency_smoke(void **state)
 				c[i]->len -= r.head_len;
 				st[i] = 1;
 				rc_send_ping(c[i]);
-				if (++done[0] == N_LOAD)
+				if (++done[0] == nload)
 					t_open = bm_mono_ms();
 				continue;
 			}
@@ -1684,11 +1693,11 @@ static void test_concurrency_smoke(void **state)
 					assert_int_equal(bm_env_decode(e.data, e.len, &dm, &err), 0);
 					assert_int_equal(dm.payload.pingpong_message.type, 2);
 					st[i] = 2;
-					if (++done[1] == N_LOAD) {
+					if (++done[1] == nload) {
 						t_ping = bm_mono_ms();
 						rss1 = vmrss_kib(g.pid);
 						/* Everyone answered: now close them all. */
-						for (int j = 0; j < N_LOAD; j++)
+						for (int j = 0; j < nload; j++)
 							rc_frame(c[j], BM_WS_OP_CLOSE, 1, "\x03\xe8", 2, 0, 0);
 					}
 				} else if (st[i] == 2 && e.type == BM_WS_EV_CLOSE) {
@@ -1699,11 +1708,11 @@ static void test_concurrency_smoke(void **state)
 			}
 		}
 	}
-	if (done[2] < N_LOAD)
+	if (done[2] < nload)
 		fail_msg("smoke: %d open, %d answered, %d closed of %d in 30 s", done[0], done[1],
-			 done[2], N_LOAD);
+			 done[2], nload);
 	/* Every session's TCP stream ends after the close. */
-	for (int i = 0; i < N_LOAD; i++)
+	for (int i = 0; i < nload; i++)
 		assert_int_equal(rc_next(c[i], &e, 5000), 0);
 	deadline = bm_mono_ms() + 5000;
 	while (metric(&g, "bimip_signal_connections") != 0 && bm_mono_ms() < deadline)
@@ -1712,10 +1721,10 @@ static void test_concurrency_smoke(void **state)
 	rss2 = vmrss_kib(g.pid);
 	printf("# smoke: %d sessions: open %llu ms, all pinged %llu ms, all closed %llu ms;"
 	       " signal VmRSS %ld -> %ld KiB (%.2f KiB/session), %ld KiB after closing\n",
-	       N_LOAD, (unsigned long long)(t_open - t0), (unsigned long long)(t_ping - t0),
+	       nload, (unsigned long long)(t_open - t0), (unsigned long long)(t_ping - t0),
 	       (unsigned long long)(bm_mono_ms() - t0), rss0, rss1,
-	       (double)(rss1 - rss0) / N_LOAD, rss2);
-	for (int i = 0; i < N_LOAD; i++) {
+	       (double)(rss1 - rss0) / nload, rss2);
+	for (int i = 0; i < nload; i++) {
 		rc_free(c[i]);
 		free(tok[i]);
 	}
@@ -1723,6 +1732,7 @@ static void test_concurrency_smoke(void **state)
 	free(tok);
 	free(st);
 	free(pf);
+	free(keys);
 	stop_sig(&g);
 }
 
