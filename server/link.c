@@ -294,6 +294,7 @@ static void on_session_close(struct srv *s, const uint8_t *rid, size_t rid_len,
 	dev_unlink(u, d);
 	free(d);
 	(*s->m.sessions)--;
+	srv_cache_trim(u);
 	if (u->n_devs == 0) {
 		json_t *o = json_pack("{s:s, s:s, s:I, s:i, s:f, s:f, s:i}", "t", "seen",
 				      "e", u->eid, "ts", (json_int_t)bm_wall_ms(),

@@ -64,6 +64,9 @@ static const struct bm_config_key keys[] = {
 	  .help = "delete oldest segments past this total (0 = no limit); must stay 0" },
 	{ "delivery.window", BM_CFG_INT, F(window), .def = "256", .min = 1, .max = 65536,
 	  .reloadable = 1, .help = "stanzas pushed to a device before it must commit" },
+	{ "delivery.cache", BM_CFG_INT, F(cache_records), .def = "256", .min = 0,
+	  .max = 65536, .help = "records per online user kept in memory for live "
+	  "delivery (0 = always read back from the log)" },
 	{ "limits.max_contacts", BM_CFG_INT, F(max_contacts), .def = "10000", .min = 1,
 	  .max = 1000000, .reloadable = 1, .help = "subscribers per user" },
 	{ "limits.resend_memory", BM_CFG_INT, F(idem_max), .def = "1000000", .min = 1024,

@@ -43,6 +43,71 @@ static void on_appended(void *ud, int status, uint64_t offset)
 	free(c);
 }
 
+static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
+		      const uint8_t *rec, size_t len)
+{
+	struct srv_cache *c = &u->cache;
+	struct srv_cached *e;
+
+	if (!u->devs || !s->cfg.cache_records)
+		return;
+	if (!c->slot) {
+		c->cap = (uint32_t)s->cfg.cache_records;
+		c->slot = calloc(c->cap, sizeof(*c->slot));
+		if (!c->slot)
+			return;
+	}
+	if (c->count == c->cap) {
+		/* Full: a slow device; the oldest goes, the log still has it. */
+		free(c->slot[c->head].rec);
+		c->head = (c->head + 1) % c->cap;
+		c->count--;
+	}
+	e = &c->slot[(c->head + c->count) % c->cap];
+	e->rec = malloc(len);
+	if (!e->rec)
+		return;
+	memcpy(e->rec, rec, len);
+	e->len = (uint32_t)len;
+	e->offset = offset;
+	c->count++;
+}
+
+static const struct srv_cached *cache_get(struct srv_user *u, uint64_t offset)
+{
+	struct srv_cache *c = &u->cache;
+
+	for (uint32_t i = 0; i < c->count; i++) {
+		struct srv_cached *e = &c->slot[(c->head + i) % c->cap];
+		if (e->offset == offset)
+			return e;
+		if (e->offset > offset)
+			break;
+	}
+	return NULL;
+}
+
+/* Drop what every online device has been sent; everything when none is. */
+void srv_cache_trim(struct srv_user *u)
+{
+	struct srv_cache *c = &u->cache;
+	uint64_t low = UINT64_MAX;
+
+	for (struct srv_dev *d = u->devs; d; d = d->next)
+		if (d->sent < low)
+			low = d->sent;
+	while (c->count && c->slot[c->head].offset <= low) {
+		free(c->slot[c->head].rec);
+		c->slot[c->head].rec = NULL;
+		c->head = (c->head + 1) % c->cap;
+		c->count--;
+	}
+	if (!c->count && !u->devs) {
+		free(c->slot);
+		memset(c, 0, sizeof(*c));
+	}
+}
+
 int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		      const char *origin_dev, bimip_MessageScheme *m,
 		      uint64_t *offset, srv_done_fn *cb, void *ud)
@@ -51,6 +116,7 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	char name[SRV_EID_MAX + 8];
 	size_t dl = origin_dev ? strlen(origin_dev) : 0, n;
 	struct append_ctx *c;
+	uint64_t off;
 	int rc;
 
 	if (dl > SRV_DEV_MAX)
@@ -70,11 +136,14 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	c->cb = cb;
 	c->ud = ud;
 	srv_stream_name(u->eid, name, sizeof(name));
-	rc = bm_queue_append(s->q, name, rec, 3 + dl + n, offset, on_appended, c);
+	rc = bm_queue_append(s->q, name, rec, 3 + dl + n, &off, on_appended, c);
 	if (rc) {
 		free(c);
 		return rc;
 	}
+	if (offset)
+		*offset = off;
+	cache_put(s, u, off, rec, 3 + dl + n);
 	(*s->m.appends)++;
 	return 0;
 }
@@ -155,7 +224,22 @@ void srv_pump(struct srv *s, struct srv_dev *d)
 		return;
 	d->pumping = 1;
 	srv_stream_name(u->eid, name, sizeof(name));
+	/* Live delivery from memory while the cache has the next record. */
 	while (d->sent < u->durable && d->sent < d->committed + (uint64_t)s->cfg.window) {
+		const struct srv_cached *e = cache_get(u, d->sent + 1);
+		struct bm_queue_meta meta;
+
+		if (!e)
+			break;
+		meta.offset = e->offset;
+		meta.len = e->len;
+		meta.ts_ms = 0;
+		on_record(&c, &meta, e->rec, 0);
+		if (c.stalled)
+			break;
+	}
+	while (!c.stalled && d->sent < u->durable &&
+	       d->sent < d->committed + (uint64_t)s->cfg.window) {
 		uint64_t room = d->committed + (uint64_t)s->cfg.window - d->sent;
 		uint64_t avail = u->durable - d->sent;
 		unsigned max = (unsigned)(room < avail ? room : avail);
@@ -180,10 +264,12 @@ void srv_pump(struct srv *s, struct srv_dev *d)
 		}
 	}
 	d->pumping = 0;
+	srv_cache_trim(u);
 }
 
 void srv_pump_user(struct srv *s, struct srv_user *u)
 {
 	for (struct srv_dev *d = u->devs; d; d = d->next)
 		srv_pump(s, d);
+	srv_cache_trim(u);
 }

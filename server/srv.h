@@ -78,6 +78,7 @@ struct srv_config {
 	int64_t awareness_min_interval_ms;
 	int64_t sync_max;            /* cap of SyncRequest.limit */
 	int64_t snapshot_every;      /* state records between snapshots */
+	int64_t cache_records;       /* per online user, records kept for delivery */
 	int log_level;
 	int log_json;
 	char curve_secret[41];
@@ -103,8 +104,23 @@ struct srv_dev {
 	int pumping;                 /* a read of the stream is under way */
 };
 
+/* Records appended while the user had devices online, kept until every
+ * online device has been sent past them, so live delivery does not read
+ * back from the log what it just wrote.  Offsets increase along the ring. */
+struct srv_cached {
+	uint64_t offset;
+	uint32_t len;
+	uint8_t *rec;                /* the stream record, header included */
+};
+
+struct srv_cache {
+	struct srv_cached *slot;
+	uint32_t head, count, cap;
+};
+
 struct srv_user {
 	char eid[SRV_EID_MAX + 1];
+	struct srv_cache cache;
 	struct bm_map subscribers;   /* eid -> (void *)1: may see my awareness */
 	struct bm_map blocked;       /* eid -> (void *)1 */
 	struct srv_dev *devs;
@@ -240,6 +256,7 @@ void srv_awareness_changed(struct srv *s, struct srv_user *u);
 /* pump.c */
 void srv_pump(struct srv *s, struct srv_dev *d);
 void srv_pump_user(struct srv *s, struct srv_user *u);
+void srv_cache_trim(struct srv_user *u);
 /* Append a record to a user stream; cb when durable. */
 int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		      const char *origin_dev, bimip_MessageScheme *m,

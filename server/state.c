@@ -47,6 +47,9 @@ void srv_stream_name(const char *eid, char *out, size_t cap)
 
 static void user_free(struct srv_user *u)
 {
+	for (uint32_t i = 0; i < u->cache.count; i++)
+		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].rec);
+	free(u->cache.slot);
 	bm_map_release(&u->subscribers);
 	bm_map_release(&u->blocked);
 	free(u);
