@@ -801,6 +801,24 @@ static void test_frames(void **state)
 	assert_memory_equal(e.data, "hello?", 6);
 	expect_pong_stanza(c);
 
+	/* One frame cut inside its header, then inside its payload, in three
+	 * writes the edge reads separately. */
+	{
+		uint8_t f[300], key[4] = { 9, 9, 9, 9 };
+		size_t fn;
+		n = ping_bytes(b, sizeof(b), bm_wall_ms());
+		fn = bm_ws_frame_header(f, BM_WS_OP_BINARY, 1, n, key);
+		memcpy(f + fn, b, n);
+		bm_ws_mask(f + fn, n, key, 0);
+		fn += n;
+		send_all(c->fd, f, 1);
+		poll(NULL, 0, 50);
+		send_all(c->fd, f + 1, 7);
+		poll(NULL, 0, 50);
+		send_all(c->fd, f + 8, fn - 8);
+		expect_pong_stanza(c);
+	}
+
 	/* Valid WebSocket, not a MessageScheme: 400, and the session stays. */
 	rc_frame(c, BM_WS_OP_BINARY, 1, "\xff\xff\xff\xff", 4, 0, 0);
 	expect_error_stanza(c, 400);
@@ -960,6 +978,25 @@ static void test_replace_and_app_ping(void **state)
 	assert_int_equal(m.payload.pingpong_message.type, 2);
 	bm_client_close(b);
 	free(tok);
+}
+
+/* The admin API lists a session and closes it with 4003. */
+static void test_admin_kick(void **state)
+{
+	static char out[8192];
+	struct rawc *c = rc_session(&sig, "kick@it", "tab");
+
+	assert_int_equal(bm_h_http(sig.admin, "GET", "/v1/sessions?eid=kick@it",
+				   BM_H_ADMIN_KEY, NULL, out, sizeof(out)), 200);
+	assert_non_null(strstr(out, "\"tab\""));
+	assert_int_equal(bm_h_http(sig.admin, "DELETE", "/v1/sessions/kick@it/tab", NULL, NULL,
+				   out, sizeof(out)), 401);
+	assert_int_equal(bm_h_http(sig.admin, "DELETE", "/v1/sessions/kick@it/tab",
+				   BM_H_ADMIN_KEY, NULL, out, sizeof(out)), 200);
+	rc_expect_close(c, 4003, 5000);
+	rc_free(c);
+	assert_int_equal(bm_h_http(sig.admin, "DELETE", "/v1/sessions/kick@it/tab",
+				   BM_H_ADMIN_KEY, NULL, out, sizeof(out)), 404);
 }
 
 static void test_idle_and_keepalive(void **state)
@@ -1747,6 +1784,7 @@ int main(void)
 		cmocka_unit_test(test_max_sessions),
 		cmocka_unit_test(test_frames),
 		cmocka_unit_test(test_replace_and_app_ping),
+		cmocka_unit_test(test_admin_kick),
 		cmocka_unit_test(test_idle_and_keepalive),
 		cmocka_unit_test(test_stuck_client_is_dropped),
 		cmocka_unit_test(test_rate_limit),
