@@ -43,8 +43,12 @@ static void on_appended(void *ud, int status, uint64_t offset)
 	free(c);
 }
 
+static void version_update_of(const bimip_ChatMessage *c, const char *eid,
+			      const char *device, bimip_MessageScheme *out);
+
 static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
-		      const uint8_t *rec, size_t len)
+		      const uint8_t *rec, size_t len, const bimip_MessageScheme *m,
+		      const char *origin)
 {
 	struct srv_cache *c = &u->cache;
 	struct srv_cached *e;
@@ -60,6 +64,7 @@ static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 	if (c->count == c->cap) {
 		/* Full: a slow device; the oldest goes, the log still has it. */
 		free(c->slot[c->head].rec);
+		free(c->slot[c->head].alt);
 		c->head = (c->head + 1) % c->cap;
 		c->count--;
 	}
@@ -70,6 +75,20 @@ static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 	memcpy(e->rec, rec, len);
 	e->len = (uint32_t)len;
 	e->offset = offset;
+	e->alt = NULL;
+	e->alt_len = 0;
+	if (rec[1] == SRV_REC_SENDER_COPY &&
+	    m->which_payload == bimip_MessageScheme_chat_message_tag) {
+		static bimip_MessageScheme vu;
+		static uint8_t buf[1024];
+		size_t n;
+
+		version_update_of(&m->payload.chat_message, u->eid, origin, &vu);
+		if (!bm_env_encode(&vu, buf, sizeof(buf), &n) && (e->alt = malloc(n))) {
+			memcpy(e->alt, buf, n);
+			e->alt_len = (uint32_t)n;
+		}
+	}
 	c->count++;
 }
 
@@ -98,7 +117,9 @@ void srv_cache_trim(struct srv_user *u)
 			low = d->sent;
 	while (c->count && c->slot[c->head].offset <= low) {
 		free(c->slot[c->head].rec);
+		free(c->slot[c->head].alt);
 		c->slot[c->head].rec = NULL;
+		c->slot[c->head].alt = NULL;
 		c->head = (c->head + 1) % c->cap;
 		c->count--;
 	}
@@ -143,27 +164,22 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	}
 	if (offset)
 		*offset = off;
-	cache_put(s, u, off, rec, 3 + dl + n);
+	cache_put(s, u, off, rec, 3 + dl + n, m, origin_dev);
 	(*s->m.appends)++;
 	return 0;
 }
 
 /* The origin device sees its own message as the VersionUpdate answering it. */
-static int push_version_update(struct srv *s, struct srv_dev *d,
-			       const uint8_t *p, size_t n, int64_t offset)
+static void version_update_of(const bimip_ChatMessage *c, const char *eid,
+			      const char *device, bimip_MessageScheme *out)
 {
-	static bimip_MessageScheme in, out;
-	bimip_ChatMessage *c = &in.payload.chat_message;
-	bimip_VersionUpdate *v = &out.payload.version_update;
+	bimip_VersionUpdate *v = &out->payload.version_update;
 
-	if (bm_env_decode(p, n, &in, NULL) ||
-	    in.which_payload != bimip_MessageScheme_chat_message_tag)
-		return srv_push_raw(s, d, p, n, offset);
-	memset(&out, 0, sizeof(out));
-	out.which_payload = bimip_MessageScheme_version_update_tag;
+	memset(out, 0, sizeof(*out));
+	out->which_payload = bimip_MessageScheme_version_update_tag;
 	v->has_to = true;
-	BM_SET_STR(v->to.eid, d->user->eid);
-	BM_SET_STR(v->to.connection_resource_id, d->device);
+	BM_SET_STR(v->to.eid, eid);
+	BM_SET_STR(v->to.connection_resource_id, device);
 	BM_SET_STR(v->message_id, c->message_id);
 	BM_SET_STR(v->message_id_local, c->message_id_local);
 	BM_SET_STR(v->chat_id, c->chat_id);
@@ -171,6 +187,17 @@ static int push_version_update(struct srv *s, struct srv_dev *d,
 	v->status = 1;
 	v->version = c->version;
 	v->timestamp = c->server_received_at;
+}
+
+static int push_version_update(struct srv *s, struct srv_dev *d,
+			       const uint8_t *p, size_t n, int64_t offset)
+{
+	static bimip_MessageScheme in, out;
+
+	if (bm_env_decode(p, n, &in, NULL) ||
+	    in.which_payload != bimip_MessageScheme_chat_message_tag)
+		return srv_push_raw(s, d, p, n, offset);
+	version_update_of(&in.payload.chat_message, d->user->eid, d->device, &out);
 	return srv_push(s, d, &out, offset);
 }
 
@@ -231,6 +258,16 @@ void srv_pump(struct srv *s, struct srv_dev *d)
 
 		if (!e)
 			break;
+		if (e->alt && (size_t)e->rec[2] == strlen(d->device) &&
+		    !memcmp(e->rec + 3, d->device, e->rec[2])) {
+			int rc = srv_push_raw(s, d, e->alt, e->alt_len, (int64_t)e->offset);
+			if (rc == BM_EAGAIN) {
+				s->pump_stalled = 1;
+				break;
+			}
+			d->sent = e->offset;
+			continue;
+		}
 		meta.offset = e->offset;
 		meta.len = e->len;
 		meta.ts_ms = 0;

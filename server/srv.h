@@ -109,8 +109,10 @@ struct srv_dev {
  * back from the log what it just wrote.  Offsets increase along the ring. */
 struct srv_cached {
 	uint64_t offset;
-	uint32_t len;
+	uint32_t len, alt_len;
 	uint8_t *rec;                /* the stream record, header included */
+	uint8_t *alt;                /* sender copy: the origin device's
+					VersionUpdate, encoded; else NULL */
 };
 
 struct srv_cache {
@@ -176,6 +178,7 @@ struct srv {
 
 	struct bm_map users;              /* eid -> struct srv_user */
 	struct bm_map chats;              /* chat id -> struct srv_chat */
+	struct bm_map chat_pairs;         /* "lo\x1fhi" eids -> the same chats */
 	struct bm_map idem;               /* key -> struct srv_idem */
 	char **idem_ring;                 /* FIFO of idem keys, bounds memory */
 	size_t idem_head, idem_count;

@@ -47,8 +47,10 @@ void srv_stream_name(const char *eid, char *out, size_t cap)
 
 static void user_free(struct srv_user *u)
 {
-	for (uint32_t i = 0; i < u->cache.count; i++)
+	for (uint32_t i = 0; i < u->cache.count; i++) {
 		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].rec);
+		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].alt);
+	}
 	free(u->cache.slot);
 	bm_map_release(&u->subscribers);
 	bm_map_release(&u->blocked);
@@ -105,13 +107,23 @@ struct srv_chat *srv_chat_find(struct srv *s, const char *chat_id)
 
 struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int create)
 {
-	char id[SRV_CHAT_ID_LEN + 1];
+	char id[SRV_CHAT_ID_LEN + 1], pair[2 * SRV_EID_MAX + 2];
 	struct srv_chat *c;
+	int lo_first = strcmp(a, b) < 0;
 
+	/* The pair index spares a SHA-256 per message. */
+	snprintf(pair, sizeof(pair), "%s\x1f%s", lo_first ? a : b, lo_first ? b : a);
+	c = bm_map_get(&s->chat_pairs, pair);
+	if (c)
+		return c;
 	srv_chat_id(a, b, id);
 	c = bm_map_get(&s->chats, id);
-	if (c || !create)
+	if (c) {
+		bm_map_put(&s->chat_pairs, pair, c, NULL);
 		return c;
+	}
+	if (!create)
+		return NULL;
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
@@ -122,6 +134,7 @@ struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int c
 		free(c);
 		return NULL;
 	}
+	bm_map_put(&s->chat_pairs, pair, c, NULL);
 	return c;
 }
 
@@ -519,6 +532,7 @@ static int maps_init(struct srv *s)
 {
 	bm_map_init(&s->users);
 	bm_map_init(&s->chats);
+	bm_map_init(&s->chat_pairs);
 	bm_map_init(&s->idem);
 	bm_map_init(&s->revoked_jti);
 	bm_map_init(&s->revoked_before);
@@ -582,6 +596,7 @@ void srv_state_close(struct srv *s)
 		free(v);
 	bm_map_release(&s->users);
 	bm_map_release(&s->chats);
+	bm_map_release(&s->chat_pairs);
 	bm_map_release(&s->idem);
 	bm_map_release(&s->revoked_jti);
 	bm_map_release(&s->revoked_before);
