@@ -113,9 +113,14 @@
  *      trailer: u32 CRC-32C of the entries.
  *    Open loads the index files of the segments below the checkpoint's
  *    idx_base.  A missing or damaged one (bad size, magic, CRC, base or end)
- *    is rebuilt by reading its segment, and rewritten.  The log stays the
- *    only authority: an index never changes what a read returns, it only
- *    says where to start walking prev links.
+ *    is rebuilt by reading its segment, and rewritten; index files missing
+ *    for sealed segments at or above idx_base are written from memory after
+ *    the replay.  If a stream's entries still do not cover every multiple
+ *    of 16 in [first, head] (a damaged sealed segment whose index was lost),
+ *    that stream's index is dropped with a warning: its reads then walk prev
+ *    links from the head, slower but still checked.  The log stays the only
+ *    authority: an index never changes what a read returns, it only says
+ *    where to start walking prev links.
  */
 #include "bm_queue.h"
 
