@@ -19,6 +19,8 @@
 #   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
 set -u
 BIN=${1:-build/bin}
+# Absolute: the queue figure runs from the temporary directory.
+BIN=$(cd "$BIN" && pwd) || exit 1
 BROKER_CPU=${BROKER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 CONN=${BENCH_CONN:-19000}
