@@ -1404,6 +1404,44 @@ static void tls_write_all(struct rawc *c, const uint8_t *p, size_t n)
 	}
 }
 
+/* Connect c (zeroed) over wss to hostport with a receive buffer of rcvbuf
+ * bytes (0: default), without verifying the server, and upgrade. */
+static void tls_session(struct rawc *c, const char *hostport, const char *tok, int rcvbuf)
+{
+	static char req[8192];
+	struct bm_tls_options o = { .server = 0, .insecure = 1 };
+	struct bm_tls_config *cfg;
+	struct bm_http_response r;
+	struct pollfd pfd;
+	char key[BM_HTTP_KEY_LEN + 1];
+	uint64_t deadline = bm_mono_ms() + 5000;
+	size_t n;
+	int rc, fl;
+
+	c->fd = tcp_open(hostport, rcvbuf);
+	bm_ws_parser_init(&c->p, BM_WS_CLIENT, RC_CAP);
+	fl = fcntl(c->fd, F_GETFL);
+	assert_int_equal(fcntl(c->fd, F_SETFL, fl | O_NONBLOCK), 0);
+	assert_int_equal(bm_tls_config_new(&cfg, &o), 0);
+	assert_int_equal(bm_tls_new(&c->tls, cfg, c->fd), 0);
+	bm_tls_config_unref(cfg);
+	while ((rc = bm_tls_handshake(c->tls)) == BM_EAGAIN) {
+		pfd = (struct pollfd){ c->fd, bm_tls_wants(c->tls) & BM_TLS_WANT_WRITE ? POLLOUT
+										: POLLIN, 0 };
+		assert_true(poll(&pfd, 1, left_ms(deadline)) > 0);
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(bm_http_client_key(key), 0);
+	n = (size_t)upgrade_req(req, sizeof(req), hostport, key, tok, TOK_BEARER);
+	tls_write_all(c, (uint8_t *)req, n);
+	while ((rc = bm_http_parse_response((char *)c->in, c->len, key, &r)) == BM_EAGAIN)
+		if (rc_fill(c, left_ms(deadline)) != 1)
+			fail_msg("no upgrade answer over wss");
+	assert_int_equal(rc, 0);
+	memmove(c->in, c->in + r.head_len, c->len - r.head_len);
+	c->len -= r.head_len;
+}
+
 /*
  * Back-pressure over wss: the client does not read while the edge answers
  * thousands of pings, so the edge's TLS writes hit EAGAIN while more output
@@ -1413,18 +1451,13 @@ static void test_tls_backpressure(void **state)
 {
 	enum { BATCH = 100, BATCHES = 2000 };
 	struct bm_h_node g;
-	char dir[300], extra[1200], key[BM_HTTP_KEY_LEN + 1];
-	static char req[8192];
+	char dir[300], extra[1200];
 	static uint8_t batch[BATCH * 64];
-	struct bm_tls_options o = { .server = 0, .insecure = 1 };
-	struct bm_tls_config *cfg;
 	struct rawc *c = calloc(1, sizeof(*c));
-	struct bm_http_response r;
-	struct pollfd pfd;
 	uint8_t one[256];
 	uint64_t deadline, t0;
 	size_t n, len = 0;
-	int rc, pongs = 0, fl;
+	int pongs = 0;
 	char *tok = token_for("bp@it", "d");
 	json_t *rj;
 
@@ -1442,29 +1475,7 @@ static void test_tls_backpressure(void **state)
 	snprintf(dir, sizeof(dir), "%s", json_string_value(json_object_get(rj, "wss")));
 	json_decref(rj);
 
-	c->fd = tcp_open(dir, 4096);
-	bm_ws_parser_init(&c->p, BM_WS_CLIENT, RC_CAP);
-	fl = fcntl(c->fd, F_GETFL);
-	assert_int_equal(fcntl(c->fd, F_SETFL, fl | O_NONBLOCK), 0);
-	assert_int_equal(bm_tls_config_new(&cfg, &o), 0);
-	assert_int_equal(bm_tls_new(&c->tls, cfg, c->fd), 0);
-	bm_tls_config_unref(cfg);
-	deadline = bm_mono_ms() + 5000;
-	while ((rc = bm_tls_handshake(c->tls)) == BM_EAGAIN) {
-		pfd = (struct pollfd){ c->fd, bm_tls_wants(c->tls) & BM_TLS_WANT_WRITE ? POLLOUT
-										: POLLIN, 0 };
-		assert_true(poll(&pfd, 1, left_ms(deadline)) > 0);
-	}
-	assert_int_equal(rc, 0);
-	assert_int_equal(bm_http_client_key(key), 0);
-	n = (size_t)upgrade_req(req, sizeof(req), dir, key, tok, TOK_BEARER);
-	tls_write_all(c, (uint8_t *)req, n);
-	while ((rc = bm_http_parse_response((char *)c->in, c->len, key, &r)) == BM_EAGAIN)
-		if (rc_fill(c, left_ms(deadline)) != 1)
-			fail_msg("no upgrade answer over wss");
-	assert_int_equal(rc, 0);
-	memmove(c->in, c->in + r.head_len, c->len - r.head_len);
-	c->len -= r.head_len;
+	tls_session(c, dir, tok, 4096);
 
 	n = ping_bytes(one, sizeof(one), 1);
 	for (int i = 0; i < BATCH; i++) {
@@ -1497,6 +1508,42 @@ static void test_tls_backpressure(void **state)
 	       pongs, (unsigned long long)(bm_mono_ms() - t0));
 	assert_int_equal(metric(&g, "bimip_signal_slow_consumers_total"), 0);
 	rc_free(c);
+
+	/* Now limits.max_output 4 KiB (reloaded): a wss client that never
+	 * reads is closed as a slow consumer. */
+	{
+		json_t *cfg = json_load_file(g.cfg, 0, NULL);
+		int closed = 0;
+		assert_non_null(cfg);
+		json_object_set_new(json_object_get(cfg, "limits"), "max_output",
+				    json_string("4KiB"));
+		assert_int_equal(json_dump_file(cfg, g.cfg, JSON_INDENT(2)), 0);
+		json_decref(cfg);
+		assert_int_equal(kill(g.pid, SIGHUP), 0);
+		deadline = bm_mono_ms() + 5000;
+		while (!bm_h_log_has(&g, "reload: changed limits.max_output") &&
+		       bm_mono_ms() < deadline)
+			poll(NULL, 0, 10);
+		assert_true(bm_h_log_has(&g, "reload: changed limits.max_output"));
+		c = calloc(1, sizeof(*c));
+		assert_non_null(c);
+		tls_session(c, dir, tok, 4096);
+		deadline = bm_mono_ms() + 15000;
+		while (!closed && bm_mono_ms() < deadline) {
+			size_t w;
+			int rc = bm_tls_write(c->tls, batch, len, &w);
+			if (rc == BM_EAGAIN) {
+				struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+				if (poll(&pfd, 1, 200) == 0 &&
+				    metric(&g, "bimip_signal_slow_consumers_total") >= 1)
+					break;
+				continue;
+			}
+			closed = rc != 0;
+		}
+		assert_int_equal(metric(&g, "bimip_signal_slow_consumers_total"), 1);
+		rc_free(c);
+	}
 	free(tok);
 	stop_sig(&g);
 }
