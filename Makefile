@@ -206,6 +206,14 @@ bench:
 	@$(MAKE) --no-print-directory all
 	@tests/bench/run-bench.sh $(BIN)
 
+# Long crash campaigns: the queue killed while writing, and the server killed
+# during chat traffic (each kill/restart round checked for loss, duplicates
+# and version gaps).
+crash-long:
+	@$(MAKE) --no-print-directory DEVELOPER=1 all
+	BIMIP_CRASH_TRIALS=$${BIMIP_CRASH_TRIALS:-500} BIMIP_TEST_TIMEOUT=$${BIMIP_TEST_TIMEOUT:-7200} \
+	    BIMIP_BIN=$(abspath $(BIN)) tests/run.sh $(B)/tests crash
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/bimip \
 	    $(DESTDIR)$(PREFIX)/share/doc/bimip
