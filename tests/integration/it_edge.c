@@ -1108,6 +1108,80 @@ static void test_stuck_client_is_dropped(void **state)
 	stop_sig(&g);
 }
 
+/*
+ * The owning server stops answering: the edge still answers pings, refuses
+ * stanzas with ErrorMessage 503 once it has declared the server down (3 s
+ * without WELCOME), and forwards again once the server is back.
+ */
+static void test_server_down(void **state)
+{
+	struct bm_h_node s2, g;
+	const struct bm_h_node *only[1] = { &s2 };
+	char *tok;
+	struct bm_client_opts o = { 0 };
+	struct bm_client *cl;
+	bimip_MessageScheme m;
+	char err[256], local[32];
+	uint64_t t0, tstop, t503 = 0, tback = 0, deadline;
+	int k = 0, rc;
+
+	if (bm_h_start_server(&s2, "s2", NULL) ||
+	    bm_h_start_signal(&g, "gdown", only, 1, NULL))
+		fail_msg("cannot start s2/gdown");
+	tok = bm_h_token(&s2, "down@it", "d", 3600);
+	assert_non_null(tok);
+	o.url = g.url;
+	o.token = tok;
+	if (bm_client_connect(&cl, &o, err, sizeof(err)))
+		fail_msg("connect: %s", err);
+	assert_int_equal(kill(s2.pid, SIGSTOP), 0);
+	tstop = bm_mono_ms();
+	deadline = tstop + 10000;
+	while (!t503 && bm_mono_ms() < deadline) {
+		snprintf(local, sizeof(local), "l-%d", k++);
+		assert_int_equal(bm_client_send_text(cl, "peer@it", "hi", local), 0);
+		rc = bm_client_recv(cl, &m, 500);
+		while (rc == 0 && !t503) {
+			if (m.which_payload == bimip_MessageScheme_error_message_tag) {
+				assert_int_equal(m.payload.error_message.code, 503);
+				assert_non_null(strstr(m.payload.error_message.message, "no server"));
+				t503 = bm_mono_ms();
+			}
+			rc = bm_client_recv(cl, &m, 0);
+		}
+	}
+	/* Pings are the edge's own business. */
+	assert_int_equal(bm_client_send_ping(cl), 0);
+	deadline = bm_mono_ms() + 5000;
+	do
+		rc = bm_client_recv(cl, &m, 100);
+	while ((rc == BM_ETIMEDOUT || (rc == 0 && m.route != 6)) && bm_mono_ms() < deadline);
+	assert_int_equal(rc, 0);
+	assert_int_equal(kill(s2.pid, SIGCONT), 0);
+	if (!t503)
+		fail_msg("no 503 within 10 s of the server stopping");
+	/* Back: a stanza gets its VersionUpdate again. */
+	t0 = bm_mono_ms();
+	deadline = t0 + 10000;
+	while (!tback && bm_mono_ms() < deadline) {
+		snprintf(local, sizeof(local), "l-%d", k++);
+		assert_int_equal(bm_client_send_text(cl, "peer@it", "hi", local), 0);
+		rc = bm_client_recv(cl, &m, 500);
+		while (rc == 0 && !tback) {
+			if (m.which_payload == bimip_MessageScheme_version_update_tag)
+				tback = bm_mono_ms();
+			rc = bm_client_recv(cl, &m, 0);
+		}
+	}
+	printf("# server stopped: 503 after %llu ms; resumed: forwarding after %llu ms\n",
+	       (unsigned long long)(t503 - tstop), (unsigned long long)(tback ? tback - t0 : 0));
+	assert_true(tback != 0);
+	bm_client_close(cl);
+	free(tok);
+	stop_sig(&g);
+	assert_int_equal(bm_h_stop(&s2, SIGTERM), 0);
+}
+
 /* --- 4. limits -------------------------------------------------------------------- */
 
 /* Send k pings in one write; count answers and 429s. */
@@ -1834,6 +1908,7 @@ int main(void)
 		cmocka_unit_test(test_admin_kick),
 		cmocka_unit_test(test_idle_and_keepalive),
 		cmocka_unit_test(test_stuck_client_is_dropped),
+		cmocka_unit_test(test_server_down),
 		cmocka_unit_test(test_rate_limit),
 		cmocka_unit_test(test_slow_consumer),
 		cmocka_unit_test(test_tls),
