@@ -16,6 +16,7 @@
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out
 #   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
+#   BENCH_KEEP=1                          keep the temporary directory (logs, data)
 #   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
 set -u
 BIN=${1:-build/bin}
@@ -44,7 +45,7 @@ cleanup() {
 		kill -KILL "$p" 2>/dev/null
 	done
 	wait 2>/dev/null
-	rm -rf "$TMP"
+	if [ -n "${BENCH_KEEP:-}" ]; then echo "# logs and data kept in $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -179,7 +180,7 @@ fi
 kill -TERM $SIG $SRV 2>/dev/null
 wait $SIG $SRV 2>/dev/null
 PIDS=""
-if grep -E "ERROR|AddressSanitizer|runtime error" "$TMP/server/log" "$TMP/signal/log" >&2; then
+if grep -iE " error |AddressSanitizer|runtime error" "$TMP/server/log" "$TMP/signal/log" >&2; then
 	echo "# the daemons logged errors (above)" >&2
 fi
 
