@@ -15,6 +15,7 @@
 #include "bm_metrics.h"
 #include "bm_queue.h"
 #include "bm_time.h"
+#include "bm_ws.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -580,7 +581,6 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	struct srv_chat *chat;
 	struct srv_idem *e;
 	struct chat_ctx *ctx;
-	json_t *rec;
 	uint64_t ro = 0, so = 0;
 	int64_t v;
 	int rc;
@@ -596,6 +596,11 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	}
 	if (!strcmp(to[0].eid, a->eid)) {
 		ERR(s, r, 400, "cannot send a chat message to yourself");
+		return;
+	}
+	if (!bm_ws_utf8_valid((const uint8_t *)to[0].eid, strlen(to[0].eid)) ||
+	    !bm_ws_utf8_valid((const uint8_t *)local, strlen(local))) {
+		ERR(s, r, 400, "to.eid and message_id_local must be valid UTF-8");
 		return;
 	}
 	if (media ? !md->cdn_url_id[0] : !t->content[0]) {
@@ -688,13 +693,9 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, &so, NULL,
 				       NULL);
 	}
-	if (!rc) {
-		rec = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:I, s:I}", "t", "msg",
-				"c", chat->id, "a", chat->a, "b", chat->b, "v", (json_int_t)v,
-				"e", a->eid, "d", r->device, "l", local, "ro", (json_int_t)ro,
-				"so", (json_int_t)so);
-		rc = rec ? srv_state_log(s, rec, on_chat_stored, ctx) : BM_ENOMEM;
-	}
+	if (!rc)
+		rc = srv_state_log_msg(s, chat, v, a->eid, r->device, local, ro, so,
+				       on_chat_stored, ctx);
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "message not stored: %s", bm_strerror(rc));
 		free(ctx);

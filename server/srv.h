@@ -211,6 +211,10 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
  * NULL; it runs once the record is durable. */
 typedef void srv_done_fn(void *ud, int status, uint64_t offset);
 int srv_state_log(struct srv *s, void *json_obj, srv_done_fn *cb, void *ud);
+/* The "msg" record of an accepted chat message (hot path; no jansson). */
+int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
+		      const char *sender, const char *dev, const char *local,
+		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud);
 /* Apply a state record (also used by the replay at start). */
 int srv_state_apply(struct srv *s, void *json_obj);
 int srv_revoked(struct srv *s, const char *eid, const char *device,

@@ -30,6 +30,7 @@
 #include "bm_log.h"
 #include "bm_queue.h"
 #include "bm_time.h"
+#include "bm_ws.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -257,6 +258,112 @@ static int set_flag(struct bm_map *m, const char *k, int on)
 	return bm_map_put(m, k, (void *)1, NULL);
 }
 
+/* A chat message was accepted: the chat's version, the stream offsets its
+ * state record names (for the repair at start-up), the resend key. */
+static int apply_msg(struct srv *s, const char *a, const char *b, int64_t v,
+		     const char *sender, const char *dev, const char *local,
+		     uint64_t ro, uint64_t so)
+{
+	struct srv_chat *c = srv_chat_get(s, a, b, 1);
+	struct srv_user *sa = srv_user_get(s, sender, 1);
+	struct srv_user *rb = srv_user_get(s, strcmp(sender, a) ? a : b, 1);
+	struct srv_idem *e;
+
+	if (!c || !sa || !rb)
+		return BM_ENOMEM;
+	if (v > c->version)
+		c->version = v;
+	if (so > sa->ref_offset)
+		sa->ref_offset = so;
+	if (ro > rb->ref_offset)
+		rb->ref_offset = ro;
+	if (*local) {
+		e = srv_idem_find(s, sender, dev, local);
+		if (!e)
+			e = srv_idem_add(s, sender, dev, local, c->id, v);
+		if (e && s->replaying)
+			e->durable = 1;
+	}
+	return 0;
+}
+
+/* JSON string body of in (no quotes) into out; returns the end. */
+static char *json_str(char *out, const char *in)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+		if (*p == '"' || *p == '\\') {
+			*out++ = '\\';
+			*out++ = (char)*p;
+		} else if (*p < 0x20) {
+			memcpy(out, "\\u00", 4);
+			out[4] = hex[*p >> 4];
+			out[5] = hex[*p & 15];
+			out += 6;
+		} else {
+			*out++ = (char)*p;
+		}
+	}
+	return out;
+}
+
+static int utf8(const char *p)
+{
+	return bm_ws_utf8_valid((const uint8_t *)p, strlen(p));
+}
+
+static void on_logged(void *ud, int status, uint64_t offset);
+
+struct log_ctx {
+	srv_done_fn *cb;
+	void *ud;
+};
+
+/* The "msg" record is on every chat message's path: formatted here, not
+ * through jansson, and applied directly. */
+int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
+		      const char *sender, const char *dev, const char *local,
+		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud)
+{
+	/* Worst case every byte escaped as \u00XX: 6x the bounded strings. */
+	static char buf[64 + 6 * (3 * SRV_EID_MAX + SRV_DEV_MAX + 64) + 3 * SRV_CHAT_ID_LEN];
+	struct log_ctx *lc = malloc(sizeof(*lc));
+	char *p = buf;
+	int rc;
+
+	/* Replay parses this with jansson, which wants valid UTF-8. */
+	if (!utf8(c->a) || !utf8(c->b) || !utf8(sender) || !utf8(dev) || !utf8(local)) {
+		free(lc);
+		return BM_EINVAL;
+	}
+	if (!lc)
+		return BM_ENOMEM;
+	p += sprintf(p, "{\"t\":\"msg\",\"c\":\"%s\",\"a\":\"", c->id);
+	p = json_str(p, c->a);
+	p = stpcpy(p, "\",\"b\":\"");
+	p = json_str(p, c->b);
+	p += sprintf(p, "\",\"v\":%lld,\"e\":\"", (long long)v);
+	p = json_str(p, sender);
+	p = stpcpy(p, "\",\"d\":\"");
+	p = json_str(p, dev);
+	p = stpcpy(p, "\",\"l\":\"");
+	p = json_str(p, local);
+	p += sprintf(p, "\",\"ro\":%llu,\"so\":%llu}", (unsigned long long)ro,
+		     (unsigned long long)so);
+	lc->cb = cb;
+	lc->ud = ud;
+	rc = bm_queue_append(s->q, STATE_STREAM, buf, (size_t)(p - buf), NULL, on_logged, lc);
+	if (rc) {
+		free(lc);
+		return rc;
+	}
+	s->snap_records++;
+	if (apply_msg(s, c->a, c->b, v, sender, dev, local, ro, so))
+		bm_err("state", "cannot apply state record '%s'", buf);
+	return 0;
+}
+
 static const struct {
 	const char *type;
 	size_t map;     /* which set of the user */
@@ -283,33 +390,10 @@ int srv_state_apply(struct srv *s, void *obj)
 		return set_flag((struct bm_map *)((char *)u + flag_records[i].map),
 				str(o, "s"), flag_records[i].on);
 	}
-	if (!strcmp(t, "msg")) {
-		struct srv_chat *c = srv_chat_get(s, str(o, "a"), str(o, "b"), 1);
-		int64_t v = num(o, "v");
-		struct srv_idem *e;
-
-		struct srv_user *sa = srv_user_get(s, str(o, "e"), 1);
-		struct srv_user *rb = srv_user_get(s, strcmp(str(o, "e"), str(o, "a"))
-							  ? str(o, "a") : str(o, "b"), 1);
-
-		if (!c || !sa || !rb)
-			return BM_ENOMEM;
-		if (v > c->version)
-			c->version = v;
-		if ((uint64_t)num(o, "so") > sa->ref_offset)
-			sa->ref_offset = (uint64_t)num(o, "so");
-		if ((uint64_t)num(o, "ro") > rb->ref_offset)
-			rb->ref_offset = (uint64_t)num(o, "ro");
-		if (*str(o, "l")) {
-			e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
-			if (!e)
-				e = srv_idem_add(s, str(o, "e"), str(o, "d"), str(o, "l"),
-						 c->id, v);
-			if (e && s->replaying)
-				e->durable = 1;
-		}
-		return 0;
-	}
+	if (!strcmp(t, "msg"))
+		return apply_msg(s, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
+				 str(o, "d"), str(o, "l"), (uint64_t)num(o, "ro"),
+				 (uint64_t)num(o, "so"));
 	if (!strcmp(t, "seen")) {
 		u = srv_user_get(s, str(o, "e"), 1);
 		if (!u)
@@ -335,11 +419,6 @@ int srv_state_apply(struct srv *s, void *obj)
 	bm_warn("state", "skipping state record of unknown type '%s'", t);
 	return 0;
 }
-
-struct log_ctx {
-	srv_done_fn *cb;
-	void *ud;
-};
 
 static void on_logged(void *ud, int status, uint64_t offset)
 {

@@ -319,6 +319,11 @@ static void test_errors_and_ping(void **state)
 	assert_int_equal(bm_client_send_text(g, "gina@it", "me", "g-1"), 0);
 	expect(g, bimip_MessageScheme_error_message_tag, &m);
 	assert_int_equal(m.payload.error_message.code, 400);
+	/* Identities that are not UTF-8 are refused (the state log is JSON). */
+	assert_int_equal(bm_client_send_text(g, "bad\xff@it", "x", "g-2"), 0);
+	expect(g, bimip_MessageScheme_error_message_tag, &m);
+	assert_int_equal(m.payload.error_message.code, 400);
+	assert_non_null(strstr(m.payload.error_message.message, "UTF-8"));
 	/* A server-to-client stanza sent by a client. */
 	memset(&m, 0, sizeof(m));
 	m.which_payload = bimip_MessageScheme_chat_message_tag;
