@@ -69,6 +69,8 @@ static const struct bm_config_key keys[] = {
 	  .max = 600000, .reloadable = 1, .help = "time to complete TLS and the upgrade" },
 	{ "tokens.leeway", BM_CFG_DURATION, F(leeway_ms), .def = "30s", .min = 0,
 	  .max = 600000, .reloadable = 1, .help = "clock skew allowed when verifying" },
+	{ "tokens.close_expired", BM_CFG_BOOL, F(close_expired), .def = "true",
+	  .reloadable = 1, .help = "close a session (4001) once its token expires" },
 	{ "timeouts.drain", BM_CFG_DURATION, F(drain_ms), .def = "2s", .min = 0,
 	  .max = 600000, .reloadable = 1, .help = "SIGTERM: time to flush close frames" },
 	{ "log.level", BM_CFG_ENUM, F(log_level), .def = "info", .enums = levels,
@@ -161,9 +163,12 @@ static void on_ready_check(evutil_socket_t fd, short what, void *arg)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct sig *g = arg;
+	static unsigned ticks;
 
 	sig_link_tick(g);
 	sig_sess_tick(g);
+	if (g->cfg.close_expired && ++ticks % 5 == 0)
+		sig_sess_expire(g);
 	sig_sess_reap(g);
 	if (g->stopping && (g->n_live == 0 || bm_mono_ms() >= g->stop_deadline))
 		event_base_loopbreak(g->base);
@@ -201,6 +206,7 @@ static void on_hup(evutil_socket_t s, short what, void *arg)
 	struct sig *g = arg;
 	struct bm_config_changes ch;
 	char err[300], names[256];
+	struct sig_config old = g->cfg;
 
 	if (!g->config_path) {
 		bm_info("signal", "SIGHUP: no configuration file to reload");
@@ -209,6 +215,12 @@ static void on_hup(evutil_socket_t s, short what, void *arg)
 	if (bm_config_reload(keys, &g->cfg, sizeof(g->cfg), g->config_path, &ch, err,
 			     sizeof(err))) {
 		bm_err("signal", "reload refused, keeping the running configuration: %s", err);
+		return;
+	}
+	if (g->cfg.idle_ms <= g->cfg.ping_ms) {
+		g->cfg = old;
+		bm_err("signal", "reload refused, keeping the running configuration: key "
+		       "'timeouts.idle' must exceed 'timeouts.ping'");
 		return;
 	}
 	apply_log_config(g);

@@ -342,6 +342,22 @@ void sig_sess_close_all(struct sig *g, int code, const char *reason)
 			kill_sess(g, s);
 }
 
+void sig_sess_expire(struct sig *g)
+{
+	int64_t now = bm_wall_s() - g->cfg.leeway_ms / 1000;
+	const char *k;
+	void *v;
+
+	for (size_t it = 0; bm_map_next(&g->sessions, &it, &k, &v);) {
+		struct sig_sess *s = v;
+		if (s->state == SIG_OPEN && s->exp && s->exp <= now) {
+			bm_info("sess", "closing session eid=%s device=%s: token expired",
+				s->eid, s->device);
+			sig_sess_close(g, s, 4001, "token expired");
+		}
+	}
+}
+
 void sig_sess_enforce_revocations(struct sig *g)
 {
 	const char *k;

@@ -53,6 +53,7 @@ struct sig_config {
 	int64_t ping_ms;              /* WebSocket ping after this long idle */
 	int64_t handshake_ms;
 	int64_t leeway_ms;
+	int close_expired;
 	int64_t drain_ms;             /* SIGTERM: time to flush before exit */
 	char cluster_bind[64];
 	char cluster_advertise[160];
@@ -175,6 +176,8 @@ void sig_sess_close(struct sig *g, struct sig_sess *s, int code, const char *rea
 struct sig_sess *sig_sess_find(struct sig *g, const char *eid, const char *device);
 void sig_sess_close_all(struct sig *g, int code, const char *reason);
 void sig_sess_reap(struct sig *g);
+/* Close the sessions whose token has expired (every few seconds). */
+void sig_sess_expire(struct sig *g);
 /* Close every session a revocation now covers. */
 void sig_sess_enforce_revocations(struct sig *g);
 

@@ -58,7 +58,8 @@ static int setup(void **state)
 	bm_h_init();
 	if (bm_h_start_server(&srv, "tools-s1", NULL))
 		return -1;
-	return bm_h_start_signal(&sig, "tools-g1", servers, 1, NULL);
+	return bm_h_start_signal(&sig, "tools-g1", servers, 1,
+				 "{\"tokens\":{\"leeway\":\"0s\"}}");
 }
 
 static int teardown(void **state)
@@ -211,6 +212,30 @@ static void test_token_refresh(void **state)
 	free(old);
 }
 
+/* A session does not outlive its token: closed with 4001 at expiry. */
+static void test_session_closed_at_token_expiry(void **state)
+{
+	char *tok = bm_h_token(&srv, "short@tools", "phone", 2);
+	struct bm_client_opts o = { .url = sig.url, .token = tok };
+	struct bm_client *c;
+	bimip_MessageScheme m;
+	char err[256];
+	uint64_t t0 = bm_mono_ms(), deadline = t0 + 15000;
+	int rc;
+
+	assert_non_null(tok);
+	assert_int_equal(bm_client_connect(&c, &o, err, sizeof(err)), 0);
+	while ((rc = bm_client_recv(c, &m, 200)) != BM_ECLOSED && bm_mono_ms() < deadline)
+		;
+	assert_int_equal(rc, BM_ECLOSED);
+	assert_int_equal(bm_client_close_code(c), 4001);
+	assert_string_equal(bm_client_close_reason(c), "token expired");
+	print_message("session closed %llu ms after connecting with a 2 s token\n",
+		      (unsigned long long)(bm_mono_ms() - t0));
+	bm_client_abort(c);
+	free(tok);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -218,6 +243,7 @@ int main(void)
 		cmocka_unit_test(test_bimipctl),
 		cmocka_unit_test(test_bimip_cli),
 		cmocka_unit_test(test_token_refresh),
+		cmocka_unit_test(test_session_closed_at_token_expiry),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
