@@ -48,6 +48,11 @@ void srv_stream_name(const char *eid, char *out, size_t cap)
 
 static void user_free(struct srv_user *u)
 {
+	while (u->devs) {
+		struct srv_dev *d = u->devs;
+		u->devs = d->next;
+		free(d);
+	}
 	for (uint32_t i = 0; i < u->cache.count; i++) {
 		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].rec);
 		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].alt);
