@@ -1,5 +1,6 @@
 #include "bm_cluster.h"
 
+#include "bm_admin.h"
 #include "bm_err.h"
 #include "bm_log.h"
 #include "bm_swim_udp.h"
@@ -9,10 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void log_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m);
+
 struct bm_cluster {
 	struct bm_swim *swim;
 	struct bm_swim_udp *udp;
 	char addr[160];
+	bm_swim_member_fn *on_member;   /* the embedder's, after logging */
+	void *ud;
 };
 
 const char *bm_cluster_state_name(enum bm_swim_state st)
@@ -64,7 +69,7 @@ int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
 	sc.send = bm_swim_udp_send;
 	sc.send_ctx = c->udp;
 	sc.on_member = o->on_member;
-	sc.ud = o->ud;
+	sc.ud = o->on_member == log_member ? c : o->ud;
 	sc.period_ms = o->period_ms;
 	if (!sc.key_len)
 		bm_warn("cluster", "no cluster.key: gossip is not authenticated");
@@ -133,6 +138,82 @@ static void add_member(void *ud, enum bm_swim_event ev, const struct bm_swim_mem
 		"state", bm_cluster_state_name(m->state), "incarnation", (int)m->incarnation,
 		"addr", m->addr ? m->addr : "", "zmq", m->zmq ? m->zmq : "",
 		"admin", m->admin ? m->admin : "", "self", m->self));
+}
+
+static void log_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
+{
+	static const char *const names[] = { "?", "joined", "suspect", "dead", "left",
+					     "alive again", "updated" };
+	struct bm_cluster *c = ud;
+
+	if (ev != BM_SWIM_EV_UPDATED)
+		bm_info("cluster", "member '%s' (%s, %s) %s", m->id,
+			m->role == BM_SWIM_ROLE_SERVER ? "server" : "signal", m->addr,
+			(unsigned)ev < 7 ? names[ev] : "?");
+	if (c->on_member)
+		c->on_member(c->ud, ev, m);
+}
+
+int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
+			  const struct bm_cluster_conf *conf, const char *id,
+			  enum bm_swim_role role, const char *zmq, unsigned admin_port,
+			  bm_swim_member_fn *on_member, void *ud)
+{
+	const char *seeds[8];
+	char admin[64];
+	struct bm_cluster_opts o;
+	size_t n = 0;
+	int rc;
+
+	*out = NULL;
+	if (!conf->bind[0])
+		return 0;
+	for (int i = 0; i < 8 && conf->seeds[i][0]; i++)
+		seeds[n++] = conf->seeds[i];
+	snprintf(admin, sizeof(admin), "127.0.0.1:%u", admin_port);
+	memset(&o, 0, sizeof(o));
+	o.id = id;
+	o.role = role;
+	o.bind = conf->bind;
+	o.advertise = conf->advertise;
+	o.seeds = seeds;
+	o.n_seeds = n;
+	o.key = conf->key;
+	o.zmq = zmq;
+	o.admin = admin;
+	o.period_ms = (unsigned)conf->period_ms;
+	o.on_member = log_member;
+	rc = bm_cluster_start(out, base, &o);
+	if (!rc) {
+		(*out)->on_member = on_member;
+		(*out)->ud = ud;
+	}
+	return rc;
+}
+
+void bm_cluster_admin(struct bm_cluster *c, struct bm_admin_req *req, const json_t *body)
+{
+	const char *what = bm_admin_req_suffix(req);
+	const char *seed = json_string_value(json_object_get(body, "seed"));
+	unsigned method = bm_admin_req_method(req);
+
+	if (!c)
+		bm_admin_reply_error(req, 409, "this node is standalone: set cluster.bind to "
+				     "gossip with other nodes");
+	else if (!strcmp(what, "members") && method == BM_ADMIN_GET)
+		bm_admin_reply_json(req, 200, bm_cluster_members_json(c));
+	else if (!strcmp(what, "join") && method == BM_ADMIN_POST) {
+		if (!seed || bm_cluster_join(c, seed))
+			bm_admin_reply_error(req, 400, "expected {\"seed\":\"host:port\"} with a "
+					     "numeric gossip address");
+		else
+			bm_admin_reply_json(req, 200, json_pack("{s:s}", "joining", seed));
+	} else if (!strcmp(what, "leave") && method == BM_ADMIN_POST) {
+		bm_cluster_leave(c);
+		bm_admin_reply_json(req, 200, json_pack("{s:b}", "left", 1));
+	} else {
+		bm_admin_reply_error(req, 404, "expected GET members, POST join or POST leave");
+	}
 }
 
 json_t *bm_cluster_members_json(const struct bm_cluster *c)

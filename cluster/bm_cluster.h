@@ -10,10 +10,35 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "bm_config.h"
 #include "bm_swim.h"
 
 struct event_base;
 struct bm_cluster;
+struct bm_admin_req;
+
+/* The "cluster.*" configuration keys both daemons share (embedded in their
+ * config structs; BM_CLUSTER_CONFIG_KEYS adds the table rows). */
+struct bm_cluster_conf {
+	char bind[64];
+	char advertise[160];
+	char seeds[8][160];
+	char key[129];
+	int64_t period_ms;
+};
+
+#define BM_CLUSTER_CONFIG_KEYS(type, member) \
+	{ "cluster.bind", BM_CFG_STRING, BM_CFG_FIELD(type, member.bind), .def = "", \
+	  .help = "gossip UDP host:port (empty = standalone, no gossip)" }, \
+	{ "cluster.advertise", BM_CFG_STRING, BM_CFG_FIELD(type, member.advertise), \
+	  .def = "", .help = "gossip address peers use (empty = cluster.bind with its " \
+	  "bound port)" }, \
+	{ "cluster.seeds", BM_CFG_LIST, BM_CFG_LIST_FIELD(type, member.seeds), .def = "", \
+	  .list_max = 8, .help = "gossip addresses to join through at start" }, \
+	{ "cluster.key", BM_CFG_STRING, BM_CFG_FIELD(type, member.key), .def = "", \
+	  .secret = 1, .help = "shared secret that authenticates gossip (HMAC-SHA256)" }, \
+	{ "cluster.period", BM_CFG_DURATION, BM_CFG_FIELD(type, member.period_ms), \
+	  .def = "1s", .min = 50, .max = 60000, .help = "gossip protocol period" }
 
 struct bm_cluster_opts {
 	const char *id;                 /* node id */
@@ -34,6 +59,18 @@ struct bm_cluster_opts {
  * or BM_ECONFIG (bad address, logged), BM_ESYS, BM_ENOMEM. */
 int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
 		     const struct bm_cluster_opts *o);
+/* bm_cluster_start from the shared configuration; *out stays NULL (and 0 is
+ * returned) when conf->bind is empty.  Member changes are logged, then
+ * passed to on_member (may be NULL). */
+int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
+			  const struct bm_cluster_conf *conf, const char *id,
+			  enum bm_swim_role role, const char *zmq, unsigned admin_port,
+			  bm_swim_member_fn *on_member, void *ud);
+/* The admin routes GET members, POST join {"seed"}, POST leave, for a
+ * request whose path suffix (after /v1/cluster/) names them; c may be NULL
+ * (a standalone node: 409). */
+void bm_cluster_admin(struct bm_cluster *c, struct bm_admin_req *req, const json_t *body);
+
 /* Join (again) through seed.  Returns 0 or BM_EINVAL. */
 int bm_cluster_join(struct bm_cluster *c, const char *seed);
 /* Graceful leave: tell the others now; keep the loop running a little. */

@@ -1001,3 +1001,39 @@ int bm_config_help(const struct bm_config_key *keys, struct bm_buf *out)
 	}
 	return 0;
 }
+
+int bm_config_start(const struct bm_config_key *keys, void *conf, const char *path,
+		    const char *prog)
+{
+	char err[300];
+
+	if (bm_config_check(keys, err, sizeof(err)) ||
+	    (path ? bm_config_load_file(keys, conf, path, err, sizeof(err))
+		  : bm_config_defaults(keys, conf, err, sizeof(err)))) {
+		fprintf(stderr, "%s: %s\n", prog, err);
+		return BM_ECONFIG;
+	}
+	return 0;
+}
+
+static int print_buf(struct bm_buf *b, int rc)
+{
+	if (!rc && b->data)
+		fputs((char *)b->data, stdout);
+	bm_buf_release(b);
+	return rc;
+}
+
+int bm_config_print_help(const struct bm_config_key *keys)
+{
+	struct bm_buf b = BM_BUF_INIT;
+
+	return print_buf(&b, bm_config_help(keys, &b));
+}
+
+int bm_config_print(const struct bm_config_key *keys, const void *conf)
+{
+	struct bm_buf b = BM_BUF_INIT;
+
+	return print_buf(&b, bm_config_dump(keys, conf, &b));
+}

@@ -164,6 +164,16 @@ int bm_config_dump(const struct bm_config_key *keys, const void *conf,
  * reloadable, help.  For --help-config and man page generation. */
 int bm_config_help(const struct bm_config_key *keys, struct bm_buf *out);
 
+/* For daemons at start: check the table, then load path (NULL = defaults
+ * only) into conf.  On failure prints "<prog>: <reason>" on stderr and
+ * returns BM_ECONFIG. */
+int bm_config_start(const struct bm_config_key *keys, void *conf, const char *path,
+		    const char *prog);
+/* --help-config and --print-config: the listing or the effective config on
+ * stdout.  Return 0 or the bm_buf error. */
+int bm_config_print_help(const struct bm_config_key *keys);
+int bm_config_print(const struct bm_config_key *keys, const void *conf);
+
 /* Name of a type ("duration", ...). */
 const char *bm_config_type_name(enum bm_config_type type);
 

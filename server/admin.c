@@ -300,69 +300,14 @@ static void on_users(struct bm_admin_req *req, const json_t *body, void *ud)
 
 static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 {
-	struct srv *s = ud;
-	const char *what = bm_admin_req_suffix(req);
-
-	if (!s->cluster) {
-		bm_admin_reply_error(req, 409, "this node is standalone: set cluster.bind to "
-				     "gossip with other nodes");
-		return;
-	}
-	if (!strcmp(what, "members") && bm_admin_req_method(req) == BM_ADMIN_GET) {
-		bm_admin_reply_json(req, 200, bm_cluster_members_json(s->cluster));
-	} else if (!strcmp(what, "join") && bm_admin_req_method(req) == BM_ADMIN_POST) {
-		const char *seed = jstr(body, "seed");
-		if (!seed[0] || bm_cluster_join(s->cluster, seed)) {
-			bm_admin_reply_error(req, 400, "expected {\"seed\":\"host:port\"} with a "
-					     "numeric gossip address");
-			return;
-		}
-		bm_admin_reply_json(req, 200, json_pack("{s:s}", "joining", seed));
-	} else if (!strcmp(what, "leave") && bm_admin_req_method(req) == BM_ADMIN_POST) {
-		bm_cluster_leave(s->cluster);
-		bm_admin_reply_json(req, 200, json_pack("{s:b}", "left", 1));
-	} else {
-		bm_admin_reply_error(req, 404, "expected GET members, POST join or POST leave");
-	}
-}
-
-static void on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
-{
-	static const char *const names[] = { "?", "joined", "suspect", "dead", "left",
-					     "alive again", "updated" };
-
-	if (ev != BM_SWIM_EV_UPDATED)
-		bm_info("cluster", "member '%s' (%s, %s) %s", m->id,
-			m->role == BM_SWIM_ROLE_SERVER ? "server" : "signal", m->addr,
-			(unsigned)ev < 7 ? names[ev] : "?");
+	bm_cluster_admin(((struct srv *)ud)->cluster, req, body);
 }
 
 int srv_cluster_open(struct srv *s)
 {
-	const char *seeds[8];
-	size_t n = 0;
-	char admin[64];
-	struct bm_cluster_opts o;
-
-	if (!s->cfg.cluster_bind[0])
-		return 0;
-	for (int i = 0; i < 8 && s->cfg.cluster_seeds[i][0]; i++)
-		seeds[n++] = s->cfg.cluster_seeds[i];
-	snprintf(admin, sizeof(admin), "127.0.0.1:%u", bm_admin_port(s->admin));
-	memset(&o, 0, sizeof(o));
-	o.id = s->cfg.node_id;
-	o.role = BM_SWIM_ROLE_SERVER;
-	o.bind = s->cfg.cluster_bind;
-	o.advertise = s->cfg.cluster_advertise;
-	o.seeds = seeds;
-	o.n_seeds = n;
-	o.key = s->cfg.cluster_key;
-	o.zmq = s->zmq_bound;
-	o.admin = admin;
-	o.period_ms = (unsigned)s->cfg.cluster_period_ms;
-	o.on_member = on_member;
-	o.ud = s;
-	return bm_cluster_start(&s->cluster, s->base, &o);
+	return bm_cluster_start_conf(&s->cluster, s->base, &s->cfg.cluster, s->cfg.node_id,
+				     BM_SWIM_ROLE_SERVER, s->zmq_bound, bm_admin_port(s->admin),
+				     NULL, s);
 }
 
 static int is_ready(void *ud, char *why, size_t whylen)

@@ -88,16 +88,7 @@ static const struct bm_config_key keys[] = {
 	  .help = "Z85 CURVE secret key of this server (empty = no encryption)" },
 	{ "curve.allowed", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct srv_config, curve_allowed),
 	  .def = "", .list_max = 8, .help = "Z85 public keys of signals allowed to connect" },
-	{ "cluster.bind", BM_CFG_STRING, F(cluster_bind), .def = "",
-	  .help = "gossip UDP host:port (empty = standalone node)" },
-	{ "cluster.advertise", BM_CFG_STRING, F(cluster_advertise), .def = "",
-	  .help = "gossip address peers use (empty = cluster.bind with its bound port)" },
-	{ "cluster.seeds", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct srv_config, cluster_seeds),
-	  .def = "", .list_max = 8, .help = "gossip addresses to join through at start" },
-	{ "cluster.key", BM_CFG_STRING, F(cluster_key), .def = "", .secret = 1,
-	  .help = "shared secret that authenticates gossip (HMAC-SHA256)" },
-	{ "cluster.period", BM_CFG_DURATION, F(cluster_period_ms), .def = "1s", .min = 50,
-	  .max = 60000, .help = "gossip protocol period" },
+	BM_CLUSTER_CONFIG_KEYS(struct srv_config, cluster),
 	{ NULL },
 };
 #undef F
@@ -341,7 +332,7 @@ int main(int argc, char **argv)
 	const char *ready = NULL, *data_dir = NULL;
 	struct event *ev_term, *ev_int, *ev_hup;
 	struct bm_queue_opts qo;
-	char err[300], qdir[600];
+	char qdir[600];
 	int c, print = 0, rc = 1;
 
 	while ((c = getopt_long(argc, argv, "c:d:r:h", opts, NULL)) != -1) {
@@ -350,13 +341,7 @@ int main(int argc, char **argv)
 		case 'd': data_dir = optarg; break;
 		case 'r': ready = optarg; break;
 		case 'P': print = 1; break;
-		case 'H': {
-			struct bm_buf b = BM_BUF_INIT;
-			bm_config_help(keys, &b);
-			fputs((char *)b.data, stdout);
-			bm_buf_release(&b);
-			return 0;
-		}
+		case 'H': return bm_config_print_help(keys) ? 1 : 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -366,12 +351,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (bm_config_check(keys, err, sizeof(err)) ||
-	    (s->config_path ? bm_config_load_file(keys, &s->cfg, s->config_path, err, sizeof(err))
-			    : bm_config_defaults(keys, &s->cfg, err, sizeof(err)))) {
-		fprintf(stderr, "bimip-server: %s\n", err);
+	if (bm_config_start(keys, &s->cfg, s->config_path, "bimip-server"))
 		return 1;
-	}
 	/* Segments hold the __state records too: deleting old segments would
 	 * drop contacts, blocks and revocations with them. */
 	if (s->cfg.retention_ms || s->cfg.retention_bytes) {
@@ -388,13 +369,8 @@ int main(int argc, char **argv)
 		}
 		memcpy(s->cfg.data_dir, data_dir, strlen(data_dir) + 1);
 	}
-	if (print) {
-		struct bm_buf b = BM_BUF_INIT;
-		bm_config_dump(keys, &s->cfg, &b);
-		fputs((char *)b.data, stdout);
-		bm_buf_release(&b);
-		return 0;
-	}
+	if (print)
+		return bm_config_print(keys, &s->cfg) ? 1 : 0;
 	apply_log_config(s);
 	signal(SIGPIPE, SIG_IGN);
 	if (mkdirs(s->cfg.data_dir)) {

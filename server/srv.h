@@ -35,6 +35,7 @@
 
 #include "bimip.pb.h"
 #include "bm_buf.h"
+#include "bm_cluster.h"
 #include "bm_ipc.h"
 #include "bm_jwt.h"
 #include "bm_map.h"
@@ -44,7 +45,6 @@ struct event;
 struct bm_queue;
 struct bm_zsock;
 struct bm_admin;
-struct bm_cluster;
 struct bm_metrics;
 struct bm_metrics_family;
 
@@ -83,11 +83,7 @@ struct srv_config {
 	int log_json;
 	char curve_secret[41];
 	char curve_allowed[8][41];
-	char cluster_bind[64];
-	char cluster_advertise[160];
-	char cluster_seeds[8][160];
-	char cluster_key[129];
-	int64_t cluster_period_ms;
+	struct bm_cluster_conf cluster;
 };
 
 /* An online device session, as the signal announced it. */

@@ -287,7 +287,7 @@ int sig_link_open(struct sig *g)
 		if (rc)
 			return rc;
 	}
-	if (!g->n_servers && !g->cfg.cluster_bind[0]) {
+	if (!g->n_servers && !g->cfg.cluster.bind[0]) {
 		bm_err("link", "no server configured: set 'servers' or join a cluster "
 		       "with 'cluster.bind' and 'cluster.seeds'");
 		return BM_ECONFIG;

@@ -77,16 +77,7 @@ static const struct bm_config_key keys[] = {
 	  .reloadable = 1, .help = "error, warn, info or debug" },
 	{ "log.json", BM_CFG_BOOL, F(log_json), .def = "false", .reloadable = 1,
 	  .help = "one JSON object per log line" },
-	{ "cluster.bind", BM_CFG_STRING, F(cluster_bind), .def = "",
-	  .help = "gossip UDP host:port (empty = no gossip; servers from 'servers')" },
-	{ "cluster.advertise", BM_CFG_STRING, F(cluster_advertise), .def = "",
-	  .help = "gossip address peers use (empty = cluster.bind with its bound port)" },
-	{ "cluster.seeds", BM_CFG_LIST, BM_CFG_LIST_FIELD(struct sig_config, cluster_seeds),
-	  .def = "", .list_max = 8, .help = "gossip addresses to join through at start" },
-	{ "cluster.key", BM_CFG_STRING, F(cluster_key), .def = "", .secret = 1,
-	  .help = "shared secret that authenticates gossip (HMAC-SHA256)" },
-	{ "cluster.period", BM_CFG_DURATION, F(cluster_period_ms), .def = "1s", .min = 50,
-	  .max = 60000, .help = "gossip protocol period" },
+	BM_CLUSTER_CONFIG_KEYS(struct sig_config, cluster),
 	{ NULL },
 };
 #undef F
@@ -305,69 +296,21 @@ static void on_sessions(struct bm_admin_req *req, const json_t *body, void *ud)
 
 static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 {
-	struct sig *g = ud;
-	const char *what = bm_admin_req_suffix(req);
-	const char *seed = json_string_value(json_object_get(body, "seed"));
-
-	if (!g->cluster) {
-		bm_admin_reply_error(req, 409, "this node is standalone: set cluster.bind to "
-				     "gossip with other nodes");
-	} else if (!strcmp(what, "members") && bm_admin_req_method(req) == BM_ADMIN_GET) {
-		bm_admin_reply_json(req, 200, bm_cluster_members_json(g->cluster));
-	} else if (!strcmp(what, "join") && bm_admin_req_method(req) == BM_ADMIN_POST) {
-		if (!seed || bm_cluster_join(g->cluster, seed))
-			bm_admin_reply_error(req, 400, "expected {\"seed\":\"host:port\"} with a "
-					     "numeric gossip address");
-		else
-			bm_admin_reply_json(req, 200, json_pack("{s:s}", "joining", seed));
-	} else if (!strcmp(what, "leave") && bm_admin_req_method(req) == BM_ADMIN_POST) {
-		bm_cluster_leave(g->cluster);
-		bm_admin_reply_json(req, 200, json_pack("{s:b}", "left", 1));
-	} else {
-		bm_admin_reply_error(req, 404, "expected GET members, POST join or POST leave");
-	}
+	bm_cluster_admin(((struct sig *)ud)->cluster, req, body);
 }
 
 /* Servers announce their ZeroMQ endpoint in gossip: connect to each. */
 static void on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
 {
-	struct sig *g = ud;
-	static const char *const names[] = { "?", "joined", "suspect", "dead", "left",
-					     "alive again", "updated" };
-
-	if (ev != BM_SWIM_EV_UPDATED)
-		bm_info("cluster", "member '%s' (%s, %s) %s", m->id,
-			m->role == BM_SWIM_ROLE_SERVER ? "server" : "signal", m->addr,
-			(unsigned)ev < 7 ? names[ev] : "?");
 	if (m->role == BM_SWIM_ROLE_SERVER && m->state == BM_SWIM_ALIVE && m->zmq && *m->zmq)
-		sig_link_add_server(g, m->zmq);
+		sig_link_add_server(ud, m->zmq);
 }
 
 static int cluster_open(struct sig *g)
 {
-	const char *seeds[8];
-	size_t n = 0;
-	char admin[64];
-	struct bm_cluster_opts o;
-
-	if (!g->cfg.cluster_bind[0])
-		return 0;
-	for (int i = 0; i < 8 && g->cfg.cluster_seeds[i][0]; i++)
-		seeds[n++] = g->cfg.cluster_seeds[i];
-	snprintf(admin, sizeof(admin), "127.0.0.1:%u", bm_admin_port(g->admin));
-	memset(&o, 0, sizeof(o));
-	o.id = g->cfg.node_id;
-	o.role = BM_SWIM_ROLE_SIGNAL;
-	o.bind = g->cfg.cluster_bind;
-	o.advertise = g->cfg.cluster_advertise;
-	o.seeds = seeds;
-	o.n_seeds = n;
-	o.key = g->cfg.cluster_key;
-	o.admin = admin;
-	o.period_ms = (unsigned)g->cfg.cluster_period_ms;
-	o.on_member = on_member;
-	o.ud = g;
-	return bm_cluster_start(&g->cluster, g->base, &o);
+	return bm_cluster_start_conf(&g->cluster, g->base, &g->cfg.cluster, g->cfg.node_id,
+				     BM_SWIM_ROLE_SIGNAL, NULL, bm_admin_port(g->admin),
+				     on_member, g);
 }
 
 static int is_ready(void *ud, char *why, size_t whylen)
@@ -462,7 +405,6 @@ int main(int argc, char **argv)
 	struct sig *g = &sig;
 	struct event *ev_term, *ev_int, *ev_hup;
 	struct timeval sec = { 1, 0 }, fast = { 0, 20000 };
-	char err[300];
 	int c, print = 0, rc = 1;
 
 	while ((c = getopt_long(argc, argv, "c:r:h", opts, NULL)) != -1) {
@@ -470,13 +412,7 @@ int main(int argc, char **argv)
 		case 'c': g->config_path = optarg; break;
 		case 'r': ready_path = optarg; break;
 		case 'P': print = 1; break;
-		case 'H': {
-			struct bm_buf b = BM_BUF_INIT;
-			bm_config_help(keys, &b);
-			fputs((char *)b.data, stdout);
-			bm_buf_release(&b);
-			return 0;
-		}
+		case 'H': return bm_config_print_help(keys) ? 1 : 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -486,12 +422,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (bm_config_check(keys, err, sizeof(err)) ||
-	    (g->config_path ? bm_config_load_file(keys, &g->cfg, g->config_path, err, sizeof(err))
-			    : bm_config_defaults(keys, &g->cfg, err, sizeof(err)))) {
-		fprintf(stderr, "bimip-signal: %s\n", err);
+	if (bm_config_start(keys, &g->cfg, g->config_path, "bimip-signal"))
 		return 1;
-	}
 	if (g->cfg.wss_listen[0] && (!g->cfg.tls_cert[0] || !g->cfg.tls_key[0])) {
 		fprintf(stderr, "bimip-signal: config: key 'listen.wss' needs 'tls.cert' and 'tls.key'\n");
 		return 1;
@@ -500,13 +432,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bimip-signal: config: key 'timeouts.idle' must exceed 'timeouts.ping'\n");
 		return 1;
 	}
-	if (print) {
-		struct bm_buf b = BM_BUF_INIT;
-		bm_config_dump(keys, &g->cfg, &b);
-		fputs((char *)b.data, stdout);
-		bm_buf_release(&b);
-		return 0;
-	}
+	if (print)
+		return bm_config_print(keys, &g->cfg) ? 1 : 0;
 	apply_log_config(g);
 	signal(SIGPIPE, SIG_IGN);
 	bm_map_init(&g->revoked_jti);

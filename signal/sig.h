@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "bm_buf.h"
+#include "bm_cluster.h"
 #include "bm_jwt.h"
 #include "bm_map.h"
 #include "bm_ws.h"
@@ -28,7 +29,6 @@ struct bm_zsock;
 struct bm_tls;
 struct bm_tls_config;
 struct bm_admin;
-struct bm_cluster;
 struct bm_metrics;
 struct bm_metrics_family;
 
@@ -55,11 +55,7 @@ struct sig_config {
 	int64_t leeway_ms;
 	int close_expired;
 	int64_t drain_ms;             /* SIGTERM: time to flush before exit */
-	char cluster_bind[64];
-	char cluster_advertise[160];
-	char cluster_seeds[8][160];
-	char cluster_key[129];
-	int64_t cluster_period_ms;
+	struct bm_cluster_conf cluster;
 	int log_level;
 	int log_json;
 };
