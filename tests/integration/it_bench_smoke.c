@@ -94,6 +94,20 @@ static void test_connections(void **state)
 	assert_non_null(strstr(l, "bytes/session="));
 }
 
+/* Issue 4: 10,000 concurrent authenticated sessions on one edge, held by
+ * four client processes (a process may hold about 19,000 descriptors here).
+ * Every session must open; the rate and memory are printed, not asserted. */
+static void test_ten_thousand_sessions(void **state)
+{
+	char args[64];
+	const char *l;
+
+	snprintf(args, sizeof(args), "-n 10000 -j 4 --signal-pid %d", (int)sig.pid);
+	l = run_bench("connections", args);
+	assert_int_equal(field(l, "ok"), 10000);
+	assert_int_equal(field(l, "failed"), 0);
+}
+
 static void test_pairs(void **state)
 {
 	const char *l = run_bench("pairs", "-p 4 -w 4 -t 2 --warmup 0");
@@ -115,6 +129,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_connections),
+		cmocka_unit_test(test_ten_thousand_sessions),
 		cmocka_unit_test(test_pairs),
 		cmocka_unit_test(test_fanout),
 	};
