@@ -3,6 +3,7 @@
 #include "bm_admin.h"
 #include "bm_err.h"
 #include "bm_log.h"
+#include "bm_metrics.h"
 #include "bm_swim_udp.h"
 #include "bm_time.h"
 
@@ -223,4 +224,46 @@ json_t *bm_cluster_members_json(const struct bm_cluster *c)
 	bm_swim_foreach(c->swim, add_member, a);
 	return json_pack("{s:s, s:s, s:o}", "self", bm_swim_self_id(c->swim), "addr",
 			 c->addr, "members", a);
+}
+
+/* --- metrics ------------------------------------------------------------------ */
+
+struct gauge_arg {
+	struct bm_cluster *const *cp;
+	int what;                       /* a state, or -1/-2 for the drop counters */
+};
+
+static double gauge(void *ud)
+{
+	struct gauge_arg *g = ud;
+	struct bm_swim_stats st;
+
+	if (!*g->cp)
+		return 0;
+	if (g->what >= 0)
+		return bm_swim_count((*g->cp)->swim, (enum bm_swim_state)g->what);
+	bm_swim_stats((*g->cp)->swim, &st);
+	return (double)(g->what == -1 ? st.bad_auth : st.bad_decode);
+}
+
+int bm_cluster_metrics(struct bm_metrics *reg, struct bm_cluster *const *cp)
+{
+	static const struct { const char *name, *help; int what; } rows[] = {
+		{ "bimip_cluster_members_alive", "Cluster members alive.", BM_SWIM_ALIVE },
+		{ "bimip_cluster_members_suspect", "Cluster members suspected.", BM_SWIM_SUSPECT },
+		{ "bimip_cluster_members_dead", "Cluster members declared dead.", BM_SWIM_DEAD },
+		{ "bimip_cluster_members_left", "Cluster members that left.", BM_SWIM_LEFT },
+		{ "bimip_cluster_gossip_bad_auth_total", "Gossip packets refused: wrong key.", -1 },
+		{ "bimip_cluster_gossip_bad_decode_total", "Gossip packets refused: malformed.", -2 },
+	};
+	/* One set per process: the daemons embed one cluster node each. */
+	static struct gauge_arg args[sizeof(rows) / sizeof(rows[0])];
+
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+		args[i].cp = cp;
+		args[i].what = rows[i].what;
+		if (bm_metrics_gauge_cb(reg, rows[i].name, rows[i].help, gauge, &args[i]))
+			return BM_ENOMEM;
+	}
+	return 0;
 }

@@ -84,6 +84,12 @@ struct bm_swim *bm_cluster_swim(struct bm_cluster *c);
 /* {"self":id,"members":[{"id","role","state","incarnation","addr","zmq",
  * "admin"},...]} (new reference). */
 json_t *bm_cluster_members_json(const struct bm_cluster *c);
+/* Register gauges bimip_cluster_members_{alive,suspect,dead,left} and
+ * counters of dropped gossip packets on reg, read from *cp at each scrape
+ * (*cp may be NULL: a standalone node reports zeros).  0 or BM_ENOMEM. */
+struct bm_metrics;
+int bm_cluster_metrics(struct bm_metrics *reg, struct bm_cluster *const *cp);
+
 /* Members in a state. */
 unsigned bm_cluster_count(const struct bm_cluster *c, enum bm_swim_state st);
 const char *bm_cluster_state_name(enum bm_swim_state st);

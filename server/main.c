@@ -257,7 +257,8 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_ipc_dropped_total", "Internal messages dropped.", &s->m.ipc_dropped) ||
 	     bm_metrics_counter(r, "bimip_server_push_failed_total", "Pushes to signals that ZeroMQ refused (queue full or signal gone).", &s->m.push_failed) ||
 	     bm_metrics_family(r, "bimip_server_stanzas_by_route_total", "Stanzas received, by route.", "route", 40, &s->m.by_route) ||
-	     bm_metrics_family(r, "bimip_server_errors_total", "ErrorMessages sent, by code.", "code", 16, &s->m.errors);
+	     bm_metrics_family(r, "bimip_server_errors_total", "ErrorMessages sent, by code.", "code", 16, &s->m.errors) ||
+	     bm_cluster_metrics(r, &s->cluster);
 	return rc ? BM_ENOMEM : 0;
 }
 

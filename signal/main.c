@@ -368,7 +368,8 @@ static int metrics_open(struct sig *g)
 	    bm_metrics_counter(r, "bimip_signal_bad_frames_total", "WebSocket protocol violations.", &g->m.bad_frames) ||
 	    bm_metrics_counter(r, "bimip_signal_forward_failed_total", "Stanzas no server took.", &g->m.forward_fail) ||
 	    bm_metrics_family(r, "bimip_signal_errors_total", "ErrorMessages sent, by code.", "code", 16, &g->m.errors) ||
-	    bm_metrics_family(r, "bimip_signal_close_codes_total", "Close frames sent, by code.", "code", 16, &g->m.close_codes))
+	    bm_metrics_family(r, "bimip_signal_close_codes_total", "Close frames sent, by code.", "code", 16, &g->m.close_codes) ||
+	    bm_cluster_metrics(r, &g->cluster))
 		return BM_ENOMEM;
 	return 0;
 }

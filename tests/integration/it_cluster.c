@@ -147,6 +147,20 @@ static void test_membership(void **state)
 			 "\"period\":\"200ms\",\"seeds\":[\"%s\"]}}", s[0].gossip);
 		assert_int_equal(bm_h_start_server(&intruder, "c-intruder", bad), 0);
 	}
+	/* /metrics counts the members by state, and the intruder's packets. */
+	{
+		uint64_t deadline = bm_mono_ms() + 10000;
+		for (;;) {
+			assert_int_equal(bm_h_http(s[0].admin, "GET", "/metrics", NULL, NULL, out,
+						   sizeof(out)), 200);
+			if (strstr(out, "bimip_cluster_members_alive 5") &&
+			    !strstr(out, "bimip_cluster_gossip_bad_auth_total 0"))
+				break;
+			if (bm_mono_ms() > deadline)
+				fail_msg("metrics never showed 5 alive and refused packets:\n%s", out);
+			poll(NULL, 0, 50);
+		}
+	}
 	/* kill -9 a server: the others declare it dead. */
 	assert_int_equal(bm_h_stop(&s[2], SIGKILL), 128 + SIGKILL);
 	{
