@@ -648,6 +648,9 @@ static int walk(struct loader *l, const json_t *obj, char *path, size_t plen)
 		char why[320];
 		int rc;
 
+		/* A member named "#..." is a comment (JSON has none). */
+		if (mk[0] == '#')
+			continue;
 		if (plen + 1 + mlen >= PATH_LEN) {
 			seterr(l->err, l->errlen, "config '%s': unknown key '%.*s...'",
 			       l->name, (int)plen, path);

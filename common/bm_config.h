@@ -32,7 +32,8 @@
  * "limits.max_frame" is {"limits": {"max_frame": 65536}}; the flat spelling
  * {"limits.max_frame": 65536} is accepted too.  A key set twice is an error,
  * so is a key that is not in the table (the message names it and the file).
- * Keys absent from the document keep their default.
+ * Keys absent from the document keep their default.  A member whose name
+ * starts with '#' is a comment and is ignored ({"# fsync": "why group"}).
  *
  * Field types (what the struct member at .offset must be):
  *   BM_CFG_STRING    char[size]; the value must fit with its terminator.

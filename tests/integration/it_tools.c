@@ -111,6 +111,16 @@ static void test_help_and_configs(void **state)
 			     "--print-config", bin()), 0);
 	assert_int_equal(run(out, sizeof(out), "%s/bimip-signal -c deploy/config/signal.json "
 			     "--print-config", bin()), 0);
+	/* The example configs, every key with a "# key" comment, load and are
+	 * what the generator makes from the binaries now (none is missing). */
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-server -c deploy/config/server.example.json "
+			     "--print-config", bin()), 0);
+	assert_int_equal(run(out, sizeof(out), "%s/bimip-signal -c deploy/config/signal.example.json "
+			     "--print-config", bin()), 0);
+	assert_int_equal(run(out, sizeof(out), "/usr/bin/python3 deploy/gen-example-config.py "
+			     "%s/bimip-server | diff - deploy/config/server.example.json 2>&1", bin()), 0);
+	assert_int_equal(run(out, sizeof(out), "/usr/bin/python3 deploy/gen-example-config.py "
+			     "%s/bimip-signal | diff - deploy/config/signal.example.json 2>&1", bin()), 0);
 	/* A mistyped key is named, with the file. */
 	assert_int_equal(run(out, sizeof(out), "echo '{\"queue\":{\"fsynk\":\"group\"}}' > %s/bad.json; "
 			     "%s/bimip-server -c %s/bad.json 2>&1", bm_h_root(), bin(), bm_h_root()), 1);
