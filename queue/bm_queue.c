@@ -323,6 +323,9 @@ struct bm_queue {
 	uint64_t ckpt_pos;
 	uint64_t last_retain_ms;
 	struct bm_queue_stats st;
+	/* fdatasync durations (us), under mu, drained by bm_queue_sync_samples */
+	uint32_t lat[BM_QUEUE_SYNC_SAMPLES];
+	unsigned lat_n;
 };
 
 /* --- small helpers ----------------------------------------------------- */
@@ -700,6 +703,29 @@ static void notify(struct bm_queue *q)
 		bm_warn(C, "cannot signal event fd: %s", strerror(errno));
 }
 
+/* mu held: remember one fdatasync duration (the newest win when full). */
+static void record_sync(struct bm_queue *q, uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+
+	q->lat[q->lat_n % BM_QUEUE_SYNC_SAMPLES] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+	q->lat_n++;
+}
+
+size_t bm_queue_sync_samples(struct bm_queue *q, uint32_t *us, size_t max)
+{
+	size_t n;
+
+	pthread_mutex_lock(&q->mu);
+	n = q->lat_n < BM_QUEUE_SYNC_SAMPLES ? q->lat_n : BM_QUEUE_SYNC_SAMPLES;
+	if (n > max)
+		n = max;
+	memcpy(us, q->lat, n * sizeof(*us));
+	q->lat_n = 0;
+	pthread_mutex_unlock(&q->mu);
+	return n;
+}
+
 /* mu held: everything appended so far written and fdatasync'ed. */
 static int sync_locked(struct bm_queue *q)
 {
@@ -716,10 +742,13 @@ static int sync_locked(struct bm_queue *q)
 	if (rc)
 		return rc;
 	if (target > q->durable_pos) {
+		uint64_t t0 = mono_ns();
+
 		if (fdatasync(fd) == -1) {
 			set_failed(q, "fdatasync", errno);
 			return BM_EIO;
 		}
+		record_sync(q, mono_ns() - t0);
 		q->st.syncs++;
 		q->durable_pos = target;
 	}
@@ -735,7 +764,7 @@ static void *sync_main(void *arg)
 
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
-		uint64_t now, deadline, target;
+		uint64_t now, deadline, target, sync_t0, sync_ns = 0;
 		int fd = -1, err = 0;
 
 		if (q->failed || q->pending_since_ns == 0) {
@@ -784,11 +813,15 @@ static void *sync_main(void *arg)
 		}
 		pthread_mutex_unlock(&q->io_mu);
 		if (fd != -1) {
+			sync_t0 = mono_ns();
 			if (fdatasync(fd) == -1)
 				err = errno;
+			sync_ns = mono_ns() - sync_t0;
 			close(fd);
 		}
 		pthread_mutex_lock(&q->mu);
+		if (fd != -1 && !err)
+			record_sync(q, sync_ns);
 		if (err) {
 			set_failed(q, fd != -1 ? "fdatasync" : "write", err);
 		} else {

@@ -211,4 +211,10 @@ struct bm_queue_stats {
 };
 void bm_queue_stats(struct bm_queue *q, struct bm_queue_stats *st);
 
+/* Durations of the data fdatasyncs since the last call, in microseconds,
+ * into us[0..max) (at most BM_QUEUE_SYNC_SAMPLES are kept between calls;
+ * the rest are counted in stats.syncs only).  Returns how many. */
+#define BM_QUEUE_SYNC_SAMPLES 4096
+size_t bm_queue_sync_samples(struct bm_queue *q, uint32_t *us, size_t max);
+
 #endif

@@ -372,6 +372,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	const char *k;
 	void *v;
 
+	static uint32_t lat[BM_QUEUE_SYNC_SAMPLES];
+	size_t n = bm_queue_sync_samples(s->q, lat, BM_QUEUE_SYNC_SAMPLES);
+
+	for (size_t i = 0; i < n; i++)
+		bm_metrics_observe(s->m.fsync, lat[i] / 1e6);
 	srv_snapshot_maybe(s);
 	if (!s->pump_stalled)
 		return;

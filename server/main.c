@@ -238,8 +238,25 @@ static double gauge_sessions(void *ud)
 	return (double)((struct srv *)ud)->m.n_sessions;
 }
 
+static double gauge_queue(struct srv *s, int what)
+{
+	struct bm_queue_stats st;
+
+	if (!s->q)
+		return 0;
+	bm_queue_stats(s->q, &st);
+	return what == 0 ? (double)st.log_bytes : what == 1 ? (double)st.segments
+							      : (double)st.streams;
+}
+
+static double gauge_queue_bytes(void *ud) { return gauge_queue(ud, 0); }
+static double gauge_queue_segments(void *ud) { return gauge_queue(ud, 1); }
+static double gauge_queue_streams(void *ud) { return gauge_queue(ud, 2); }
+
 static int metrics_open(struct srv *s)
 {
+	static const double fsync_buckets[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+						0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1 };
 	struct bm_metrics *r;
 	int rc = bm_metrics_new(&s->m.reg);
 
@@ -258,6 +275,10 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_push_failed_total", "Pushes to signals that ZeroMQ refused (queue full or signal gone).", &s->m.push_failed) ||
 	     bm_metrics_family(r, "bimip_server_stanzas_by_route_total", "Stanzas received, by route.", "route", 40, &s->m.by_route) ||
 	     bm_metrics_family(r, "bimip_server_errors_total", "ErrorMessages sent, by code.", "code", 16, &s->m.errors) ||
+	     bm_metrics_gauge_cb(r, "bimip_server_queue_bytes", "Bytes in the queue's segments on disk.", gauge_queue_bytes, s) ||
+	     bm_metrics_gauge_cb(r, "bimip_server_queue_segments", "Segment files of the queue.", gauge_queue_segments, s) ||
+	     bm_metrics_gauge_cb(r, "bimip_server_queue_streams", "Streams in the queue.", gauge_queue_streams, s) ||
+	     bm_metrics_histogram(r, "bimip_server_fsync_seconds", "Duration of the queue's data fdatasyncs.", fsync_buckets, sizeof(fsync_buckets) / sizeof(fsync_buckets[0]), &s->m.fsync) ||
 	     bm_cluster_metrics(r, &s->cluster);
 	return rc ? BM_ENOMEM : 0;
 }

@@ -153,6 +153,7 @@ struct srv_metrics {
 	uint64_t *stanzas_in, *stanzas_out, *chats, *acks, *dup_resends;
 	uint64_t *appends, *ipc_dropped, *push_failed;
 	struct bm_metrics_family *by_route, *errors;
+	struct bm_metrics_hist *fsync;
 };
 
 struct srv {

@@ -174,6 +174,21 @@ static void test_chat_two_users_two_devices(void **state)
 	bm_client_close(al);
 	bm_client_close(bp);
 	bm_client_close(bt);
+	/* What an operator scrapes: fsync latencies, bytes on disk, routes. */
+	{
+		static char out[1 << 16];
+		uint64_t deadline = bm_mono_ms() + 5000;
+		do {
+			assert_int_equal(bm_h_http(srv.admin, "GET", "/metrics", NULL, NULL, out,
+						   sizeof(out)), 200);
+		} while (strstr(out, "bimip_server_fsync_seconds_count 0") &&
+			 bm_mono_ms() < deadline);
+		assert_null(strstr(out, "bimip_server_fsync_seconds_count 0"));
+		assert_non_null(strstr(out, "bimip_server_fsync_seconds_bucket{le=\"0.001\"}"));
+		assert_non_null(strstr(out, "bimip_server_queue_bytes "));
+		assert_non_null(strstr(out, "bimip_server_stanzas_by_route_total{route=\"14\"}"));
+		assert_non_null(strstr(out, "bimip_server_chat_messages_total "));
+	}
 }
 
 static void test_sync_resume_and_new_device(void **state)
