@@ -67,6 +67,9 @@ static const struct bm_config_key keys[] = {
 	  .max = 86400000, .reloadable = 1, .help = "WebSocket ping after this long silent" },
 	{ "timeouts.handshake", BM_CFG_DURATION, F(handshake_ms), .def = "10s", .min = 100,
 	  .max = 600000, .reloadable = 1, .help = "time to complete TLS and the upgrade" },
+	{ "timeouts.write", BM_CFG_DURATION, F(write_ms), .def = "30s", .min = 1000,
+	  .max = 3600000, .reloadable = 1, .help = "close a session whose pending output "
+	  "made no progress this long (a slow consumer; checked every 5 s)" },
 	{ "tokens.leeway", BM_CFG_DURATION, F(leeway_ms), .def = "30s", .min = 0,
 	  .max = 600000, .reloadable = 1, .help = "clock skew allowed when verifying" },
 	{ "tokens.close_expired", BM_CFG_BOOL, F(close_expired), .def = "true",
@@ -158,7 +161,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 	sig_link_tick(g);
 	sig_sess_tick(g);
-	if (g->cfg.close_expired && ++ticks % 5 == 0)
+	if (++ticks % 5 == 0)
 		sig_sess_expire(g);
 	sig_sess_reap(g);
 	if (g->stopping && (g->n_live == 0 || bm_mono_ms() >= g->stop_deadline))

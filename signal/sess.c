@@ -81,6 +81,10 @@ static void set_events(struct sig *g, struct sig_sess *s, int want_write)
 {
 	if (s->wants_write == want_write)
 		return;
+	/* Waiting to write with nothing of ours queued: TLS holds the bytes
+	 * (it may refuse to read until they are out).  The stall clock runs. */
+	if (want_write && !s->out_len)
+		s->out_ms = now_ms32();
 	event_del(&s->ev);
 	event_assign(&s->ev, g->base, s->fd,
 		     EV_READ | EV_PERSIST | (want_write ? EV_WRITE : 0), on_io, s);
@@ -182,6 +186,8 @@ static int out_append(struct sig *g, struct sig_sess *s, const uint8_t *p, size_
 
 	if (need > (size_t)g->cfg.max_output + BM_WS_MAX_CONTROL_FRAME)
 		return BM_EFULL;
+	if (!s->out_len)
+		s->out_ms = now_ms32();
 	if (need > s->out_cap) {
 		size_t cap = s->out_cap ? s->out_cap : 512;
 		uint8_t *q;
@@ -225,6 +231,8 @@ static int flush_out(struct sig *g, struct sig_sess *s)
 			return (int)w;
 		}
 		s->out_off += (uint32_t)w;
+		if (w > 0)
+			s->out_ms = now_ms32();
 	}
 	/* All written: give the memory back, an idle session holds none. */
 	free(s->out);
@@ -345,12 +353,25 @@ void sig_sess_close_all(struct sig *g, int code, const char *reason)
 void sig_sess_expire(struct sig *g)
 {
 	int64_t now = bm_wall_s() - g->cfg.leeway_ms / 1000;
+	uint32_t ms = now_ms32();
 	const char *k;
 	void *v;
 
 	for (size_t it = 0; bm_map_next(&g->sessions, &it, &k, &v);) {
 		struct sig_sess *s = v;
-		if (s->state == SIG_OPEN && s->exp && s->exp <= now) {
+		if (s->state != SIG_OPEN)
+			continue;
+		/* A client that neither reads nor lets us finish a write (e.g. TLS
+		 * wanting to write before it reads again) never overflows
+		 * max_output: a stuck write is a slow consumer too. */
+		if ((s->out_len || s->wants_write) && ms - s->out_ms >= (uint32_t)g->cfg.write_ms) {
+			(*g->m.slow_consumers)++;
+			bm_info("sess", "closing slow consumer eid=%s device=%s: no write "
+				"progress for %u ms", s->eid, s->device, ms - s->out_ms);
+			kill_sess(g, s);
+			continue;
+		}
+		if (g->cfg.close_expired && s->exp && s->exp <= now) {
 			bm_info("sess", "closing session eid=%s device=%s: token expired",
 				s->eid, s->device);
 			sig_sess_close(g, s, 4001, "token expired");
@@ -718,6 +739,11 @@ static void on_readable(struct sig *g, struct sig_sess *s)
 		if ((size_t)n < cap && !(s->tls && bm_tls_pending(s->tls)))
 			return;
 	}
+	/* Turns used up with input left: the socket may have none (TLS holds
+	 * it decrypted), so no readiness would bring us back.  Come back after
+	 * the other events had their turn. */
+	if (s->state <= SIG_OPEN)
+		event_active(&s->ev, EV_READ, 0);
 }
 
 static void on_io(evutil_socket_t fd, short what, void *arg)

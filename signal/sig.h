@@ -52,6 +52,7 @@ struct sig_config {
 	int64_t idle_ms;              /* close after this long without traffic */
 	int64_t ping_ms;              /* WebSocket ping after this long idle */
 	int64_t handshake_ms;
+	int64_t write_ms;             /* output stuck this long: slow consumer */
 	int64_t leeway_ms;
 	int close_expired;
 	int64_t drain_ms;             /* SIGTERM: time to flush before exit */
@@ -87,6 +88,7 @@ struct sig_sess {
 	const char *jti;
 	int64_t iat, exp;
 	uint32_t last_ms;             /* last traffic, loop ms clock */
+	uint32_t out_ms;              /* output queued since, or last progress */
 	float tokens;                 /* rate limit bucket */
 	uint32_t tokens_ms;
 	uint16_t refusals;            /* consecutive rate refusals */
@@ -172,7 +174,8 @@ void sig_sess_close(struct sig *g, struct sig_sess *s, int code, const char *rea
 struct sig_sess *sig_sess_find(struct sig *g, const char *eid, const char *device);
 void sig_sess_close_all(struct sig *g, int code, const char *reason);
 void sig_sess_reap(struct sig *g);
-/* Close the sessions whose token has expired (every few seconds). */
+/* Every few seconds: close sessions whose token expired (when configured)
+ * and sessions whose output made no progress for timeouts.write. */
 void sig_sess_expire(struct sig *g);
 /* Close every session a revocation now covers. */
 void sig_sess_enforce_revocations(struct sig *g);
