@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <poll.h>
 #include <cmocka.h>
 
 #include "bimip_client.h"
@@ -246,6 +247,50 @@ static void test_session_closed_at_token_expiry(void **state)
 	free(tok);
 }
 
+/* timeouts.write: a client that sends but never reads is closed once the
+ * edge's output stops making progress, long before max_output fills. */
+static void test_write_timeout(void **state)
+{
+	static struct bm_h_node g;
+	const struct bm_h_node *one[1] = { &srv };
+	char *tok = bm_h_token(&srv, "flood@tools", "phone", 600);
+	struct bm_client_opts o = { .token = tok };
+	struct bm_client *c;
+	char err[256], out[1 << 16];
+	uint64_t t0, deadline;
+	int rc = 0, sent = 0;
+
+	assert_int_equal(bm_h_start_signal(&g, "tools-gw", one, 1,
+		"{\"limits\":{\"rate\":1000000,\"burst\":1000000,\"max_output\":\"64MiB\"},"
+		"\"timeouts\":{\"write\":\"1s\"}}"), 0);
+	o.url = g.url;
+	assert_int_equal(bm_client_connect(&c, &o, err, sizeof(err)), 0);
+	t0 = bm_mono_ms();
+	/* Fill the socket buffers fast, then trickle so the edge's own queue
+	 * stays far below max_output while its writes make no progress. */
+	deadline = t0 + 20000;
+	while (sent < 400000 && bm_mono_ms() < deadline && (rc = bm_client_send_ping(c)) == 0)
+		sent++;
+	deadline = bm_mono_ms() + 30000;
+	while (!rc && bm_mono_ms() < deadline && (rc = bm_client_send_ping(c)) == 0) {
+		sent++;
+		poll(NULL, 0, 2);
+	}
+	assert_int_not_equal(rc, 0);    /* the edge closed the connection */
+	deadline = bm_mono_ms() + 10000;
+	do {
+		assert_int_equal(bm_h_http(g.admin, "GET", "/metrics", NULL, NULL, out,
+					   sizeof(out)), 200);
+	} while (!strstr(out, "bimip_signal_slow_consumers_total 1") && bm_mono_ms() < deadline);
+	assert_non_null(strstr(out, "bimip_signal_slow_consumers_total 1"));
+	assert_true(bm_h_log_has(&g, "no write progress"));
+	print_message("never-reading client closed after %d pings, %llu ms\n", sent,
+		      (unsigned long long)(bm_mono_ms() - t0));
+	bm_client_abort(c);
+	assert_int_equal(bm_h_stop(&g, SIGTERM), 0);
+	free(tok);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -254,6 +299,7 @@ int main(void)
 		cmocka_unit_test(test_bimip_cli),
 		cmocka_unit_test(test_token_refresh),
 		cmocka_unit_test(test_session_closed_at_token_expiry),
+		cmocka_unit_test(test_write_timeout),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
