@@ -68,8 +68,8 @@ static const struct bm_config_key keys[] = {
 	{ "timeouts.handshake", BM_CFG_DURATION, F(handshake_ms), .def = "10s", .min = 100,
 	  .max = 600000, .reloadable = 1, .help = "time to complete TLS and the upgrade" },
 	{ "timeouts.write", BM_CFG_DURATION, F(write_ms), .def = "30s", .min = 1000,
-	  .max = 3600000, .reloadable = 1, .help = "close a session whose pending output "
-	  "made no progress this long (a slow consumer; checked every 5 s)" },
+	  .max = 3600000, .reloadable = 1, .help = "close a session whose output has not "
+	  "drained to empty for this long (a slow consumer; checked every 5 s)" },
 	{ "tokens.leeway", BM_CFG_DURATION, F(leeway_ms), .def = "30s", .min = 0,
 	  .max = 600000, .reloadable = 1, .help = "clock skew allowed when verifying" },
 	{ "tokens.close_expired", BM_CFG_BOOL, F(close_expired), .def = "true",

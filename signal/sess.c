@@ -231,8 +231,6 @@ static int flush_out(struct sig *g, struct sig_sess *s)
 			return (int)w;
 		}
 		s->out_off += (uint32_t)w;
-		if (w > 0)
-			s->out_ms = now_ms32();
 	}
 	/* All written: give the memory back, an idle session holds none. */
 	free(s->out);
@@ -361,13 +359,16 @@ void sig_sess_expire(struct sig *g)
 		struct sig_sess *s = v;
 		if (s->state != SIG_OPEN)
 			continue;
-		/* A client that neither reads nor lets us finish a write (e.g. TLS
-		 * wanting to write before it reads again) never overflows
-		 * max_output: a stuck write is a slow consumer too. */
+		/* Output that has not drained to empty for timeouts.write: the
+		 * client is not keeping up (or TLS waits to write before it reads
+		 * again, so max_output is never reached).  A healthy client empties
+		 * the queue again and again; TCP trickling a few bytes in does
+		 * not count as catching up. */
 		if ((s->out_len || s->wants_write) && ms - s->out_ms >= (uint32_t)g->cfg.write_ms) {
 			(*g->m.slow_consumers)++;
-			bm_info("sess", "closing slow consumer eid=%s device=%s: no write "
-				"progress for %u ms", s->eid, s->device, ms - s->out_ms);
+			bm_info("sess", "closing slow consumer eid=%s device=%s: output not "
+				"drained for %u ms (no write progress)", s->eid, s->device,
+				ms - s->out_ms);
 			kill_sess(g, s);
 			continue;
 		}
