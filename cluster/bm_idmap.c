@@ -27,6 +27,23 @@ uint64_t bm_hash64(const void *p, size_t n)
 	return bm_mix64(h);
 }
 
+int bm_cluster_grow(void **p, unsigned *cap, unsigned need, size_t sz)
+{
+	unsigned c = *cap ? *cap : 16;
+	void *n;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need)
+		c *= 2;
+	n = realloc(*p, (size_t)c * sz);
+	if (!n)
+		return BM_ENOMEM;
+	*p = n;
+	*cap = c;
+	return 0;
+}
+
 void bm_idmap_init(struct bm_idmap *m)
 {
 	memset(m, 0, sizeof(*m));

@@ -33,6 +33,9 @@ struct bm_idmap {
 uint64_t bm_hash64(const void *p, size_t n);
 /* murmur3 fmix64 */
 uint64_t bm_mix64(uint64_t h);
+/* Make room for need elements of sz bytes in the array *p of *cap (doubling
+ * from 16).  Returns 0 or BM_ENOMEM (the array is unchanged). */
+int bm_cluster_grow(void **p, unsigned *cap, unsigned need, size_t sz);
 
 void bm_idmap_init(struct bm_idmap *m);
 void bm_idmap_release(struct bm_idmap *m);

@@ -70,22 +70,6 @@ struct bm_registry {
 	void *ud;
 };
 
-static int grow(void **p, unsigned *cap, unsigned need, size_t sz)
-{
-	unsigned c = *cap ? *cap : 16;
-	void *n;
-
-	if (need <= *cap)
-		return 0;
-	while (c < need)
-		c *= 2;
-	n = realloc(*p, (size_t)c * sz);
-	if (!n)
-		return BM_ENOMEM;
-	*p = n;
-	*cap = c;
-	return 0;
-}
 
 static int32_t writer_get(struct bm_registry *r, const char *id, size_t len, int create)
 {
@@ -96,7 +80,7 @@ static int32_t writer_get(struct bm_registry *r, const char *id, size_t len, int
 		return i;
 	if (len == 0 || len > BM_SWIM_ID_MAX)
 		return -1;
-	if (grow((void **)&r->w, &r->wcap, r->nw + 1, sizeof(*r->w)))
+	if (bm_cluster_grow((void **)&r->w, &r->wcap, r->nw + 1, sizeof(*r->w)))
 		return -1;
 	i = (int32_t)r->nw;
 	w = &r->w[i];
@@ -212,7 +196,7 @@ static void pend_add(struct bm_registry *r, int32_t idx, unsigned tx)
 	en->tx_left = (uint8_t)tx;
 	if (en->pend >= 0 || en->tx_left == 0)
 		return;
-	if (grow((void **)&r->pending, &r->pcap, r->npending + 1, sizeof(int32_t)))
+	if (bm_cluster_grow((void **)&r->pending, &r->pcap, r->npending + 1, sizeof(int32_t)))
 		return; /* anti-entropy still carries it */
 	en->pend = (int32_t)r->npending;
 	r->pending[r->npending++] = idx;
@@ -280,7 +264,7 @@ int bm_registry_member(struct bm_registry *r, const char *id, int role, int live
 	w->role = role;
 	w->live = live;
 	if (role == BM_SWIM_ROLE_SERVER && live) {
-		if (grow((void **)&r->servers, &r->scap, r->nservers + 1, sizeof(int32_t)))
+		if (bm_cluster_grow((void **)&r->servers, &r->scap, r->nservers + 1, sizeof(int32_t)))
 			return BM_ENOMEM;
 		r->servers[r->nservers++] = wi;
 	}
@@ -374,7 +358,7 @@ static int32_t entry_get(struct bm_registry *r, int32_t wi, struct bm_swim_str e
 		idx = r->efree;
 		r->efree = r->e[idx].wnext;
 	} else {
-		if (grow((void **)&r->e, &r->ecap, r->ne + 1, sizeof(*r->e)))
+		if (bm_cluster_grow((void **)&r->e, &r->ecap, r->ne + 1, sizeof(*r->e)))
 			return -1;
 		idx = (int32_t)r->ne++;
 	}
@@ -626,7 +610,7 @@ int bm_registry_answer(struct bm_registry *r, const struct bm_swim_pkt *dg,
 			if (r->e[i].epoch != w->epoch || r->e[i].version <= from ||
 			    r->e[i].version > w->synced)
 				continue;
-			if (grow((void **)&list, &cap, n + 1, sizeof(*list)))
+			if (bm_cluster_grow((void **)&list, &cap, n + 1, sizeof(*list)))
 				goto out;
 			list[n++] = i;
 		}

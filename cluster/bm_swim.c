@@ -131,22 +131,6 @@ static unsigned rnd_below(struct bm_swim *s, unsigned n)
 	return n ? (unsigned)(rnd(s) % n) : 0;
 }
 
-static int grow(void **p, unsigned *cap, unsigned need, size_t sz)
-{
-	unsigned c = *cap ? *cap : 16;
-	void *n;
-
-	if (need <= *cap)
-		return 0;
-	while (c < need)
-		c *= 2;
-	n = realloc(*p, (size_t)c * sz);
-	if (!n)
-		return BM_ENOMEM;
-	*p = n;
-	*cap = c;
-	return 0;
-}
 
 static unsigned live_count(const struct bm_swim *s)
 {
@@ -324,7 +308,7 @@ static void probe_insert(struct bm_swim *s, int32_t i)
 {
 	unsigned lo, j;
 
-	if (grow((void **)&s->probe, &s->probe_cap, s->nprobe + 1, sizeof(int32_t)))
+	if (bm_cluster_grow((void **)&s->probe, &s->probe_cap, s->nprobe + 1, sizeof(int32_t)))
 		return; /* picked up at the next rebuild */
 	s->probe[s->nprobe++] = i;
 	/* a random position among those not yet probed this round */
@@ -336,7 +320,7 @@ static void probe_insert(struct bm_swim *s, int32_t i)
 
 static void susp_add(struct bm_swim *s, int32_t i)
 {
-	if (grow((void **)&s->susp, &s->susp_cap, s->nsusp + 1, sizeof(int32_t)) == 0)
+	if (bm_cluster_grow((void **)&s->susp, &s->susp_cap, s->nsusp + 1, sizeof(int32_t)) == 0)
 		s->susp[s->nsusp++] = i;
 	if (s->m[i].deadline < s->next_susp || s->next_susp == 0)
 		s->next_susp = s->m[i].deadline;
@@ -368,7 +352,7 @@ static int32_t member_new(struct bm_swim *s, const struct bm_swim_rec *r, uint64
 		i = s->mfree;
 		s->mfree = s->m[i].bnext;
 	} else {
-		if (grow((void **)&s->m, &s->mcap, s->nm + 1, sizeof(*s->m)))
+		if (bm_cluster_grow((void **)&s->m, &s->mcap, s->nm + 1, sizeof(*s->m)))
 			return -1;
 		i = (int32_t)s->nm++;
 	}
@@ -850,7 +834,7 @@ static int32_t next_probe_target(struct bm_swim *s)
 				const struct member *m = &s->m[j];
 				if (!m->in_use || (int32_t)j == s->self || m->state > BM_SWIM_SUSPECT)
 					continue;
-				if (grow((void **)&s->probe, &s->probe_cap, s->nprobe + 1, sizeof(int32_t)))
+				if (bm_cluster_grow((void **)&s->probe, &s->probe_cap, s->nprobe + 1, sizeof(int32_t)))
 					break;
 				s->probe[s->nprobe++] = (int32_t)j;
 			}
