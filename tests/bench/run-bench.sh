@@ -16,6 +16,7 @@
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out
 #   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
+#   BENCH_GROUP_WINDOW=1ms                the server's queue.group_window
 #   BENCH_KEEP=1                          keep the temporary directory (logs, data)
 #   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
 set -u
@@ -114,7 +115,7 @@ cat > "$TMP/server/config.json" <<JSON
   "data_dir": "$TMP/server/data",
   "listen": { "zmq": "tcp://127.0.0.1:0", "admin": "127.0.0.1:0" },
   "admin": { "key": "bench-admin-key" },
-  "queue": { "fsync": "${BENCH_FSYNC:-group}" },
+  "queue": { "fsync": "${BENCH_FSYNC:-group}", "group_window": "${BENCH_GROUP_WINDOW:-1ms}" },
   "delivery": { "window": 4096 },
   "log": { "level": "warn" }
 }
