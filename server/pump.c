@@ -131,6 +131,7 @@ void srv_cache_trim(struct srv_user *u)
 
 int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		      const char *origin_dev, bimip_MessageScheme *m,
+		      const uint8_t *env, size_t env_len,
 		      uint64_t *offset, srv_done_fn *cb, void *ud)
 {
 	static uint8_t rec[REC_HDR_MAX + BM_ENV_MAX_BYTES];
@@ -146,9 +147,16 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	rec[1] = (uint8_t)kind;
 	rec[2] = (uint8_t)dl;
 	memcpy(rec + 3, origin_dev, dl);
-	rc = bm_env_encode(m, rec + 3 + dl, sizeof(rec) - 3 - dl, &n);
-	if (rc)
-		return rc;
+	if (env) {
+		if (env_len > sizeof(rec) - 3 - dl)
+			return BM_ETOOBIG;
+		memcpy(rec + 3 + dl, env, env_len);
+		n = env_len;
+	} else {
+		rc = bm_env_encode(m, rec + 3 + dl, sizeof(rec) - 3 - dl, &n);
+		if (rc)
+			return rc;
+	}
 	c = malloc(sizeof(*c));
 	if (!c)
 		return BM_ENOMEM;

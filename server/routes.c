@@ -18,6 +18,7 @@
 #include "bm_ws.h"
 
 #include <inttypes.h>
+#include <pb_encode.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -567,6 +568,31 @@ static void on_chat_stored(void *ud, int status, uint64_t offset)
 	free(c);
 }
 
+/* MessageScheme{route 13, chat_message = core + author + acknowledgment}. */
+static size_t chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
+			    const char *author, int ack)
+{
+	size_t al = strlen(author), cm = n + 2 + al + 2, o = 0;
+
+	dst[o++] = 0x08;                       /* route (1), varint */
+	dst[o++] = bimip_MessageScheme_chat_message_tag;
+	dst[o++] = (bimip_MessageScheme_chat_message_tag << 3) | 2;
+	for (size_t v = cm; ; v >>= 7) {
+		dst[o++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		if (v <= 0x7f)
+			break;
+	}
+	memcpy(dst + o, core, n);
+	o += n;
+	dst[o++] = (bimip_ChatMessage_author_tag << 3) | 2;
+	dst[o++] = (uint8_t)al;
+	memcpy(dst + o, author, al);
+	o += al;
+	dst[o++] = bimip_ChatMessage_acknowledgment_tag << 3;   /* varint */
+	dst[o++] = (uint8_t)ack;
+	return o;
+}
+
 static void h_chat(struct srv *s, struct srv_req *r)
 {
 	static bimip_MessageScheme cm;
@@ -684,14 +710,33 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	 * found at start-up (srv_state_repair) and its version and resend key
 	 * restored from the copy itself, so no version is ever handed out twice
 	 * and a resend is never stored twice. */
-	BM_SET_STR(c->author, "receiver");
-	c->acknowledgment = 1;
-	rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, &ro, NULL, NULL);
-	if (!rc) {
-		BM_SET_STR(c->author, "sender");
-		c->acknowledgment = 4;
-		rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, &so, NULL,
-				       NULL);
+	/* The two copies differ only in author and acknowledgment: encode the
+	 * rest once and append those two fields per copy (protobuf takes fields
+	 * in any order). */
+	{
+		static uint8_t core[bimip_ChatMessage_size], env[bimip_ChatMessage_size + 32];
+		pb_ostream_t os = pb_ostream_from_buffer(core, sizeof(core));
+		size_t n;
+
+		c->author[0] = 0;
+		c->acknowledgment = 0;
+		if (!pb_encode(&os, bimip_ChatMessage_fields, c)) {
+			ERR(s, r, 500, "cannot encode the message");
+			free(ctx);
+			return;
+		}
+		n = chat_envelope(env, core, os.bytes_written, "receiver", 1);
+		BM_SET_STR(c->author, "receiver");
+		c->acknowledgment = 1;
+		rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, env, n, &ro,
+				       NULL, NULL);
+		if (!rc) {
+			n = chat_envelope(env, core, os.bytes_written, "sender", 4);
+			BM_SET_STR(c->author, "sender");
+			c->acknowledgment = 4;
+			rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, env, n,
+					       &so, NULL, NULL);
+		}
 	}
 	if (!rc)
 		rc = srv_state_log_msg(s, chat, v, a->eid, r->device, local, ro, so,
@@ -765,7 +810,7 @@ static void h_ack(struct srv *s, struct srv_req *r)
 		ERR(s, r, 500, "out of memory");
 		return;
 	}
-	rc = srv_stream_append(s, other, SRV_REC_PLAIN, r->device, &am, NULL,
+	rc = srv_stream_append(s, other, SRV_REC_PLAIN, r->device, &am, NULL, 0, NULL,
 			       on_durable_reply, d);
 	if (rc) {
 		free(d);

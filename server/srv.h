@@ -261,9 +261,11 @@ void srv_awareness_changed(struct srv *s, struct srv_user *u);
 void srv_pump(struct srv *s, struct srv_dev *d);
 void srv_pump_user(struct srv *s, struct srv_user *u);
 void srv_cache_trim(struct srv_user *u);
-/* Append a record to a user stream; cb when durable. */
+/* Append a record to a user stream; cb when durable.  The stored envelope is
+ * env[0..env_len) when env is given (m still describes it), else m encoded. */
 int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		      const char *origin_dev, bimip_MessageScheme *m,
+		      const uint8_t *env, size_t env_len,
 		      uint64_t *offset, srv_done_fn *cb, void *ud);
 
 /* admin.c */
