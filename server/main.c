@@ -80,6 +80,10 @@ static const struct bm_config_key keys[] = {
 	  .min = 100, .max = 100000000, .reloadable = 1,
 	  .help = "state records between background snapshots (start-up replays at most "
 		  "this many)" },
+	{ "state.snapshot_interval", BM_CFG_DURATION, F(snapshot_interval_ms), .def = "60s",
+	  .min = 0, .max = 86400000, .reloadable = 1,
+	  .help = "at least this long between background snapshots (each forks the "
+		  "server; start-up replays at most what arrived in between)" },
 	{ "log.level", BM_CFG_ENUM, F(log_level), .def = "info", .enums = levels,
 	  .reloadable = 1, .help = "error, warn, info or debug" },
 	{ "log.json", BM_CFG_BOOL, F(log_json), .def = "false", .reloadable = 1,

@@ -195,6 +195,10 @@ void srv_snapshot_maybe(struct srv *s)
 	}
 	if (s->snap_records < (uint64_t)s->cfg.snapshot_every || s->snap_pid > 0)
 		return;
+	/* A fork costs the loop its page tables and then copy-on-write faults
+	 * while the child writes: at most one per snapshot_interval. */
+	if (s->snap_last_ms && bm_mono_ms() - s->snap_last_ms < (uint64_t)s->cfg.snapshot_interval_ms)
+		return;
 	/* Only durable state may go into a snapshot: sync, then fork. */
 	if (bm_queue_sync(s->q) || state_head(s, &head))
 		return;
@@ -211,6 +215,7 @@ void srv_snapshot_maybe(struct srv *s)
 	s->snap_pid = pid;
 	s->snap_offset = head;
 	s->snap_records = 0;
+	s->snap_last_ms = bm_mono_ms();
 }
 
 void srv_snapshot_wait(struct srv *s)

@@ -78,6 +78,7 @@ struct srv_config {
 	int64_t awareness_min_interval_ms;
 	int64_t sync_max;            /* cap of SyncRequest.limit */
 	int64_t snapshot_every;      /* state records between snapshots */
+	int64_t snapshot_interval_ms;/* and at least this long between them */
 	int64_t cache_records;       /* per online user, records kept for delivery */
 	int log_level;
 	int log_json;
@@ -187,6 +188,7 @@ struct srv {
 	uint64_t snap_records;            /* state records since the snapshot */
 	int snap_pid;                     /* background snapshot writer, or 0 */
 	uint64_t snap_offset;
+	uint64_t snap_last_ms;            /* when the last snapshot started */
 	int stopping;
 	uint64_t msg_seq;
 

@@ -17,6 +17,7 @@
 #   BENCH_SKIP="queue mqtt"               figures to leave out
 #   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
 #   BENCH_GROUP_WINDOW=1ms                the server's queue.group_window
+#   BENCH_SNAPSHOT_EVERY=200000           the server's state.snapshot_every
 #   BENCH_KEEP=1                          keep the temporary directory (logs, data)
 #   BENCH_QUEUE_ARGS=                     extra arguments of `bimip-bench queue`
 set -u
@@ -116,6 +117,7 @@ cat > "$TMP/server/config.json" <<JSON
   "listen": { "zmq": "tcp://127.0.0.1:0", "admin": "127.0.0.1:0" },
   "admin": { "key": "bench-admin-key" },
   "queue": { "fsync": "${BENCH_FSYNC:-group}", "group_window": "${BENCH_GROUP_WINDOW:-1ms}" },
+  "state": { "snapshot_every": ${BENCH_SNAPSHOT_EVERY:-200000} },
   "delivery": { "window": 4096 },
   "log": { "level": "warn" }
 }

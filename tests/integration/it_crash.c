@@ -149,7 +149,7 @@ static void test_kill9_during_sends(void **state)
 	bm_h_init();
 	/* Small snapshot interval: background snapshots run during the kills. */
 	assert_int_equal(bm_h_start_server(&srv, "crash-s1",
-					   "{\"state\":{\"snapshot_every\":150}}"), 0);
+					   "{\"state\":{\"snapshot_every\":150,\"snapshot_interval\":\"0s\"}}"), 0);
 	assert_int_equal(bm_h_start_signal(&sig, "crash-g1", servers, 1,
 					   "{\"limits\":{\"rate\":100000,\"burst\":100000}}"), 0);
 	a = dial("snd@crash", "phone");
