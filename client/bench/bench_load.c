@@ -91,22 +91,12 @@ static char *mint(const struct minter *mt, const char *eid, const char *dev)
 		}
 		return (char *)b.data;
 	} else {
-		char body[512], out[8192], *tok = NULL;
-		json_t *j;
-		int st;
+		char err[300];
+		char *tok = bm_httpc_token(mt->admin, mt->admin_key, eid, dev, 3600, 10000,
+					   err, sizeof(err));
 
-		snprintf(body, sizeof(body), "{\"eid\":\"%s\",\"device\":\"%s\",\"ttl\":3600}",
-			 eid, dev);
-		st = bm_httpc_request(mt->admin, "POST", "/v1/tokens", mt->admin_key, body, out,
-				      sizeof(out), 10000);
-		if (st != 200) {
-			fprintf(stderr, "bimip-bench: token for '%s': HTTP %d %s\n", eid, st, out);
-			return NULL;
-		}
-		j = json_loads(out, 0, NULL);
-		if (j && json_string_value(json_object_get(j, "token")))
-			tok = strdup(json_string_value(json_object_get(j, "token")));
-		json_decref(j);
+		if (!tok)
+			fprintf(stderr, "bimip-bench: token for '%s': %s\n", eid, err);
 		return tok;
 	}
 }

@@ -242,30 +242,17 @@ static int shell(void)
 
 static char *fetch_token(const char *admin, const char *eid, const char *dev)
 {
-	char body[512], out[8192], keybuf[256] = "";
+	char keybuf[256] = "", err[300];
 	const char *key = getenv("BIMIP_ADMIN_KEY");
-	json_t *r;
-	char *tok = NULL;
-	int st;
+	char *tok;
 
 	if (!key) {
-		FILE *f = fopen("var/server-1/admin.key", "r");
-		if (f && fgets(keybuf, sizeof(keybuf), f))
-			keybuf[strcspn(keybuf, "\r\n")] = 0;
-		if (f)
-			fclose(f);
+		bm_httpc_read_key("var/server-1/admin.key", keybuf, sizeof(keybuf));
 		key = keybuf;
 	}
-	snprintf(body, sizeof(body), "{\"eid\":\"%s\",\"device\":\"%s\"}", eid, dev);
-	st = bm_httpc_request(admin, "POST", "/v1/tokens", key, body, out, sizeof(out), 5000);
-	if (st != 200) {
-		fprintf(stderr, "bimip-cli: cannot get a token from %s: %d %s\n", admin, st, out);
-		return NULL;
-	}
-	r = json_loads(out, 0, NULL);
-	if (r && json_string_value(json_object_get(r, "token")))
-		tok = strdup(json_string_value(json_object_get(r, "token")));
-	json_decref(r);
+	tok = bm_httpc_token(admin, key, eid, dev, 0, 5000, err, sizeof(err));
+	if (!tok)
+		fprintf(stderr, "bimip-cli: cannot get a token from %s: %s\n", admin, err);
 	return tok;
 }
 

@@ -159,7 +159,6 @@ static int change(const char *method, const char *path, const char *body)
 static void load_key(const char *file)
 {
 	static char buf[256];
-	FILE *f;
 
 	if (key)
 		return;
@@ -167,17 +166,10 @@ static void load_key(const char *file)
 		key = getenv("BIMIP_ADMIN_KEY");
 		return;
 	}
-	f = fopen(file ? file : "var/server-1/admin.key", "r");
-	if (!f) {
-		if (file)
-			fprintf(stderr, "bimipctl: cannot read key file '%s'\n", file);
-		return;
-	}
-	if (fgets(buf, sizeof(buf), f)) {
-		buf[strcspn(buf, "\r\n")] = 0;
+	if (!bm_httpc_read_key(file ? file : "var/server-1/admin.key", buf, sizeof(buf)))
 		key = buf;
-	}
-	fclose(f);
+	else if (file)
+		fprintf(stderr, "bimipctl: cannot read key file '%s'\n", file);
 }
 
 int main(int argc, char **argv)

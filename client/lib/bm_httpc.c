@@ -5,6 +5,7 @@
 #include "bm_time.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -90,4 +91,53 @@ out:
 	bm_buf_release(&req);
 	bm_buf_release(&resp);
 	return status;
+}
+
+char *bm_httpc_token(const char *hostport, const char *key, const char *eid,
+		     const char *device, int ttl_s, int timeout_ms, char *err,
+		     size_t errlen)
+{
+	static char out[8192];
+	json_t *req = json_pack("{s:s, s:s}", "eid", eid, "device", device), *r;
+	char *body, *tok = NULL;
+	int st;
+
+	if (req && ttl_s > 0)
+		json_object_set_new(req, "ttl", json_integer(ttl_s));
+	body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (!body) {
+		snprintf(err, errlen, "cannot build the request (is the eid valid UTF-8?)");
+		return NULL;
+	}
+	st = bm_httpc_request(hostport, "POST", "/v1/tokens", key, body, out, sizeof(out),
+			      timeout_ms);
+	free(body);
+	if (st != 200) {
+		snprintf(err, errlen, "%s%d %.200s", st < 0 ? "error " : "HTTP ", st,
+			 st < 0 ? bm_strerror(st) : out);
+		return NULL;
+	}
+	r = json_loads(out, 0, NULL);
+	if (r && json_string_value(json_object_get(r, "token")))
+		tok = strdup(json_string_value(json_object_get(r, "token")));
+	else
+		snprintf(err, errlen, "no token in the answer");
+	json_decref(r);
+	return tok;
+}
+
+int bm_httpc_read_key(const char *path, char *buf, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	int ok;
+
+	if (!f)
+		return -1;
+	ok = fgets(buf, (int)cap, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return -1;
+	buf[strcspn(buf, "\r\n")] = 0;
+	return buf[0] ? 0 : -1;
 }

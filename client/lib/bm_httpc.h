@@ -15,4 +15,15 @@ int bm_httpc_request(const char *hostport, const char *method, const char *path,
 		     const char *key, const char *body, char *out, size_t cap,
 		     int timeout_ms);
 
+/* POST /v1/tokens on the admin API at hostport: a token (malloc'd) for eid
+ * and device, lifetime ttl_s (0 = the server's tokens.ttl).  NULL on
+ * failure, with the reason ("HTTP 401 ...") in err. */
+char *bm_httpc_token(const char *hostport, const char *key, const char *eid,
+		     const char *device, int ttl_s, int timeout_ms, char *err,
+		     size_t errlen);
+
+/* The first line of a key file into buf.  Returns 0, or -1 when the file
+ * cannot be read or is empty. */
+int bm_httpc_read_key(const char *path, char *buf, size_t cap);
+
 #endif

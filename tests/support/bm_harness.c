@@ -290,22 +290,10 @@ int bm_h_wait_readyz(struct bm_h_node *n, int timeout_ms)
 char *bm_h_token(const struct bm_h_node *server, const char *eid, const char *device,
 		 int ttl_s)
 {
-	char body[512], out[8192];
-	json_t *r;
-	char *tok = NULL;
-	int st;
+	char err[300];
 
-	snprintf(body, sizeof(body), "{\"eid\":\"%s\",\"device\":\"%s\",\"ttl\":%d}", eid,
-		 device, ttl_s);
-	st = bm_h_http(server->admin, "POST", "/v1/tokens", BM_H_ADMIN_KEY, body, out,
-		       sizeof(out));
-	if (st != 200)
-		return NULL;
-	r = json_loads(out, 0, NULL);
-	if (r && json_string_value(json_object_get(r, "token")))
-		tok = strdup(json_string_value(json_object_get(r, "token")));
-	json_decref(r);
-	return tok;
+	return bm_httpc_token(server->admin, BM_H_ADMIN_KEY, eid, device, ttl_s, 5000, err,
+			      sizeof(err));
 }
 
 int bm_h_log_has(const struct bm_h_node *n, const char *needle)
