@@ -266,21 +266,21 @@ static void test_write_timeout(void **state)
 	o.url = g.url;
 	assert_int_equal(bm_client_connect(&c, &o, err, sizeof(err)), 0);
 	t0 = bm_mono_ms();
-	/* Fill the socket buffers fast, then trickle so the edge's own queue
-	 * stays far below max_output while its writes make no progress. */
-	deadline = t0 + 20000;
-	while (sent < 400000 && bm_mono_ms() < deadline && (rc = bm_client_send_ping(c)) == 0)
+	/* 800,000 pongs (~24 MB) are more than loopback TCP can buffer, and far
+	 * below max_output: the edge's queue stays non-empty once the client
+	 * stops, and only timeouts.write can close the session.  (The edge may
+	 * already close it during the flood; then a send fails, which is fine.) */
+	deadline = t0 + 30000;
+	while (sent < 800000 && bm_mono_ms() < deadline && (rc = bm_client_send_ping(c)) == 0)
 		sent++;
-	deadline = bm_mono_ms() + 30000;
-	while (!rc && bm_mono_ms() < deadline && (rc = bm_client_send_ping(c)) == 0) {
-		sent++;
-		poll(NULL, 0, 2);
-	}
-	assert_int_not_equal(rc, 0);    /* the edge closed the connection */
-	deadline = bm_mono_ms() + 10000;
+	(void)rc;
+	/* Write timeout 1 s, checked every 5 s. */
+	deadline = bm_mono_ms() + 20000;
 	do {
 		assert_int_equal(bm_h_http(g.admin, "GET", "/metrics", NULL, NULL, out,
 					   sizeof(out)), 200);
+		if (!strstr(out, "bimip_signal_slow_consumers_total 1"))
+			poll(NULL, 0, 50);
 	} while (!strstr(out, "bimip_signal_slow_consumers_total 1") && bm_mono_ms() < deadline);
 	assert_non_null(strstr(out, "bimip_signal_slow_consumers_total 1"));
 	assert_true(bm_h_log_has(&g, "no write progress"));
