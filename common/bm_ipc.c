@@ -94,6 +94,7 @@ const char *bm_ipc_kind_name(int kind)
 	static const char *const names[] = {
 		"?", "hello", "session_open", "session_close", "stanza", "push",
 		"kick", "keys", "revoke", "welcome", "forward", "ping", "pong",
+		"append", "appended", "notify", "handoff", "handoff_ack", "settled",
 	};
 	return kind > 0 && kind <= BM_IPC_KIND_MAX ? names[kind] : "?";
 }

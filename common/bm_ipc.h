@@ -61,11 +61,18 @@ enum bm_ipc_kind {
 	BM_IPC_KEYS = 7,         /* token verification keys; body: JSON */
 	BM_IPC_REVOKE = 8,       /* revocation; body: JSON */
 	BM_IPC_WELCOME = 9,      /* answer to HELLO; body: JSON */
-	/* server -> server */
-	BM_IPC_FORWARD = 10,     /* reserved: server-to-server routing (not sent yet) */
+	/* server -> server (server/peer.c documents each) */
+	BM_IPC_FORWARD = 10,     /* a client stanza, to the server that owns its
+				    target; aux = the signal's routing id */
 	BM_IPC_PING = 11,        /* answered with PONG by the server (not sent yet) */
 	BM_IPC_PONG = 12,
-	BM_IPC_KIND_MAX = 12,
+	BM_IPC_APPEND = 13,      /* append a record to eid's stream; seq answers */
+	BM_IPC_APPENDED = 14,    /* answer: "<code> <text>", offset */
+	BM_IPC_NOTIFY = 15,      /* awareness for a subscriber eid the peer owns */
+	BM_IPC_HANDOFF = 16,     /* a user's or chat's data, to its new owner */
+	BM_IPC_HANDOFF_ACK = 17, /* answer: "<code> <text>" */
+	BM_IPC_SETTLED = 18,     /* the sender handed off what it no longer owns */
+	BM_IPC_KIND_MAX = 18,
 };
 
 #define BM_IPC_F_REPLAY 0x01     /* reserved: PUSH replays stored history */

@@ -1157,6 +1157,26 @@ int bm_queue_committed_offset(struct bm_queue *q, const char *stream,
 	return rc;
 }
 
+int bm_queue_devices(struct bm_queue *q, const char *stream, bm_queue_device_fn *fn,
+		     void *ud)
+{
+	struct stream *s;
+	size_t n;
+	int visited = 0;
+
+	if (check_name(stream, &n))
+		return BM_EINVAL;
+	pthread_mutex_lock(&q->mu);
+	s = stream_find(q, stream, n);
+	for (uint32_t i = 0; s && i < s->ndev; i++) {
+		visited++;
+		if (fn(ud, s->devs[i].name, s->devs[i].offset))
+			break;
+	}
+	pthread_mutex_unlock(&q->mu);
+	return s ? visited : BM_ENOENT;
+}
+
 int bm_queue_event_fd(struct bm_queue *q)
 {
 	return q->evfd;

@@ -181,6 +181,13 @@ int bm_queue_commit_offset(struct bm_queue *q, const char *stream,
 int bm_queue_committed_offset(struct bm_queue *q, const char *stream,
 			      const char *device, uint64_t *offset);
 
+/* Calls fn(ud, device, offset) for every device with a committed offset on
+ * stream, under the queue's lock (fn must not call the queue); fn returns
+ * nonzero to stop.  Returns the number visited or BM_ENOENT/BM_EINVAL. */
+typedef int bm_queue_device_fn(void *ud, const char *device, uint64_t offset);
+int bm_queue_devices(struct bm_queue *q, const char *stream, bm_queue_device_fn *fn,
+		     void *ud);
+
 /*
  * Secure erase (seed 004 DESTROY): overwrites the payload of the record in
  * place with zeros and marks it destroyed; reads then return BM_EDESTROYED.

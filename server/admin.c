@@ -300,14 +300,31 @@ static void on_users(struct bm_admin_req *req, const json_t *body, void *ud)
 
 static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 {
-	bm_cluster_admin(((struct srv *)ud)->cluster, req, body);
+	struct srv *s = ud;
+
+	/* A server leaves only after handing its data off (handoff.c). */
+	if (!strcmp(bm_admin_req_suffix(req), "leave") &&
+	    bm_admin_req_method(req) == BM_ADMIN_POST && s->cluster) {
+		json_t *o;
+
+		if (srv_leave(s)) {
+			bm_admin_reply_error(req, 409, "not in a cluster with other servers");
+			return;
+		}
+		o = json_pack("{s:b, s:s}", "leaving", 1, "message",
+			      "handing data off to the new owners; leaves the cluster and "
+			      "stops when done");
+		bm_admin_reply_json(req, 202, o);
+		return;
+	}
+	bm_cluster_admin(s->cluster, req, body);
 }
 
 int srv_cluster_open(struct srv *s)
 {
 	return bm_cluster_start_conf(&s->cluster, s->base, &s->cfg.cluster, s->cfg.node_id,
 				     BM_SWIM_ROLE_SERVER, s->zmq_bound, bm_admin_port(s->admin),
-				     NULL, s);
+				     srv_peer_on_member, s);
 }
 
 static int is_ready(void *ud, char *why, size_t whylen)

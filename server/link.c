@@ -234,6 +234,17 @@ static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
 	uint64_t committed = 0;
 
 	json_decref(o);
+	if (!srv_owns(s, h->eid) || !srv_settled(s)) {
+		/* The signal's view of the owners differs from ours (a change is
+		 * spreading): the client reconnects and lands on the owner. */
+		const struct srv_peer *p = srv_owner(s, h->eid);
+		char why[128];
+
+		snprintf(why, sizeof(why), "user is served by '%s'; reconnect",
+			 p ? p->id : "no server");
+		srv_kick(s, rid, rid_len, h->session, 1013, why);
+		return;
+	}
 	if (!u || !h->device[0] || rid_len > sizeof(d->rid)) {
 		srv_kick(s, rid, rid_len, h->session, 1008, "bad session");
 		return;
@@ -312,7 +323,8 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 {
 	static bimip_MessageScheme m;
 	struct bm_env_err err;
-	struct srv_req r = { rid, rid_len, h->session, NULL, NULL, h->device, &m };
+	struct srv_req r = { rid, rid_len, h->session, NULL, NULL, h->device, &m,
+			     body, n, 0, 0 };
 	char label[16];
 
 	(*s->m.stanzas_in)++;
@@ -323,6 +335,18 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 	}
 	snprintf(label, sizeof(label), "%d", (int)m.route);
 	bm_metrics_family_inc(s->m.by_route, label);
+	if (!srv_settled(s)) {
+		srv_reply_error(s, rid, rid_len, h->session, 503, m.route,
+				"the cluster is re-balancing; try again");
+		return;
+	}
+	if (!srv_owns(s, h->eid)) {
+		srv_reply_error(s, rid, rid_len, h->session, 503, m.route,
+				"this server does not own '%s' (ownership is moving); "
+				"try again", h->eid);
+		srv_kick(s, rid, rid_len, h->session, 1013, "reconnect to the owner");
+		return;
+	}
 	r.user = srv_user_get(s, h->eid, 1);
 	if (!r.user) {
 		srv_reply_error(s, rid, rid_len, h->session, 400, m.route,
@@ -340,6 +364,8 @@ static void on_msg(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 {
 	struct srv *s = ud;
 
+	if (srv_peer_msg(s, rid, rid_len, h, body, n))
+		return;
 	switch (h->kind) {
 	case BM_IPC_HELLO:
 		on_hello(s, rid, rid_len, body, n);
@@ -378,6 +404,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	for (size_t i = 0; i < n; i++)
 		bm_metrics_observe(s->m.fsync, lat[i] / 1e6);
 	srv_snapshot_maybe(s);
+	srv_peer_tick(s);
 	if (!s->pump_stalled)
 		return;
 	s->pump_stalled = 0;

@@ -282,6 +282,12 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_bytes", "Bytes in the queue's segments on disk.", gauge_queue_bytes, s) ||
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_segments", "Segment files of the queue.", gauge_queue_segments, s) ||
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_streams", "Streams in the queue.", gauge_queue_streams, s) ||
+	     bm_metrics_counter(r, "bimip_server_forwarded_total", "Stanzas forwarded to the server that owns their target.", &s->m.forwarded) ||
+	     bm_metrics_counter(r, "bimip_server_remote_appends_total", "Appends asked of the server that owns the stream.", &s->m.remote_appends) ||
+	     bm_metrics_counter(r, "bimip_server_remote_duplicates_total", "Appends skipped: the message id was in the stream already.", &s->m.remote_dups) ||
+	     bm_metrics_counter(r, "bimip_server_pending_retries_total", "Cross-server chat messages retried (a peer away or slow).", &s->m.pending_retries) ||
+	     bm_metrics_counter(r, "bimip_server_handoff_users_total", "Users whose data this server handed off to their new owner.", &s->m.handoff_users) ||
+	     bm_metrics_counter(r, "bimip_server_handoff_records_total", "Stream records sent in hand-offs.", &s->m.handoff_records) ||
 	     bm_metrics_histogram(r, "bimip_server_fsync_seconds", "Duration of the queue's data fdatasyncs.", fsync_buckets, sizeof(fsync_buckets) / sizeof(fsync_buckets[0]), &s->m.fsync) ||
 	     bm_cluster_metrics(r, &s->cluster);
 	return rc ? BM_ENOMEM : 0;
@@ -427,7 +433,7 @@ int main(int argc, char **argv)
 	if (!s->q_ev || event_add(s->q_ev, NULL) == -1)
 		return 1;
 	if (load_keys(s) || load_admin_key(s) || srv_state_open(s) || srv_link_open(s) ||
-	    srv_admin_open(s) || srv_cluster_open(s)) {
+	    srv_peer_open(s) || srv_admin_open(s) || srv_cluster_open(s)) {
 		bm_err("server", "start-up failed");
 		rc = 1;
 		goto out;
@@ -460,6 +466,7 @@ out:
 	srv_snapshot_wait(s);
 	if (s->q && !rc && srv_snapshot_now(s))
 		bm_err("server", "final state snapshot failed");
+	srv_peer_close(s);
 	srv_link_close(s);
 	s->router = NULL;
 	if (s->q_ev)

@@ -126,17 +126,30 @@ static int is_subscriber(struct srv_user *owner, const char *viewer)
 	return bm_map_get(&owner->subscribers, viewer) != NULL;
 }
 
-static void fill_awareness(struct srv_user *u, struct srv_user *viewer,
-			   int32_t *status, double *lat, double *lon,
-			   int32_t *intention)
+/* Location only to an authorized contact: one u subscribes to as well. */
+static void fill_awareness(struct srv_user *u, int authorized, int32_t *status,
+			   double *lat, double *lon, int32_t *intention)
 {
 	*status = u->n_devs ? u->status : AW_OFFLINE;
 	*intention = u->intention;
-	/* Location only to an authorized contact: one u subscribes to as well. */
-	if (viewer == u || bm_map_get(&viewer->subscribers, u->eid)) {
+	if (authorized) {
 		*lat = u->lat;
 		*lon = u->lon;
 	}
+}
+
+/* Deliver an AwarenessNotification (location included) to viewer's devices,
+ * without the location unless viewer has its subject as subscriber too. */
+void srv_awareness_push(struct srv *s, struct srv_user *viewer, bimip_MessageScheme *m)
+{
+	bimip_AwarenessNotification *n = &m->payload.awareness_notification;
+
+	if (!bm_map_get(&viewer->subscribers, n->from.eid))
+		n->latitude = n->longitude = 0;
+	n->has_to = true;
+	ident(&n->to, viewer->eid, "");
+	for (struct srv_dev *d = viewer->devs; d; d = d->next)
+		srv_push(s, d, m, 0);
 }
 
 void srv_awareness_changed(struct srv *s, struct srv_user *u)
@@ -146,22 +159,42 @@ void srv_awareness_changed(struct srv *s, struct srv_user *u)
 	if (s->replaying)
 		return;
 	for (size_t it = 0; bm_map_next(&u->subscribers, &it, &k, NULL);) {
-		struct srv_user *v = srv_user_get(s, k, 0);
+		int here = srv_owns(s, k);
+		struct srv_user *v = here ? srv_user_get(s, k, 0) : NULL;
 		bimip_AwarenessNotification *n;
 
-		if (!v || !v->devs || bm_map_get(&u->blocked, k))
+		if ((here && (!v || !v->devs)) || bm_map_get(&u->blocked, k))
 			continue;
 		n = &begin(bimip_MessageScheme_awareness_notification_tag)
 			     ->payload.awareness_notification;
-		n->has_from = n->has_to = true;
+		n->has_from = true;
 		ident(&n->from, u->eid, "");
-		ident(&n->to, v->eid, "");
-		fill_awareness(u, v, &n->status, &n->latitude, &n->longitude,
+		fill_awareness(u, 1, &n->status, &n->latitude, &n->longitude,
 			       &n->awareness_intention);
 		n->last_seen = u->last_seen;
-		for (struct srv_dev *d = v->devs; d; d = d->next)
-			srv_push(s, d, &out, 0);
+		if (here)
+			srv_awareness_push(s, v, &out);
+		else
+			srv_notify_remote(s, k, &out);
 	}
+}
+
+/* A request about another user owned elsewhere goes to its owner (which
+ * answers the session); 1 if it went, or was answered with an error. */
+static int elsewhere(struct srv *s, struct srv_req *r, const char *key, int flags)
+{
+	int rc;
+
+	if (srv_owns(s, key))
+		return 0;
+	if (r->remote) {
+		ERR(s, r, 503, "ownership is moving; try again");
+		return 1;
+	}
+	rc = srv_forward(s, r, key, flags);
+	if (rc)
+		ERR(s, r, 503, "the server that owns this is unavailable; try again");
+	return 1;
 }
 
 static void h_awareness_request(struct srv *s, struct srv_req *r)
@@ -179,6 +212,10 @@ static void h_awareness_request(struct srv *s, struct srv_req *r)
 		ERR(s, r, 403, "from.eid must be the session's user");
 		return;
 	}
+	if (!is_self(r, q->to.eid) &&
+	    elsewhere(s, r, q->to.eid,
+		      bm_map_get(&r->user->subscribers, q->to.eid) ? 0x02 : 0))
+		return;
 	/* An unknown user has no subscribers: the answer is 403 either way,
 	 * and a lookup must not create state. */
 	y = srv_user_get(s, q->to.eid, 0);
@@ -201,8 +238,9 @@ static void h_awareness_request(struct srv *s, struct srv_req *r)
 	ident(&a->from, y->eid, "");
 	ident(&a->to, r->user->eid, r->device);
 	snprintf(a->awareness_identifier, sizeof(a->awareness_identifier), "%" PRId64, id);
-	fill_awareness(y, r->user, &a->status, &a->latitude, &a->longitude,
-		       &a->awareness_intention);
+	fill_awareness(y, y == r->user || (r->remote ? r->mutual
+				: bm_map_get(&r->user->subscribers, y->eid) != NULL),
+		       &a->status, &a->latitude, &a->longitude, &a->awareness_intention);
 	a->timestamp = y->n_devs ? bm_wall_ms() : y->last_seen;
 	reply(s, r, &out);
 }
@@ -569,7 +607,7 @@ static void on_chat_stored(void *ud, int status, uint64_t offset)
 }
 
 /* MessageScheme{route 13, chat_message = core + author + acknowledgment}. */
-static size_t chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
+size_t srv_chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
 			    const char *author, int ack)
 {
 	size_t al = strlen(author), cm = n + 2 + al + 2, o = 0;
@@ -603,13 +641,14 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	pb_size_t to_count = media ? md->to_count : t->to_count;
 	const char *local = media ? md->message_id_local : t->message_id_local;
 	bimip_ChatMessage *c = &cm.payload.chat_message;
-	struct srv_user *a = r->user, *b;
+	struct srv_user *a = r->user, *b = NULL;
 	struct srv_chat *chat;
 	struct srv_idem *e;
 	struct chat_ctx *ctx;
+	char cid[SRV_CHAT_ID_LEN + 1];
 	uint64_t ro = 0, so = 0;
 	int64_t v;
-	int rc;
+	int rc, here_b, all_here;
 
 	if ((media ? md->has_from : t->has_from) &&
 	    !is_self(r, media ? md->from.eid : t->from.eid)) {
@@ -638,18 +677,33 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "media type %d is not 1..4", (int)md->type);
 		return;
 	}
-	b = srv_user_get(s, to[0].eid, 1);
-	if (!b) {
+	/* The chat's owner assigns versions; when it has both streams too (one
+	 * server, or both users and the chat on this one), the copies are
+	 * appended here; otherwise the message is driven across servers
+	 * (server/peer.c). */
+	if (strlen(to[0].eid) > SRV_EID_MAX) {
 		ERR(s, r, 400, "invalid receiver");
 		return;
 	}
-	if (bm_map_get(&b->blocked, a->eid)) {
-		ERR(s, r, 403, "'%s' has blocked you", b->eid);
+	srv_chat_id(a->eid, to[0].eid, cid);
+	if (elsewhere(s, r, cid, 0))
 		return;
+	here_b = srv_owns(s, to[0].eid);
+	all_here = here_b && !r->remote;
+	if (here_b) {
+		b = srv_user_get(s, to[0].eid, 1);
+		if (!b) {
+			ERR(s, r, 400, "invalid receiver");
+			return;
+		}
+		if (bm_map_get(&b->blocked, a->eid)) {
+			ERR(s, r, 403, "'%s' has blocked you", b->eid);
+			return;
+		}
 	}
 	if (local[0]) {
 		e = srv_idem_find(s, a->eid, r->device, local);
-		if (e) {
+		if (e && e->durable >= 0) {
 			/* A resend: the original ids, never stored twice.  While the
 			 * first copy is still being stored, its VersionUpdate will come
 			 * through the stream; nothing more to say now. */
@@ -659,7 +713,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 			return;
 		}
 	}
-	chat = srv_chat_get(s, a->eid, b->eid, 1);
+	chat = srv_chat_get(s, a->eid, to[0].eid, 1);
 	if (!chat) {
 		ERR(s, r, 500, "out of memory");
 		return;
@@ -687,7 +741,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	c->has_from = true;
 	ident(&c->from, a->eid, r->device);
 	c->to_count = 1;
-	ident(&c->to[0], b->eid, "");
+	ident(&c->to[0], to[0].eid, "");
 	if (media) {
 		c->which_payload = bimip_ChatMessage_media_url_tag;
 		BM_SET_STR(c->payload.media_url, md->cdn_url_id);
@@ -725,13 +779,25 @@ static void h_chat(struct srv *s, struct srv_req *r)
 			free(ctx);
 			return;
 		}
-		n = chat_envelope(env, core, os.bytes_written, "receiver", 1);
+		if (!all_here) {
+			free(ctx);
+			rc = srv_pending_start(s, chat->id, v, a->eid, to[0].eid, r->device,
+					       local, r->rid, r->rid_len, r->session,
+					       r->m->route, core, os.bytes_written);
+			if (rc)
+				ERR(s, r, bm_err_http(rc), "message not stored: %s",
+				    bm_strerror(rc));
+			else
+				(*s->m.chats)++;
+			return;
+		}
+		n = srv_chat_envelope(env, core, os.bytes_written, "receiver", 1);
 		BM_SET_STR(c->author, "receiver");
 		c->acknowledgment = 1;
 		rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, env, n, &ro,
 				       NULL, NULL);
 		if (!rc) {
-			n = chat_envelope(env, core, os.bytes_written, "sender", 4);
+			n = srv_chat_envelope(env, core, os.bytes_written, "sender", 4);
 			BM_SET_STR(c->author, "sender");
 			c->acknowledgment = 4;
 			rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, env, n,
@@ -771,6 +837,7 @@ static void h_ack(struct srv *s, struct srv_req *r)
 	char chat_id[SRV_CHAT_ID_LEN + 1];
 	struct srv_chat *chat;
 	struct srv_user *other;
+	const char *other_eid;
 	struct deferred *d;
 	int64_t version;
 	int rc;
@@ -783,8 +850,13 @@ static void h_ack(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "acknowledgment status must be 2 (delivered) or 3 (read)");
 		return;
 	}
-	if (parse_message_id(q->message_id, chat_id, &version) ||
-	    !(chat = srv_chat_find(s, chat_id)) || version > chat->version) {
+	if (parse_message_id(q->message_id, chat_id, &version)) {
+		ERR(s, r, 404, "unknown message_id '%s'", q->message_id);
+		return;
+	}
+	if (elsewhere(s, r, chat_id, 0))
+		return;
+	if (!(chat = srv_chat_find(s, chat_id)) || version > chat->version) {
 		ERR(s, r, 404, "unknown message_id '%s'", q->message_id);
 		return;
 	}
@@ -792,16 +864,13 @@ static void h_ack(struct srv *s, struct srv_req *r)
 		ERR(s, r, 403, "not a party to message '%s'", q->message_id);
 		return;
 	}
-	other = srv_user_get(s, strcmp(chat->a, r->user->eid) ? chat->a : chat->b, 1);
-	if (!other) {
-		ERR(s, r, 500, "out of memory");
-		return;
-	}
+	other_eid = strcmp(chat->a, r->user->eid) ? chat->a : chat->b;
 	memset(&am, 0, sizeof(am));
 	am.which_payload = bimip_MessageScheme_acknowledgment_response_tag;
+	am.route = bimip_MessageScheme_acknowledgment_response_tag;
 	a->has_from = a->has_to = true;
 	ident(&a->from, r->user->eid, r->device);
-	ident(&a->to, other->eid, "");
+	ident(&a->to, other_eid, "");
 	BM_SET_STR(a->message_id, q->message_id);
 	a->status = q->status;
 	a->timestamp = q->timestamp ? q->timestamp : bm_wall_ms();
@@ -810,8 +879,20 @@ static void h_ack(struct srv *s, struct srv_req *r)
 		ERR(s, r, 500, "out of memory");
 		return;
 	}
-	rc = srv_stream_append(s, other, SRV_REC_PLAIN, r->device, &am, NULL, 0, NULL,
-			       on_durable_reply, d);
+	if (!srv_owns(s, other_eid)) {
+		static uint8_t env[BM_ENV_MAX_BYTES];
+		size_t n;
+
+		rc = bm_env_encode(&am, env, sizeof(env), &n);
+		if (!rc)
+			rc = srv_append_any(s, other_eid, SRV_REC_PLAIN, r->device, NULL, NULL,
+					    env, n, on_durable_reply, d);
+	} else if (!(other = srv_user_get(s, other_eid, 1))) {
+		rc = BM_ENOMEM;
+	} else {
+		rc = srv_stream_append(s, other, SRV_REC_PLAIN, r->device, &am, NULL, 0,
+				       NULL, on_durable_reply, d);
+	}
 	if (rc) {
 		free(d);
 		ERR(s, r, bm_err_http(rc), "acknowledgment not stored: %s", bm_strerror(rc));
@@ -841,6 +922,8 @@ static void h_signal(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "signal needs to.eid");
 		return;
 	}
+	if (elsewhere(s, r, g->to.eid, 0))
+		return;
 	b = srv_user_get(s, g->to.eid, 0);
 	if (!b)
 		return;  /* nobody online to tell: typing signals are not stored */
@@ -995,6 +1078,21 @@ static route_fn *const routes[BM_ENV_ROUTE_MAX + 1] = {
 	[bimip_MessageScheme_offset_commit_tag] = h_offset_commit,
 	[bimip_MessageScheme_subscriber_remove_request_tag] = h_subscriber_remove,
 };
+
+void srv_route_forwarded(struct srv *s, struct srv_req *r)
+{
+	switch (r->m->route) {
+	case bimip_MessageScheme_text_payload_request_tag:
+	case bimip_MessageScheme_media_payload_request_tag:
+	case bimip_MessageScheme_acknowledgment_request_tag:
+	case bimip_MessageScheme_signal_tag:
+	case bimip_MessageScheme_awareness_request_tag:
+		routes[r->m->route](s, r);
+		break;
+	default:
+		ERR(s, r, 400, "route %d is not forwarded between servers", (int)r->m->route);
+	}
+}
 
 void srv_route(struct srv *s, struct srv_req *r)
 {

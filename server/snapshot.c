@@ -121,6 +121,8 @@ static int write_snapshot(struct srv *s, uint64_t state_offset)
 					    "d", dev, "l", local, "c", e->chat_id, "v",
 					    (json_int_t)e->version), &lines);
 	}
+	for (size_t it = 0; ok && bm_map_next(&s->pending, &it, &k, &v);)
+		ok = !put_line(f, srv_pending_json(v), &lines);
 	for (size_t it = 0; ok && bm_map_next(&s->revoked_jti, &it, &k, &v);)
 		ok = !put_line(f, json_pack("{s:s, s:s, s:I}", "t", "rj", "j", k, "exp",
 					    (json_int_t)(intptr_t)v), &lines);
@@ -273,6 +275,8 @@ static int load_line(struct srv *s, json_t *o)
 		bm_map_put(&s->revoked_jti, str(o, "j"), (void *)(intptr_t)num(o, "exp"), NULL);
 	} else if (!strcmp(t, "rb")) {
 		bm_map_put(&s->revoked_before, str(o, "k"), (void *)(intptr_t)num(o, "bf"), NULL);
+	} else if (!strcmp(t, "pm")) {
+		return srv_pending_apply(s, o);
 	}
 	return 0;
 }

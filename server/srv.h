@@ -31,6 +31,7 @@
 #ifndef SRV_H
 #define SRV_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 #include "bimip.pb.h"
@@ -131,6 +132,7 @@ struct srv_user {
 	double lat, lon;
 	int64_t last_notify_ms;      /* awareness rate limit */
 	uint64_t ref_offset;         /* highest stream offset a state record names */
+	int seen_loaded;             /* recent message ids of the stream indexed */
 };
 
 struct srv_chat {
@@ -148,11 +150,45 @@ struct srv_idem {
 	char key[];                  /* "eid\x1fdevice\x1flocal" */
 };
 
+/* Another bimip-server, as gossip tells (server/peer.c). */
+struct srv_peer {
+	char id[65];
+	char zmq[160];
+	int state;                   /* enum bm_swim_state */
+	int self;
+	struct bm_zsock *z;          /* DEALER to its ROUTER; NULL for self */
+};
+
+#define SRV_PEERS_MAX 32
+
+/* A chat message whose copies live on other servers, logged ("pm") before
+ * they are asked for and driven until both are durable (server/peer.c). */
+struct srv_pending {
+	char key[SRV_MSGID_MAX];     /* message id: chat.version */
+	char chat[SRV_CHAT_ID_LEN + 1];
+	char sender[SRV_EID_MAX + 1], receiver[SRV_EID_MAX + 1];
+	char dev[SRV_DEV_MAX + 1];
+	char local[80];
+	int64_t version;
+	uint8_t rid[BM_IPC_ORIGIN_MAX];   /* the sending session, for errors */
+	uint8_t rid_len;
+	uint64_t session;
+	int64_t route;
+	uint8_t *core;               /* the ChatMessage without author/ack */
+	size_t core_len;
+	int stage;                   /* 0 receiver copy, 1 sender copy, 2 done */
+	int inflight;
+	uint64_t retry_ms;           /* monotonic: when to try again */
+	unsigned tries;
+};
+
 struct srv_metrics {
 	struct bm_metrics *reg;
 	uint64_t *sessions, n_sessions;
 	uint64_t *stanzas_in, *stanzas_out, *chats, *acks, *dup_resends;
 	uint64_t *appends, *ipc_dropped, *push_failed;
+	uint64_t *forwarded, *remote_appends, *remote_dups, *pending_retries;
+	uint64_t *handoff_users, *handoff_records;
 	struct bm_metrics_family *by_route, *errors;
 	struct bm_metrics_hist *fsync;
 };
@@ -191,6 +227,24 @@ struct srv {
 	uint64_t snap_last_ms;            /* when the last snapshot started */
 	int stopping;
 	uint64_t msg_seq;
+
+	/* cluster (peer.c, handoff.c) */
+	struct srv_peer peers[SRV_PEERS_MAX];
+	int n_peers;                      /* 0: standalone, this node owns all */
+	struct bm_map rpcs;               /* seq -> struct srv_rpc */
+	uint64_t rpc_seq;
+	struct bm_map pending;            /* message id -> struct srv_pending */
+	struct bm_map seen;               /* "eid\x1fmessage id" -> offset */
+	char **seen_ring;
+	size_t seen_head, seen_count;
+	uint64_t view;                    /* bumped on each owner-set change */
+	struct bm_map settled_by;         /* peer id -> fingerprint it is SETTLED for */
+	uint64_t sweep_fp, swept_fp;      /* owner set swept for / done for */
+	uint64_t handoff_outstanding;     /* HANDOFFs not yet acknowledged */
+	int handoff_failed;
+	uint64_t sweep_retry_ms, settled_sent_ms, sweep_started_ms;
+	int leaving;                      /* handing everything off, then exit */
+	int left;
 
 	struct srv_metrics m;
 };
@@ -255,8 +309,19 @@ struct srv_req {
 	struct srv_dev *dev;             /* may be NULL if not open */
 	const char *device;
 	bimip_MessageScheme *m;
+	const uint8_t *raw;              /* the stanza as received */
+	size_t raw_len;
+	int remote;                      /* forwarded by the sender's owner: user
+					    is a stand-in, not owned here */
+	int mutual;                      /* forwarded awareness request: the
+					    sender has the target as subscriber */
 };
 void srv_route(struct srv *s, struct srv_req *r);
+/* A stanza another server forwarded (BM_IPC_FORWARD). */
+void srv_route_forwarded(struct srv *s, struct srv_req *r);
+/* Awareness of u for viewer eid (owned here), location when authorized. */
+void srv_awareness_push(struct srv *s, struct srv_user *viewer,
+			bimip_MessageScheme *m);
 void srv_awareness_changed(struct srv *s, struct srv_user *u);
 
 /* pump.c */
@@ -269,6 +334,52 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		      const char *origin_dev, bimip_MessageScheme *m,
 		      const uint8_t *env, size_t env_len,
 		      uint64_t *offset, srv_done_fn *cb, void *ud);
+
+/* peer.c: the other servers, ownership, and what crosses between them */
+int srv_peer_open(struct srv *s);
+void srv_peer_close(struct srv *s);
+void srv_peer_on_member(void *ud, enum bm_swim_event ev,
+			const struct bm_swim_member *m);
+/* The server that owns key (an eid or a chat id); NULL only if none is known. */
+const struct srv_peer *srv_owner(struct srv *s, const char *key);
+int srv_owns(struct srv *s, const char *key);
+/* A message from another server on the ROUTER: 1 if it was one. */
+int srv_peer_msg(struct srv *s, const uint8_t *rid, size_t rid_len,
+		 const struct bm_ipc_hdr *h, const uint8_t *body, size_t n);
+int srv_peer_send(struct srv *s, const struct srv_peer *p, struct bm_ipc_hdr *h,
+		  const void *body, size_t n);
+/* Forward r's stanza to the owner of key; 0, or an error to answer with. */
+int srv_forward(struct srv *s, struct srv_req *r, const char *key, int flags);
+/* Awareness of u for a subscriber owned elsewhere. */
+void srv_notify_remote(struct srv *s, const char *viewer, bimip_MessageScheme *m);
+/* Append a record to eid's stream wherever it is owned, skipping a message
+ * id already there; cb(ud, status, offset): 0, BM_EBLOCKED (check_eid is
+ * blocked by eid), or BM_EUNAVAIL / BM_ETIMEDOUT (try again). */
+int srv_append_any(struct srv *s, const char *eid, int kind, const char *origin_dev,
+		   const char *check_eid, const char *msgid, const uint8_t *env,
+		   size_t n, srv_done_fn *cb, void *ud);
+/* Start a chat message across servers: logged, then driven. */
+int srv_pending_start(struct srv *s, const char *chat, int64_t v, const char *sender,
+		      const char *receiver, const char *dev, const char *local,
+		      const uint8_t *rid, size_t rid_len, uint64_t session,
+		      int64_t route, const uint8_t *core, size_t core_len);
+int srv_pending_apply(struct srv *s, void *json_obj);
+void srv_pending_done(struct srv *s, const char *chat, int64_t v);
+void srv_pending_drive_all(struct srv *s);
+void srv_peer_tick(struct srv *s);
+size_t srv_chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
+			 const char *author, int ack);
+json_t *srv_pending_json(const struct srv_pending *p);
+
+/* handoff.c: data moves with ownership */
+void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *body,
+		     size_t n);
+void srv_handoff_tick(struct srv *s);
+/* Serving: this node's hand-off and every live peer's are done. */
+int srv_settled(struct srv *s);
+uint64_t srv_owner_fingerprint(struct srv *s);
+/* `cluster leave`: hand everything off, then leave gossip and stop. */
+int srv_leave(struct srv *s);
 
 /* admin.c */
 int srv_admin_open(struct srv *s);

@@ -15,6 +15,17 @@
  *               "e":sender, "d":device, "l":message_id_local,
  *               "ro":receiver stream offset, "so":sender stream offset}
  *      written after both copies of the message; see srv_state_repair()
+ *   {"t":"pm", "c":chat, "e":sender, "r":receiver, "v":version, "d":device,
+ *              "l":message_id_local, "sg":signal, "ss":session, "rt":route,
+ *              "m":base64 ChatMessage}
+ *      a chat message whose copies go to other servers: driven until both
+ *      are durable, then closed by its "msg" record (server/peer.c)
+ *   {"t":"pmx", "c":chat, "v":version, "e":sender, "d":device, "l":local}
+ *      that message was refused by the receiver's owner (blocked)
+ *   {"t":"uimp", "e":eid, "subs":[..], "blk":[..], "seen":ms, "lat", "lon", "in"}
+ *   {"t":"chat", "a":eid, "b":eid, "v":version}
+ *   {"t":"idem", "e":eid, "d":device, "l":local, "c":chat, "v":version}
+ *      what a previous owner handed over (server/handoff.c)
  *   {"t":"seen", "e":eid, "ts":ms, "st":status, "lat":x, "lon":y, "in":n}
  *   {"t":"rvk",  "e":eid, "d":device, "j":jti, "exp":s, "bf":s}
  *      j set: that token id is revoked until exp;  otherwise every token of
@@ -270,17 +281,19 @@ static int apply_msg(struct srv *s, const char *a, const char *b, int64_t v,
 		     uint64_t ro, uint64_t so)
 {
 	struct srv_chat *c = srv_chat_get(s, a, b, 1);
-	struct srv_user *sa = srv_user_get(s, sender, 1);
-	struct srv_user *rb = srv_user_get(s, strcmp(sender, a) ? a : b, 1);
+	/* Offsets are named only when the copies were appended here. */
+	struct srv_user *sa = so ? srv_user_get(s, sender, 1) : NULL;
+	struct srv_user *rb = ro ? srv_user_get(s, strcmp(sender, a) ? a : b, 1) : NULL;
 	struct srv_idem *e;
 
-	if (!c || !sa || !rb)
+	if (!c || (so && !sa) || (ro && !rb))
 		return BM_ENOMEM;
 	if (v > c->version)
 		c->version = v;
-	if (so > sa->ref_offset)
+	srv_pending_done(s, c->id, v);
+	if (sa && so > sa->ref_offset)
 		sa->ref_offset = so;
-	if (ro > rb->ref_offset)
+	if (rb && ro > rb->ref_offset)
 		rb->ref_offset = ro;
 	if (*local) {
 		e = srv_idem_find(s, sender, dev, local);
@@ -394,6 +407,61 @@ int srv_state_apply(struct srv *s, void *obj)
 			return BM_EINVAL;
 		return set_flag((struct bm_map *)((char *)u + flag_records[i].map),
 				str(o, "s"), flag_records[i].on);
+	}
+	if (!strcmp(t, "pm"))
+		return srv_pending_apply(s, o);
+	if (!strcmp(t, "uimp")) {
+		/* A user handed over by its previous owner: its state replaced. */
+		json_t *e;
+		size_t i;
+
+		u = srv_user_get(s, str(o, "e"), 1);
+		if (!u)
+			return BM_ENOMEM;
+		bm_map_release(&u->subscribers);
+		bm_map_release(&u->blocked);
+		bm_map_init(&u->subscribers);
+		bm_map_init(&u->blocked);
+		json_array_foreach(json_object_get(o, "subs"), i, e)
+			if (json_is_string(e))
+				bm_map_put(&u->subscribers, json_string_value(e), (void *)1, NULL);
+		json_array_foreach(json_object_get(o, "blk"), i, e)
+			if (json_is_string(e))
+				bm_map_put(&u->blocked, json_string_value(e), (void *)1, NULL);
+		u->last_seen = num(o, "seen");
+		u->lat = json_number_value(json_object_get(o, "lat"));
+		u->lon = json_number_value(json_object_get(o, "lon"));
+		u->intention = (int32_t)num(o, "in");
+		return 0;
+	}
+	if (!strcmp(t, "chat")) {
+		struct srv_chat *c = srv_chat_get(s, str(o, "a"), str(o, "b"), 1);
+
+		if (!c)
+			return BM_ENOMEM;
+		if (num(o, "v") > c->version)
+			c->version = num(o, "v");
+		return 0;
+	}
+	if (!strcmp(t, "idem")) {
+		struct srv_idem *e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
+
+		if (!e)
+			e = srv_idem_add(s, str(o, "e"), str(o, "d"), str(o, "l"), str(o, "c"),
+					 num(o, "v"));
+		if (!e)
+			return BM_ENOMEM;
+		e->durable = 1;
+		return 0;
+	}
+	if (!strcmp(t, "pmx")) {
+		struct srv_idem *e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
+
+		/* Refused (blocked): a resend is a new attempt. */
+		if (e && e->version == num(o, "v"))
+			e->durable = -1;
+		srv_pending_done(s, str(o, "c"), num(o, "v"));
+		return 0;
 	}
 	if (!strcmp(t, "msg"))
 		return apply_msg(s, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
@@ -620,6 +688,10 @@ static int maps_init(struct srv *s)
 	bm_map_init(&s->idem);
 	bm_map_init(&s->revoked_jti);
 	bm_map_init(&s->revoked_before);
+	bm_map_init(&s->rpcs);
+	bm_map_init(&s->pending);
+	bm_map_init(&s->seen);
+	bm_map_init(&s->settled_by);
 	s->idem_head = s->idem_count = 0;
 	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
 	return s->idem_ring ? 0 : BM_ENOMEM;

@@ -38,7 +38,10 @@ static void fill_hdr(struct sig *g, struct bm_ipc_hdr *h, int kind,
 	}
 }
 
-/* Rendezvous hashing: the live server with the highest hash(node, eid). */
+/* Rendezvous hashing over the servers of the cluster that have not left
+ * (the same as the servers compute, server/peer.c): the one with the
+ * highest hash(node, eid).  A server that is down still owns its users:
+ * their data is on its disk; they wait for it (503). */
 static int owner_of(struct sig *g, const char *eid)
 {
 	uint64_t best = 0;
@@ -47,7 +50,7 @@ static int owner_of(struct sig *g, const char *eid)
 	for (int i = 0; i < g->n_servers; i++) {
 		struct sig_server *sv = &g->servers[i];
 		uint64_t h;
-		if (!sv->up)
+		if (!sv->member || sv->left)
 			continue;
 		/* The same score as the cluster registry (cluster/bm_registry.h). */
 		h = bm_mix64(bm_hash64(sv->node, strlen(sv->node)) ^ bm_hash64(eid, strlen(eid)));
@@ -83,7 +86,7 @@ int sig_link_session_open(struct sig *g, struct sig_sess *s)
 {
 	int who = owner_of(g, s->eid);
 
-	if (who < 0)
+	if (who < 0 || !g->servers[who].up)
 		return BM_EUNAVAIL;
 	s->srv = (uint8_t)who;
 	return send_open(g, s);
@@ -102,17 +105,17 @@ void sig_link_session_close(struct sig *g, struct sig_sess *s)
 int sig_link_stanza(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n)
 {
 	struct bm_ipc_hdr h;
-	struct sig_server *sv = &g->servers[s->srv];
+	struct sig_server *sv;
+	int who = owner_of(g, s->eid);
 
-	if (!sv->up) {
-		/* The owner went away: the session moves to the new owner. */
-		int who = owner_of(g, s->eid);
-		if (who < 0)
-			return BM_EUNAVAIL;
+	if (who < 0 || !g->servers[who].up)
+		return BM_EUNAVAIL;
+	if (who != s->srv) {
+		/* The owner changed: the session moves to the new owner. */
 		s->srv = (uint8_t)who;
 		send_open(g, s);
-		sv = &g->servers[who];
 	}
+	sv = &g->servers[who];
 	fill_hdr(g, &h, BM_IPC_STANZA, s);
 	return bm_zsock_send(sv->z, NULL, 0, &h, p, n);
 }
@@ -148,6 +151,7 @@ static void on_welcome(struct sig *g, int idx, const uint8_t *body, size_t n)
 		snprintf(sv->node, sizeof(sv->node), "%s", node);
 		snprintf(sv->boot, sizeof(sv->boot), "%s", boot);
 		sv->up = 1;
+		sv->member = 1;
 		sv->last_welcome_ms = bm_mono_ms();
 		if (!was_up)
 			bm_info("link", "server '%s' at %s is up", node, sv->endpoint);
@@ -237,10 +241,67 @@ void sig_link_tick(struct sig *g)
 	}
 }
 
+static int connect_server(struct sig *g, struct sig_server *sv)
+{
+	int hwm = 100000;
+
+	sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
+	if (!sv->z)
+		return BM_ESYS;
+	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_SNDHWM, &hwm, sizeof(hwm));
+	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_RCVHWM, &hwm, sizeof(hwm));
+	if (g->cfg.curve_server_public[0] &&
+	    bm_zsock_curve_client(sv->z, g->cfg.curve_server_public, g->cfg.curve_public,
+				  g->cfg.curve_secret)) {
+		bm_err("link", "invalid CURVE keys in the configuration");
+		bm_zsock_free(sv->z);
+		sv->z = NULL;
+		return BM_ECONFIG;
+	}
+	if (bm_zsock_connect(sv->z, sv->endpoint)) {
+		bm_zsock_free(sv->z);
+		sv->z = NULL;
+		return BM_ESYS;
+	}
+	return 0;
+}
+
+void sig_link_member(struct sig *g, const char *node, const char *endpoint, int left)
+{
+	for (int i = 0; i < g->n_servers; i++) {
+		struct sig_server *sv = &g->servers[i];
+
+		if (strcmp(sv->node, node) && strcmp(sv->endpoint, endpoint))
+			continue;
+		snprintf(sv->node, sizeof(sv->node), "%s", node);
+		sv->member = 1;
+		if (sv->left != left)
+			bm_info("link", "server '%s' %s the cluster", node,
+				left ? "left" : "is back in");
+		sv->left = left;
+		if (endpoint[0] && strcmp(sv->endpoint, endpoint)) {
+			/* Restarted on another address. */
+			bm_info("link", "server '%s' moved from %s to %s", node, sv->endpoint,
+				endpoint);
+			bm_zsock_free(sv->z);
+			sv->up = 0;
+			snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", endpoint);
+			if (connect_server(g, sv))
+				bm_err("link", "cannot connect to server '%s' at %s", node,
+				       endpoint);
+		}
+		return;
+	}
+	if (left || !endpoint[0] || sig_link_add_server(g, endpoint))
+		return;
+	snprintf(g->servers[g->n_servers - 1].node, sizeof(g->servers[0].node), "%s", node);
+	g->servers[g->n_servers - 1].member = 1;
+}
+
 int sig_link_add_server(struct sig *g, const char *endpoint)
 {
 	struct sig_server *sv;
-	int hwm = 100000;
+	int rc;
 
 	if (!endpoint[0] || strlen(endpoint) >= sizeof(sv->endpoint))
 		return BM_EINVAL;
@@ -256,22 +317,9 @@ int sig_link_add_server(struct sig *g, const char *endpoint)
 	memset(sv, 0, sizeof(*sv));
 	snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", endpoint);
 	snprintf(sv->node, sizeof(sv->node), "%.64s", endpoint);
-	sv->z = bm_zsock_new(g->base, g->zctx, ZMQ_DEALER, g->cfg.node_id, on_msg, g);
-	if (!sv->z)
-		return BM_ESYS;
-	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_SNDHWM, &hwm, sizeof(hwm));
-	zmq_setsockopt(bm_zsock_raw(sv->z), ZMQ_RCVHWM, &hwm, sizeof(hwm));
-	if (g->cfg.curve_server_public[0] &&
-	    bm_zsock_curve_client(sv->z, g->cfg.curve_server_public, g->cfg.curve_public,
-				  g->cfg.curve_secret)) {
-		bm_err("link", "invalid CURVE keys in the configuration");
-		bm_zsock_free(sv->z);
-		return BM_ECONFIG;
-	}
-	if (bm_zsock_connect(sv->z, sv->endpoint)) {
-		bm_zsock_free(sv->z);
-		return BM_ESYS;
-	}
+	rc = connect_server(g, sv);
+	if (rc)
+		return rc;
 	g->n_servers++;
 	bm_info("link", "connecting to server at %s", endpoint);
 	return 0;

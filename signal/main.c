@@ -302,11 +302,12 @@ static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 	bm_cluster_admin(((struct sig *)ud)->cluster, req, body);
 }
 
-/* Servers announce their ZeroMQ endpoint in gossip: connect to each. */
+/* Servers announce their ZeroMQ endpoint in gossip: connect to each; one
+ * that left no longer owns users (signal/link.c). */
 static void on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_member *m)
 {
-	if (m->role == BM_SWIM_ROLE_SERVER && m->state == BM_SWIM_ALIVE && m->zmq && *m->zmq)
-		sig_link_add_server(ud, m->zmq);
+	if (m->role == BM_SWIM_ROLE_SERVER && !m->self && m->id && m->zmq && *m->zmq)
+		sig_link_member(ud, m->id, m->zmq, m->state == BM_SWIM_LEFT);
 }
 
 static int cluster_open(struct sig *g)

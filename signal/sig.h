@@ -116,6 +116,9 @@ struct sig_server {
 	char boot[40];
 	struct bm_zsock *z;
 	int up;                       /* WELCOME seen */
+	int member;                   /* node id known (gossip or WELCOME): in the
+					 owner set until it leaves */
+	int left;                     /* gossip says it left the cluster */
 	uint64_t last_welcome_ms;
 };
 
@@ -196,6 +199,8 @@ int sig_link_stanza(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t 
 void sig_link_tick(struct sig *g);
 /* Connect to a server endpoint learnt from gossip (no-op when known). */
 int sig_link_add_server(struct sig *g, const char *endpoint);
+/* Gossip: server node is at endpoint, or left the cluster. */
+void sig_link_member(struct sig *g, const char *node, const char *endpoint, int left);
 
 /* auth.c */
 int sig_auth_verify(struct sig *g, const char *tok, size_t len,

@@ -50,7 +50,7 @@ static int call(const char *method, const char *path, const char *body, json_t *
 			bm_strerror(st));
 		return 1;
 	}
-	if (st != 200) {
+	if (st < 200 || st > 299) {
 		json_t *e = json_loads(buf, 0, NULL);
 		const char *msg = e ? json_string_value(json_object_get(e, "error")) : NULL;
 		fprintf(stderr, "bimipctl: %s %s: %d %s\n", method, path, st, msg ? msg : buf);

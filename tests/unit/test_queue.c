@@ -271,6 +271,12 @@ static void test_scan(void **state)
 	assert_int_equal(bm_queue_close(q), 0);
 }
 
+static int on_device(void *ud, const char *device, uint64_t offset)
+{
+	*(uint64_t *)ud += offset;
+	return 0;
+}
+
 static int on_stream(void *ud, const char *name, uint64_t head, uint64_t first)
 {
 	int *n = ud;
@@ -306,6 +312,12 @@ static void test_streams_and_offsets(void **state)
 	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
 	assert_int_equal(bm_queue_committed_offset(q, "user-3", "phone", &off), 0);
 	assert_int_equal(off, 7);
+	{
+		uint64_t sum = 0;
+		assert_int_equal(bm_queue_devices(q, "user-3", on_device, &sum), 2);
+		assert_int_equal(sum, 7 + 9);
+		assert_int_equal(bm_queue_devices(q, "nobody", on_device, &sum), BM_ENOENT);
+	}
 	assert_int_equal(bm_queue_committed_offset(q, "user-3", "laptop", &off), 0);
 	assert_int_equal(off, 9);
 	/* From the log tail (a crash snapshot after sync). */

@@ -1,0 +1,581 @@
+/*
+ * handoff.c - data moves with ownership.
+ *
+ * When the owner set changes (a server joins, or one leaves with `bimipctl
+ * cluster leave`; a dead server does not change it, peer.c), each server
+ * "sweeps": every user stream, chat and pending message it holds but no
+ * longer owns is sent to its new owner, which stores it and answers once
+ * durable.  When all its hand-offs are acknowledged, a server tells every
+ * peer SETTLED(fingerprint of the owner set).  A server serves requests
+ * (sessions, stanzas, appends) only while settled: its own sweep is done
+ * and every live peer has said SETTLED for the same owner set.  So nobody
+ * writes a moving user until its data has arrived, and a change costs a
+ * short pause (503, the clients retry) rather than a divergence.
+ *
+ * A leaving server owns nothing from the moment it is asked to leave
+ * (srv_owns is false for everything), refuses every write, sweeps all its
+ * data to the others, and only then says LEFT in gossip and stops: nothing
+ * acknowledged is lost.  While it hands off, the others still count it in
+ * the owner set, so nobody else writes its users either.
+ *
+ * HANDOFF (header aux = what, eid, seq, offset; body):
+ *   "recs"  stream records of u:<eid>, first at offset: [u32 len][record]..
+ *           (a record the stream has already is skipped: records never
+ *           change, so the copy's prefix is the original's)
+ *   "user"  JSON {"subs":[..],"blk":[..],"seen":ms,"lat","lon","in",
+ *           "devs":{"device":committed offset}}, after its records
+ *   "chat"  JSON {"a","b","v","idem":[{"e","d","l","v"}..]}
+ *   "pm"    a pending message's "pm" state record
+ * HANDOFF_ACK: seq; body "<code> <text>".   SETTLED: body = fingerprint.
+ */
+#include "srv.h"
+
+#include "bm_err.h"
+#include "bm_idmap.h"
+#include "bm_log.h"
+#include "bm_queue.h"
+#include "bm_time.h"
+
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BATCH_RECORDS 256
+#define BATCH_BYTES (256 * 1024)
+#define SETTLED_EVERY_MS 300
+
+uint64_t srv_owner_fingerprint(struct srv *s)
+{
+	uint64_t fp = 0x5eed;
+
+	for (int i = 0; i < s->n_peers; i++) {
+		const struct srv_peer *p = &s->peers[i];
+		if (p->state == BM_SWIM_LEFT || (p->self && s->leaving))
+			continue;
+		fp += bm_mix64(bm_hash64(p->id, strlen(p->id)));
+	}
+	return fp;
+}
+
+int srv_settled(struct srv *s)
+{
+	uint64_t fp;
+
+	if (!s->n_peers)
+		return 1;
+	fp = srv_owner_fingerprint(s);
+	if (s->swept_fp != fp)
+		return 0;
+	for (int i = 0; i < s->n_peers; i++) {
+		const struct srv_peer *p = &s->peers[i];
+		if (p->self || p->state > BM_SWIM_SUSPECT)
+			continue;
+		if ((uint64_t)(uintptr_t)bm_map_get(&s->settled_by, p->id) != fp)
+			return 0;
+	}
+	return 1;
+}
+
+/* --- sending --------------------------------------------------------------------- */
+
+static int send_handoff(struct srv *s, const char *to_key, const char *what,
+			const char *eid, uint64_t offset, const void *body, size_t n)
+{
+	const struct srv_peer *p = srv_owner(s, to_key);
+	struct bm_ipc_hdr h;
+
+	if (!p || p->self)
+		return BM_EUNAVAIL;
+	memset(&h, 0, sizeof(h));
+	h.kind = BM_IPC_HANDOFF;
+	h.seq = ++s->rpc_seq;
+	h.offset = (int64_t)offset;
+	snprintf(h.aux, sizeof(h.aux), "%s", what);
+	snprintf(h.eid, sizeof(h.eid), "%s", eid);
+	if (srv_peer_send(s, p, &h, body, n))
+		return BM_EUNAVAIL;
+	s->handoff_outstanding++;
+	return 0;
+}
+
+static int send_json(struct srv *s, const char *to_key, const char *what, const char *eid,
+		     json_t *o)
+{
+	char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	int rc = txt ? send_handoff(s, to_key, what, eid, 0, txt, strlen(txt)) : BM_ENOMEM;
+
+	free(txt);
+	json_decref(o);
+	return rc;
+}
+
+struct recs {
+	struct bm_buf b;
+	uint64_t first, last;
+	unsigned count;
+};
+
+static int on_rec(void *ud, const struct bm_queue_meta *meta, const void *data, int status)
+{
+	struct recs *c = ud;
+	static const uint8_t placeholder = 0;   /* a destroyed record: kept as a gap filler */
+	const void *p = status ? &placeholder : data;
+	uint32_t len = status ? 1 : meta->len;
+
+	if (!c->count)
+		c->first = meta->offset;
+	c->last = meta->offset;
+	c->count++;
+	if (bm_buf_add(&c->b, &len, 4) || bm_buf_add(&c->b, p, len))
+		return 1;
+	return c->b.len >= BATCH_BYTES;
+}
+
+static int on_dev(void *ud, const char *device, uint64_t offset)
+{
+	json_object_set_new(ud, device, json_integer((json_int_t)offset));
+	return 0;
+}
+
+static json_t *keys_of(struct bm_map *m)
+{
+	json_t *a = json_array();
+	const char *k;
+
+	for (size_t it = 0; bm_map_next(m, &it, &k, NULL);)
+		json_array_append_new(a, json_string(k));
+	return a;
+}
+
+static int hand_user(struct srv *s, const char *eid)
+{
+	char name[SRV_EID_MAX + 8];
+	struct srv_user *u = srv_user_get(s, eid, 0);
+	uint64_t head = 0, after = 0;
+	json_t *o, *devs;
+	int rc;
+
+	srv_stream_name(eid, name, sizeof(name));
+	if (bm_queue_stream_head(s->q, name, &head, NULL))
+		head = 0;
+	while (after < head) {
+		struct recs c = { BM_BUF_INIT, 0, 0, 0 };
+
+		bm_queue_scan(s->q, name, after, BATCH_RECORDS, on_rec, &c);
+		if (!c.count) {
+			bm_buf_release(&c.b);
+			break;
+		}
+		rc = send_handoff(s, eid, "recs", eid, c.first, c.b.data, c.b.len);
+		bm_buf_release(&c.b);
+		if (rc)
+			return rc;
+		(*s->m.handoff_records) += c.count;
+		after = c.last;
+	}
+	devs = json_object();
+	bm_queue_devices(s->q, name, on_dev, devs);
+	if (u)
+		o = json_pack("{s:o, s:o, s:I, s:f, s:f, s:i, s:o}", "subs",
+			      keys_of(&u->subscribers), "blk", keys_of(&u->blocked), "seen",
+			      (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon, "in",
+			      u->intention, "devs", devs);
+	else
+		o = json_pack("{s:[], s:[], s:I, s:o}", "subs", "blk", "seen", (json_int_t)0,
+			      "devs", devs);
+	rc = send_json(s, eid, "user", eid, o);
+	if (!rc)
+		(*s->m.handoff_users)++;
+	return rc;
+}
+
+struct names {
+	char **v;
+	size_t n, cap;
+};
+
+static int names_add(struct names *c, const char *eid)
+{
+	for (size_t j = 0; j < c->n; j++)
+		if (!strcmp(c->v[j], eid))
+			return 0;
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? 2 * c->cap : 64;
+		char **v = realloc(c->v, cap * sizeof(*v));
+		if (!v)
+			return 1;
+		c->v = v;
+		c->cap = cap;
+	}
+	c->v[c->n] = strdup(eid);
+	if (c->v[c->n])
+		c->n++;
+	return 0;
+}
+
+static int on_stream_name(void *ud, const char *name, uint64_t head, uint64_t first)
+{
+	return strncmp(name, "u:", 2) ? 0 : names_add(ud, name + 2);
+}
+
+/* Everything held here that another server owns now; 0 once all is sent. */
+static int sweep(struct srv *s)
+{
+	struct names nm = { NULL, 0, 0 };
+	const char *k;
+	void *v;
+	int rc = 0;
+
+	bm_queue_streams(s->q, on_stream_name, &nm);
+	for (size_t it = 0; bm_map_next(&s->users, &it, &k, NULL);)
+		if (!srv_owns(s, k))
+			names_add(&nm, k);
+	for (size_t i = 0; i < nm.n; i++) {
+		if (!rc && nm.v[i] && !srv_owns(s, nm.v[i])) {
+			struct srv_user *u = srv_user_get(s, nm.v[i], 0);
+			/* Its sessions go: the signals re-open them at the owner. */
+			while (u && u->devs) {
+				struct srv_dev *d = u->devs;
+				srv_kick(s, d->rid, d->rid_len, d->session, 1013,
+					 "user moved to another server; reconnect");
+				u->devs = d->next;
+				u->n_devs--;
+				free(d);
+				(*s->m.sessions)--;
+			}
+			if (u)
+				srv_cache_trim(u);
+			rc = hand_user(s, nm.v[i]);
+		}
+		free(nm.v[i]);
+	}
+	free(nm.v);
+	if (rc)
+		return rc;
+	for (size_t it = 0; !rc && bm_map_next(&s->chats, &it, &k, &v);) {
+		struct srv_chat *c = v;
+		json_t *idem;
+
+		if (srv_owns(s, c->id))
+			continue;
+		idem = json_array();
+		for (size_t i = 0; i < s->idem_count; i++) {
+			const char *key = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
+			struct srv_idem *e = key ? bm_map_get(&s->idem, key) : NULL;
+			const char *p1, *p2;
+			char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
+
+			if (!e || e->durable != 1 || strcmp(e->chat_id, c->id))
+				continue;
+			p1 = strchr(e->key, '\x1f');
+			p2 = p1 ? strchr(p1 + 1, '\x1f') : NULL;
+			if (!p2)
+				continue;
+			snprintf(eid, sizeof(eid), "%.*s", (int)(p1 - e->key), e->key);
+			snprintf(dev, sizeof(dev), "%.*s", (int)(p2 - p1 - 1), p1 + 1);
+			json_array_append_new(idem, json_pack("{s:s, s:s, s:s, s:I}", "e", eid,
+							      "d", dev, "l", p2 + 1, "v",
+							      (json_int_t)e->version));
+		}
+		rc = send_json(s, c->id, "chat", "", json_pack("{s:s, s:s, s:I, s:o}", "a", c->a,
+							     "b", c->b, "v",
+							     (json_int_t)c->version, "idem", idem));
+	}
+	for (size_t it = 0; !rc && bm_map_next(&s->pending, &it, &k, &v);) {
+		struct srv_pending *p = v;
+		if (!srv_owns(s, p->chat))
+			rc = send_json(s, p->chat, "pm", "", srv_pending_json(p));
+	}
+	return rc;
+}
+
+/* --- receiving ------------------------------------------------------------------- */
+
+struct ack_ctx {
+	struct srv *s;
+	char peer[BM_IPC_ORIGIN_MAX + 1];
+	char eid[SRV_EID_MAX + 1];
+	uint64_t seq;
+};
+
+static void ack(struct srv *s, const char *peer, uint64_t seq, int status)
+{
+	struct bm_ipc_hdr h;
+	char body[64];
+	int n = snprintf(body, sizeof(body), "%d %s", status ? bm_err_http(status) : 0,
+			 status ? bm_strerror(status) : "ok");
+
+	for (int i = 0; i < s->n_peers; i++) {
+		if (strcmp(s->peers[i].id, peer))
+			continue;
+		memset(&h, 0, sizeof(h));
+		h.kind = BM_IPC_HANDOFF_ACK;
+		h.seq = seq;
+		srv_peer_send(s, &s->peers[i], &h, body, (size_t)n);
+	}
+}
+
+static void on_stored(void *ud, int status, uint64_t offset)
+{
+	struct ack_ctx *c = ud;
+	struct srv_user *u = c->eid[0] ? srv_user_get(c->s, c->eid, 0) : NULL;
+	char name[SRV_EID_MAX + 8];
+	uint64_t head;
+
+	(void)offset;
+	srv_stream_name(c->eid, name, sizeof(name));
+	if (u && !bm_queue_stream_head(c->s->q, name, &head, NULL) && head > u->durable)
+		u->durable = head;
+	ack(c->s, c->peer, c->seq, status);
+	free(c);
+}
+
+static struct ack_ctx *ctx_of(struct srv *s, const struct bm_ipc_hdr *h)
+{
+	struct ack_ctx *c = calloc(1, sizeof(*c));
+
+	if (c) {
+		c->s = s;
+		snprintf(c->peer, sizeof(c->peer), "%s", h->origin);
+		snprintf(c->eid, sizeof(c->eid), "%s", h->eid);
+		c->seq = h->seq;
+	}
+	return c;
+}
+
+/* Records the stream has already are skipped; the rest appended, the last
+ * one with the completion that answers (completions run in append order). */
+static int take_recs(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *p, size_t n,
+		     struct ack_ctx *c)
+{
+	char name[SRV_EID_MAX + 8];
+	uint64_t head = 0, off = (uint64_t)h->offset, got;
+	size_t i, last = SIZE_MAX;
+	int rc;
+
+	srv_stream_name(h->eid, name, sizeof(name));
+	if (bm_queue_stream_head(s->q, name, &head, NULL))
+		head = 0;
+	if (off < 1 || off > head + 1) {
+		bm_err("handoff", "stream of '%s': records from %" PRIu64 " after head %" PRIu64
+		       " (a gap)", h->eid, off, head);
+		return BM_ERANGE;
+	}
+	for (i = 0; i + 4 <= n;) {
+		uint32_t len;
+
+		memcpy(&len, p + i, 4);
+		if (len > n - i - 4)
+			return BM_EPROTO;
+		last = i;
+		i += 4 + len;
+	}
+	if (i != n)
+		return BM_EPROTO;
+	for (i = 0; i + 4 <= n; off++) {
+		uint32_t len;
+
+		memcpy(&len, p + i, 4);
+		if (off == head + 1) {
+			rc = bm_queue_append(s->q, name, p + i + 4, len, &got, i == last ? on_stored
+										 : NULL,
+					     i == last ? c : NULL);
+			if (rc)
+				return rc;
+			head = got;
+			if (i == last)
+				return 0;
+		}
+		i += 4 + len;
+	}
+	on_stored(c, 0, head);   /* all there already */
+	return 0;
+}
+
+static int take_user(struct srv *s, const struct bm_ipc_hdr *h, json_t *o,
+		     struct ack_ctx *c)
+{
+	char name[SRV_EID_MAX + 8];
+	json_t *devs = json_object_get(o, "devs"), *v, *rec;
+	const char *dev;
+	struct srv_user *u;
+	int rc;
+
+	rec = json_pack("{s:s, s:s, s:O, s:O, s:O, s:O, s:O, s:O}", "t", "uimp", "e", h->eid,
+			"subs", json_object_get(o, "subs"), "blk", json_object_get(o, "blk"),
+			"seen", json_object_get(o, "seen"), "lat",
+			json_object_get(o, "lat") ? json_object_get(o, "lat") : json_real(0),
+			"lon", json_object_get(o, "lon") ? json_object_get(o, "lon")
+							 : json_real(0),
+			"in", json_object_get(o, "in") ? json_object_get(o, "in")
+						       : json_integer(0));
+	if (!rec)
+		return BM_EINVAL;
+	srv_stream_name(h->eid, name, sizeof(name));
+	json_object_foreach(devs, dev, v)
+		bm_queue_commit_offset(s->q, name, dev, (uint64_t)json_integer_value(v), NULL,
+				       NULL);
+	rc = srv_state_log(s, rec, on_stored, c);
+	u = srv_user_get(s, h->eid, 0);
+	if (u && !bm_queue_stream_head(s->q, name, &u->durable, NULL))
+		srv_pump_user(s, u);
+	return rc;
+}
+
+static void on_handoff(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *body,
+		       size_t n)
+{
+	struct ack_ctx *c = ctx_of(s, h);
+	json_t *o = NULL;
+	int rc;
+
+	if (!c) {
+		ack(s, h->origin, h->seq, BM_ENOMEM);
+		return;
+	}
+	if (!strcmp(h->aux, "recs")) {
+		rc = take_recs(s, h, body, n, c);
+	} else if (!(o = json_loadb((const char *)body, n, 0, NULL))) {
+		rc = BM_EPROTO;
+	} else if (!strcmp(h->aux, "user")) {
+		rc = take_user(s, h, o, c);
+	} else if (!strcmp(h->aux, "chat")) {
+		json_t *e;
+		size_t i;
+
+		json_array_foreach(json_object_get(o, "idem"), i, e) {
+			char cid[SRV_CHAT_ID_LEN + 1];
+			json_t *r;
+			srv_chat_id(json_string_value(json_object_get(o, "a")) ?: "",
+				    json_string_value(json_object_get(o, "b")) ?: "", cid);
+			r = json_pack("{s:s, s:O, s:O, s:O, s:s, s:O}", "t", "idem", "e",
+				      json_object_get(e, "e"), "d", json_object_get(e, "d"), "l",
+				      json_object_get(e, "l"), "c", cid, "v",
+				      json_object_get(e, "v"));
+			if (r)
+				srv_state_log(s, r, NULL, NULL);
+		}
+		rc = srv_state_log(s, json_pack("{s:s, s:O, s:O, s:O}", "t", "chat", "a",
+						json_object_get(o, "a"), "b",
+						json_object_get(o, "b"), "v",
+						json_object_get(o, "v")), on_stored, c);
+	} else if (!strcmp(h->aux, "pm")) {
+		rc = srv_state_log(s, json_incref(o), on_stored, c);
+	} else {
+		rc = BM_EPROTO;
+	}
+	json_decref(o);
+	if (rc) {
+		bm_warn("handoff", "refused %s of '%s' from '%s': %s", h->aux, h->eid, h->origin,
+			bm_strerror(rc));
+		ack(s, h->origin, h->seq, rc);
+		free(c);
+	}
+}
+
+void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *body,
+		     size_t n)
+{
+	char txt[32];
+
+	switch (h->kind) {
+	case BM_IPC_HANDOFF:
+		on_handoff(s, h, body, n);
+		break;
+	case BM_IPC_HANDOFF_ACK:
+		if (s->handoff_outstanding)
+			s->handoff_outstanding--;
+		if (n && body[0] != '0') {
+			bm_warn("handoff", "'%s' did not take a hand-off: %.*s", h->origin,
+				(int)n, (const char *)body);
+			s->handoff_failed = 1;
+		}
+		break;
+	case BM_IPC_SETTLED:
+		snprintf(txt, sizeof(txt), "%.*s", (int)(n < 31 ? n : 31), (const char *)body);
+		bm_map_put(&s->settled_by, h->origin,
+			   (void *)(uintptr_t)strtoull(txt, NULL, 10), NULL);
+		break;
+	}
+}
+
+/* --- the loop -------------------------------------------------------------------- */
+
+static void on_leave_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct srv *s = arg;
+
+	event_base_loopexit(s->base, NULL);
+}
+
+void srv_handoff_tick(struct srv *s)
+{
+	uint64_t fp, now = bm_mono_ms();
+
+	if (!s->n_peers)
+		return;
+	fp = srv_owner_fingerprint(s);
+	if (s->handoff_outstanding && !s->swept_fp && now - s->sweep_started_ms > 5000) {
+		bm_warn("handoff", "%" PRIu64 " hand-offs not answered in 5 s: again",
+			s->handoff_outstanding);
+		s->handoff_failed = 1;
+		s->handoff_outstanding = 0;
+	}
+	if (fp != s->sweep_fp || (s->handoff_failed && now >= s->sweep_retry_ms)) {
+		int rc;
+
+		if (fp != s->sweep_fp)
+			bm_info("handoff", "owner set changed: handing off what moved");
+		s->sweep_fp = fp;
+		s->swept_fp = 0;
+		s->handoff_failed = 0;
+		s->handoff_outstanding = 0;
+		s->sweep_started_ms = now;
+		rc = sweep(s);
+		if (rc) {
+			bm_warn("handoff", "hand-off incomplete (%s); trying again",
+				bm_strerror(rc));
+			s->handoff_failed = 1;
+			s->sweep_retry_ms = now + 1000;
+		}
+	}
+	if (!s->swept_fp && !s->handoff_outstanding && !s->handoff_failed) {
+		s->swept_fp = fp;
+		bm_info("handoff", "hand-off done for this owner set (%" PRIu64 " users so far)",
+			*s->m.handoff_users);
+		if (s->leaving && !s->left) {
+			struct timeval tv = { 2, 0 };
+			s->left = 1;
+			bm_info("handoff", "everything handed off: leaving the cluster");
+			bm_cluster_leave(s->cluster);
+			event_base_once(s->base, -1, EV_TIMEOUT, on_leave_done, s, &tv);
+		}
+	}
+	if (s->swept_fp == fp && now - s->settled_sent_ms >= SETTLED_EVERY_MS) {
+		char body[32];
+		int n = snprintf(body, sizeof(body), "%" PRIu64, fp);
+
+		s->settled_sent_ms = now;
+		for (int i = 0; i < s->n_peers; i++) {
+			struct bm_ipc_hdr h;
+			if (s->peers[i].self || s->peers[i].state > BM_SWIM_SUSPECT)
+				continue;
+			memset(&h, 0, sizeof(h));
+			h.kind = BM_IPC_SETTLED;
+			srv_peer_send(s, &s->peers[i], &h, body, (size_t)n);
+		}
+	}
+}
+
+int srv_leave(struct srv *s)
+{
+	if (!s->cluster || !s->n_peers)
+		return BM_ESTATE;
+	if (!s->leaving) {
+		bm_info("handoff", "asked to leave: handing everything off first");
+		s->leaving = 1;
+	}
+	return 0;
+}
