@@ -6,6 +6,7 @@
 #   make asan       the same tests under AddressSanitizer + UBSan
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS each (clang)
 #   make bench      benchmarks; prints figures and ratios to raw/peer baselines
+#   make soak       chat load on a cluster while nodes are killed; exactly-once check
 #   make install    PREFIX=/usr/local DESTDIR=
 #
 # Sources are found by directory, so adding a file needs no edit here:
@@ -94,6 +95,14 @@ IT_BIN   := $(patsubst tests/integration/%.c,$(B)/tests/%,$(IT_SRC))
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_REPLAY := $(patsubst tests/fuzz/%.c,$(B)/tests/replay_%,$(FUZZ_SRC))
 
+# The soak (tests/soak/): one engine, two mains -- bimip-soak for make soak,
+# it_soak (short) among the integration tests.
+SOAK_SRC := $(wildcard tests/soak/*.c)
+SOAK_LIB := $(call obj,tests/soak/soak.c)
+SOAK_BIN := $(B)/soak/bimip-soak
+IT_BIN   += $(B)/tests/it_soak
+
+ALL_OBJ += $(call obj,$(SOAK_SRC))
 ALL_OBJ += $(call obj,$(COMMON_SRC) $(QUEUE_SRC) $(CLUSTER_SRC) $(CLIENT_SRC) \
              $(SUPPORT_SRC) $(UNIT_SRC) $(IT_SRC) $(FUZZ_SRC) tests/fuzz/replay_main.c) \
            $(B)/obj/gen/bimip.pb.o
@@ -104,7 +113,7 @@ ALL_OBJ += $(call obj,$(COMMON_SRC) $(QUEUE_SRC) $(CLUSTER_SRC) $(CLIENT_SRC) \
 
 all: $(PROGRAMS) tests
 
-tests: $(UNIT_BIN) $(IT_BIN) $(FUZZ_REPLAY)
+tests: $(UNIT_BIN) $(IT_BIN) $(FUZZ_REPLAY) $(SOAK_BIN)
 
 # --- protocol ----------------------------------------------------------------
 NANOPB_GEN ?= /usr/bin/python3 /usr/bin/nanopb_generator.py
@@ -157,6 +166,14 @@ $(B)/tests/%: $(B)/obj/tests/unit/%.o $(TEST_LIBS)
 $(B)/tests/it_%: $(B)/obj/tests/integration/it_%.o $(TEST_LIBS) | $(PROGRAMS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(SYS_LIBS) -lcmocka
+
+$(B)/tests/it_soak: $(call obj,tests/soak/it_soak.c) $(SOAK_LIB) $(TEST_LIBS) | $(PROGRAMS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(call obj,tests/soak/it_soak.c) $(SOAK_LIB) $(TEST_LIBS) $(SYS_LIBS)
+
+$(SOAK_BIN): $(call obj,tests/soak/main.c) $(SOAK_LIB) $(TEST_LIBS) | $(PROGRAMS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(call obj,tests/soak/main.c) $(SOAK_LIB) $(TEST_LIBS) $(SYS_LIBS)
 
 # Corpus replay: the fuzz target linked with a plain main() that feeds it files.
 $(B)/tests/replay_%: $(B)/obj/tests/fuzz/%.o $(B)/obj/tests/fuzz/replay_main.o $(TEST_LIBS)
@@ -213,6 +230,14 @@ crash-long:
 	@$(MAKE) --no-print-directory DEVELOPER=1 all
 	BIMIP_CRASH_TRIALS=$${BIMIP_CRASH_TRIALS:-500} BIMIP_TEST_TIMEOUT=$${BIMIP_TEST_TIMEOUT:-7200} \
 	    BIMIP_BIN=$(abspath $(BIN)) tests/run.sh $(B)/tests crash
+
+# Chat load on servers + 2 signals for SOAK_SECONDS while nodes are killed
+# at random; then every acknowledged message must have reached every device
+# of its receiver exactly once (tests/soak/soak.c; SOAK_* variables there).
+soak:
+	@sh deploy/deps.sh
+	@$(MAKE) --no-print-directory DEVELOPER=1 $(PROGRAMS) $(SOAK_BIN)
+	SOAK_SECONDS=$${SOAK_SECONDS:-120} BIMIP_BIN=$(abspath $(BIN)) $(SOAK_BIN)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/bimip \
