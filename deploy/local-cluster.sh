@@ -6,15 +6,14 @@
 #
 # Signals: ws://127.0.0.1:4000/ and ws://127.0.0.1:4002/ (admin :4001, :4003).
 # Servers: ZeroMQ 4100/4110/4120, admin 4101/4111/4121, gossip 4102/4112/4122.
-# SERVERS (default 1) sets how many servers start.  Until servers route to
-# each other (docs/cluster.md), chat between users owned by different
-# servers does not arrive: keep SERVERS=1 for chat, use 3 to see membership.
+# SERVERS (default 3) sets how many servers start; users and chats are
+# spread over them and routed between them (docs/cluster.md).
 # Data under var/cluster/; logs in var/cluster/*.log.
 set -eu
 cmd=${1:-}
 BIN=${2:-build/bin}
 DIR=var/cluster
-SERVERS=${SERVERS:-1}
+SERVERS=${SERVERS:-3}
 KEY=${CLUSTER_KEY:-local-cluster-key}
 
 wait_ready() {

@@ -311,7 +311,9 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 
 	bm_info("server", "signal %d: draining and stopping", (int)sig);
 	s->stopping = 1;
-	bm_cluster_leave(s->cluster);
+	/* No gossip "left": a stopped server keeps its users (they wait for it,
+	 * its data is on its disk).  Leaving is `cluster leave`, which hands
+	 * the data off first (handoff.c). */
 	event_base_loopbreak(s->base);
 }
 
