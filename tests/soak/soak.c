@@ -835,6 +835,45 @@ static int64_t undelivered(const struct soak *s)
 	return n;
 }
 
+/* Why a device is behind: its offsets as the library and the server see
+ * them (GET /v1/users/<eid>/sessions on every server that has it online). */
+static void report_behind(struct soak *s)
+{
+	static char out[16384];
+	int shown = 0;
+
+	for (int i = 0; i < s->ndev && shown < 8; i++) {
+		struct dev *d = &s->devs[i];
+		int64_t behind = 0;
+		char path[96], where[256] = "";
+		for (int64_t k = 0; k < s->nmsg; k++)
+			behind += s->msgs[k].acked && s->msgs[k].to == d->user && !s->msgs[k].got[d->idx];
+		if (!behind)
+			continue;
+		shown++;
+		snprintf(path, sizeof(path), "/v1/users/%s/sessions", d->eid);
+		for (int j = 0; j < s->o.servers; j++) {
+			json_t *r, *e;
+			size_t n;
+			if (bm_h_http(s->srv[j].admin, "GET", path, BM_H_ADMIN_KEY, NULL, out,
+				      sizeof(out)) != 200 || !(r = json_loads(out, 0, NULL)))
+				continue;
+			json_array_foreach(json_object_get(r, "sessions"), n, e)
+				if (!strcmp(json_string_value(json_object_get(e, "device")) ?: "", d->name)) {
+					size_t len = strlen(where);
+					snprintf(where + len, sizeof(where) - len,
+						 " %s: committed %lld sent %lld;", s->srv[j].name,
+						 (long long)json_integer_value(json_object_get(e, "committed")),
+						 (long long)json_integer_value(json_object_get(e, "sent")));
+				}
+			json_decref(r);
+		}
+		note(s, "%s/%s misses %lld copies: library last offset %lld, committed %lld;%s",
+		     d->eid, d->name, (long long)behind, (long long)bm_client_last_offset(d->c),
+		     (long long)bm_client_committed(d->c), where[0] ? where : " no server session");
+	}
+}
+
 static void progress(struct soak *s)
 {
 	note(s, "sent %lld, unacknowledged %lld, reconnects %lld, kills %d",
@@ -990,6 +1029,8 @@ int soak_run(const struct soak_opts *o)
 		pump(s, &tokens, &last_ms, &churn_ms, &scan_ms);
 	note(s, "live delivery done: %lld acknowledged copies not at a receiver device",
 	     (long long)undelivered(s));
+	if (undelivered(s))
+		report_behind(s);
 
 	/* sync: every device up to its stream head */
 	s->phase = P_SYNC;
