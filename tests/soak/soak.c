@@ -125,6 +125,13 @@ struct soak {
 	enum phase phase;
 	unsigned rnd;
 
+	struct {                /* why connections ended: close code, first reason */
+		int code;
+		char reason[64];
+		int64_t n;
+	} closes[16];
+	int ncloses;
+
 	/* figures */
 	int64_t resends, connects, drops, connect_fails, churns, errors, undecodable;
 	int64_t unknown, last_delivery_ms;
@@ -557,7 +564,7 @@ static void dev_connect(struct soak *s, struct dev *d, uint64_t now)
 			rc = bm_client_reconnect(d->c, err, sizeof(err));
 	}
 	if (rc) {
-		snprintf(d->err, sizeof(d->err), "%s: %s", url, err);
+		snprintf(d->err, sizeof(d->err), "%.60s: %.90s", url, err);
 		if (s->connect_fails++ < 5)
 			note(s, "%s/%s cannot connect to %s", d->eid, d->name, d->err);
 		d->next_sig = (d->next_sig + 1) % SOAK_SIGNALS;
@@ -700,6 +707,23 @@ static void on_stanza(struct soak *s, struct dev *d, const bimip_MessageScheme *
 	}
 }
 
+static void count_close(struct soak *s, const struct dev *d)
+{
+	int code = bm_client_close_code(d->c), i;
+
+	for (i = 0; i < s->ncloses && s->closes[i].code != code; i++)
+		;
+	if (i == s->ncloses) {
+		if (i == (int)(sizeof(s->closes) / sizeof(s->closes[0])))
+			return;
+		s->ncloses++;
+		s->closes[i].code = code;
+		snprintf(s->closes[i].reason, sizeof(s->closes[i].reason), "%s",
+			 bm_client_close_reason(d->c));
+	}
+	s->closes[i].n++;
+}
+
 static void dev_read(struct soak *s, struct dev *d)
 {
 	static bimip_MessageScheme m;
@@ -713,6 +737,7 @@ static void dev_read(struct soak *s, struct dev *d)
 			continue;
 		}
 		if (rc) {
+			count_close(s, d);
 			dev_down(s, d, bm_mono_ms());
 			return;
 		}
@@ -1115,6 +1140,12 @@ out:
 	printf("reconnects %lld (dropped %lld, churned %lld, failed attempts %lld)\n",
 	       (long long)(s->connects - s->ndev), (long long)s->drops, (long long)s->churns,
 	       (long long)s->connect_fails);
+	printf("connections ended by the other side:");
+	for (int i = 0; i < s->ncloses; i++)
+		printf(" %d%s%s%s x %lld;", s->closes[i].code, s->closes[i].reason[0] ? " '" : "",
+		       s->closes[i].reason, s->closes[i].reason[0] ? "'" : "",
+		       (long long)s->closes[i].n);
+	printf("%s\n", s->ncloses ? "" : " none");
 	printf("errors %lld (ErrorMessage stanzas), unknown ids %lld, undecodable %lld\n",
 	       (long long)s->errors, (long long)s->unknown, (long long)s->undecodable);
 	printf("nodes died on their own %d, moved ports %d\n", atomic_load(&s->crashed),
