@@ -3,8 +3,11 @@
  * `pairs` and `fanout` of bimip-bench (docs/performance.md, "Chat load").
  *
  *   connections  N authenticated idle WebSocket sessions held by J child
- *                processes (each from its own 127.x source addresses):
- *                setup rate, and with --signal-pid the signal's VmRSS
+ *                processes (each from its own 127.x source addresses), F
+ *                handshakes in flight per process with requests built
+ *                before the clock starts (dialer.h): setup rate, the CPU
+ *                the load processes spent per connection, and with
+ *                --signal-pid the signal's CPU per connection and VmRSS
  *                before/after divided by N.
  *   pairs        P sender/receiver pairs on separate connections, W
  *                messages in flight per sender (a message leaves the window
@@ -24,6 +27,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -34,6 +38,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -43,6 +48,7 @@
 #include "bm_httpc.h"
 #include "bm_jwt.h"
 #include "bm_time.h"
+#include "dialer.h"
 #include "mqtt.h"
 
 struct load_opts {
@@ -53,7 +59,7 @@ struct load_opts {
 	const char *admin_key;
 	const char *mqtt;
 	const char *src;        /* first two octets of source addresses, or NULL */
-	int n, procs, hold_s;
+	int n, procs, hold_s, inflight;
 	int p, w, t_s, warmup_s, size;
 	double rate;            /* pairs: total msgs/s, 0 = as fast as the window allows */
 	int k, rounds, interval_ms;
@@ -225,9 +231,12 @@ static void usage(const char *mode)
 	       "  -n, --sessions N       sessions to open (1000)\n"
 	       "  -j, --procs J          client processes holding them (4)\n"
 	       "      --signal-pid PID   report the signal's (or with --mqtt the broker's)\n"
-	       "                         VmRSS per session\n"
+	       "                         VmRSS per session and CPU per connection\n"
 	       "      --mqtt H:P         hold MQTT connections (CONNECT only) instead\n"
 	       "      --hold S           keep the sessions S seconds after measuring (0)\n"
+	       "      --inflight F       handshakes in flight per process (16): prebuilt\n"
+	       "                         requests on one epoll; 0 = one at a time through\n"
+	       "                         libbimip-client (always so for wss://)\n"
 	       "pairs:\n"
 	       "  -p, --pairs P          sender/receiver pairs (100)\n"
 	       "  -w, --window W         messages in flight per sender (10)\n"
@@ -256,6 +265,7 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 		{ "procs", required_argument, 0, 'j' },
 		{ "signal-pid", required_argument, 0, 'G' },
 		{ "hold", required_argument, 0, 'H' },
+		{ "inflight", required_argument, 0, 'F' },
 		{ "pairs", required_argument, 0, 'p' },
 		{ "window", required_argument, 0, 'w' },
 		{ "time", required_argument, 0, 't' },
@@ -275,6 +285,7 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 	o->url = "ws://127.0.0.1:4000/";
 	o->n = 1000;
 	o->procs = 4;
+	o->inflight = 16;
 	o->p = 100;
 	o->w = 10;
 	o->t_s = 10;
@@ -298,6 +309,7 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 		case 'j': o->procs = atoi(optarg); break;
 		case 'G': o->signal_pid = (pid_t)atoi(optarg); break;
 		case 'H': o->hold_s = atoi(optarg); break;
+		case 'F': o->inflight = atoi(optarg); break;
 		case 'p': o->p = atoi(optarg); break;
 		case 'w': o->w = atoi(optarg); break;
 		case 't': o->t_s = atoi(optarg); break;
@@ -312,7 +324,8 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 		default: usage(o->mode); return -1;
 		}
 	}
-	if (o->n < 1 || o->procs < 1 || o->procs > 64 || o->p < 1 || o->p > 5000 ||
+	if (o->n < 1 || o->procs < 1 || o->procs > 64 || o->inflight < 0 ||
+	    o->inflight > 4096 || o->p < 1 || o->p > 5000 ||
 	    o->w < 1 || o->w > 10000 || o->t_s < 1 || o->t_s > 3600 || o->warmup_s < 0 ||
 	    o->size < 20 || o->size > 1024 || o->k < 1 || o->k > 18000 || o->rounds < 1 ||
 	    o->rounds > 1000 || o->rate < 0 || o->interval_ms < 0) {
@@ -331,21 +344,120 @@ struct conn_report {
 	int ready;             /* 1: tokens minted, waiting for go; 0: done */
 	int ok, failed;
 	uint64_t t0, t1;
+	uint64_t cpu_ns;       /* this process's CPU time from t0 to t1 */
 	char err[160];
 };
 
+static uint64_t cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == -1)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ws://A.B.C.D:PORT/path -> dst, "A.B.C.D:PORT" (the Host header) and
+ * path.  Returns 0, or -1 when the url is not plain ws:// to a numeric IPv4
+ * address (dial through libbimip-client then). */
+static int ws_url_ipv4(const char *url, struct sockaddr_in *dst, char *hostport, size_t hcap,
+		       char *path, size_t pcap)
+{
+	const char *p = url + 5, *slash, *colon;
+	char host[64];
+
+	if (strncmp(url, "ws://", 5))
+		return -1;
+	slash = strchr(p, '/');
+	if (!slash)
+		slash = p + strlen(p);
+	colon = memchr(p, ':', (size_t)(slash - p));
+	if (!colon || (size_t)(colon - p) >= sizeof(host) || (size_t)(slash - p) >= hcap)
+		return -1;
+	memcpy(host, p, (size_t)(colon - p));
+	host[colon - p] = 0;
+	memset(dst, 0, sizeof(*dst));
+	dst->sin_family = AF_INET;
+	dst->sin_port = htons((uint16_t)atoi(colon + 1));
+	if (inet_pton(AF_INET, host, &dst->sin_addr) != 1 || !dst->sin_port)
+		return -1;
+	snprintf(hostport, hcap, "%.*s", (int)(slash - p), p);
+	snprintf(path, pcap, "%s", *slash ? slash : "/");
+	return 0;
+}
+
+/* The request of connection i of process idx, built before the clock starts:
+ * a WebSocket upgrade with a fresh token and key, or an MQTT CONNECT. */
+static int conn_job(const struct load_opts *o, const struct minter *mt, int idx, int i,
+		    const char *hostport, const char *path, struct dial_job *j)
+{
+	char eid[160], src[64], req[BM_HTTP_MAX_HEAD];
+	const char *sa = src_addr(o, idx, i, src, sizeof(src));
+	int n;
+
+	memset(j, 0, sizeof(*j));
+	j->fd = -1;
+	if (sa) {
+		j->src.sin_family = AF_INET;
+		if (inet_pton(AF_INET, sa, &j->src.sin_addr) != 1)
+			return -1;
+	}
+	if (o->mqtt) {
+		snprintf(eid, sizeof(eid), "%s-c%d-%d", o->run, idx, i);
+		n = (int)mqtt_connect_packet((uint8_t *)req, eid);
+	} else {
+		char *tok;
+		snprintf(eid, sizeof(eid), "%s-c%d-%d@bench", o->run, idx, i);
+		if (!(tok = mint(mt, eid, "d")) || bm_http_client_key(j->key)) {
+			free(tok);
+			return -1;
+		}
+		n = bm_http_upgrade_request(req, sizeof(req), hostport, path, j->key, tok, NULL);
+		free(tok);
+	}
+	if (n <= 0 || !(j->req = malloc((size_t)n)))
+		return -1;
+	memcpy(j->req, req, (size_t)n);
+	j->req_len = (size_t)n;
+	return 0;
+}
+
+/* One connection process: build every request, report ready, wait for go,
+ * connect them all (o->inflight at a time; 0 = one by one through
+ * libbimip-client or mqtt_connect, as wss:// always is), report, then hold
+ * the connections until the parent closes hold_fd. */
 static void conn_child(const struct load_opts *o, const struct minter *mt, int idx, int count,
 		       int go_fd, int rep_fd, int hold_fd)
 {
 	void **held = calloc((size_t)count, sizeof(*held));   /* never used, only kept */
 	char **toks = calloc((size_t)count, sizeof(*toks));
+	struct dial_job *jobs = NULL;
 	struct conn_report r = { .ready = 1 };
-	char eid[160], src[64], host[64], b;
-	int port = 0;
+	struct sockaddr_in dst;
+	char eid[160], src[64], host[64], hostport[300], path[512], b;
+	int port = 0, fast = 0;
 
 	if (!held || !toks || (o->mqtt && parse_hostport(o->mqtt, host, sizeof(host), &port)))
 		_exit(1);
-	for (int i = 0; i < count && !o->mqtt; i++) {
+	if (o->inflight > 0) {
+		if (o->mqtt) {
+			memset(&dst, 0, sizeof(dst));
+			dst.sin_family = AF_INET;
+			dst.sin_port = htons((uint16_t)port);
+			fast = inet_pton(AF_INET, host, &dst.sin_addr) == 1;
+		} else {
+			fast = !ws_url_ipv4(o->url, &dst, hostport, sizeof(hostport), path,
+					    sizeof(path));
+		}
+	}
+	if (fast) {
+		if (!(jobs = calloc((size_t)count, sizeof(*jobs))))
+			_exit(1);
+		for (int i = 0; i < count; i++)
+			if (conn_job(o, mt, idx, i, hostport, path, &jobs[i]))
+				_exit(1);
+	}
+	for (int i = 0; i < count && !o->mqtt && !fast; i++) {
 		snprintf(eid, sizeof(eid), "%s-c%d-%d@bench", o->run, idx, i);
 		if (!(toks[i] = mint(mt, eid, "d")))
 			_exit(1);
@@ -353,8 +465,19 @@ static void conn_child(const struct load_opts *o, const struct minter *mt, int i
 	if (write(rep_fd, &r, sizeof(r)) != (ssize_t)sizeof(r) || read(go_fd, &b, 1) != 1)
 		_exit(1);
 	r.ready = 0;
+	r.cpu_ns = cpu_ns();
 	r.t0 = now_ns();
-	for (int i = 0; i < count && r.failed < 10; i++) {
+	if (fast) {
+		struct dial_result dr;
+		if (dial_run(o->mqtt ? DIAL_MQTT : DIAL_WS, &dst, jobs, count, o->inflight, 10000,
+			     &dr))
+			_exit(1);
+		r.ok = dr.ok;
+		r.failed = dr.failed;
+		snprintf(r.err, sizeof(r.err), "%s", dr.err);
+	}
+
+	for (int i = 0; i < count && !fast && r.failed < 10; i++) {
 		struct bm_client_opts co = { .url = o->url, .token = toks[i], .timeout_ms = 10000,
 					     .max_message = 16384, .commit_every = -1,
 					     .local_addr = src_addr(o, idx, i, src, sizeof(src)) };
@@ -383,8 +506,13 @@ static void conn_child(const struct load_opts *o, const struct minter *mt, int i
 		toks[i] = NULL;
 	}
 	r.t1 = now_ns();
+	r.cpu_ns = cpu_ns() - r.cpu_ns;
 	if (write(rep_fd, &r, sizeof(r)) != (ssize_t)sizeof(r))
 		_exit(1);
+	for (int i = 0; jobs && i < count; i++) {
+		free(jobs[i].req);
+		jobs[i].req = NULL;
+	}
 	/* Hold until the parent closes the pipe; exit drops every session. */
 	while (read(hold_fd, &b, 1) > 0)
 		;
@@ -407,10 +535,36 @@ static long vm_rss_kb(pid_t pid)
 	return kb;
 }
 
+/* User + system CPU of every thread of pid so far, in clock ticks (-1 if
+ * unknown). */
+static long long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut, st;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((fd = open(path, O_RDONLY)) == -1)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	/* The command name may hold spaces and parentheses: fields 14 and 15
+	 * count from the last ')'. */
+	if (!(p = strrchr(buf, ')')) ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+		return -1;
+	return (long long)(ut + st);
+}
+
 static int mode_connections(const struct load_opts *o, const struct minter *mt)
 {
 	int go[2], rep[2], hold[2], ok = 0, failed = 0, ready = 0, done = 0, rc = 1;
-	uint64_t t0 = UINT64_MAX, t1 = 0, deadline;
+	uint64_t t0 = UINT64_MAX, t1 = 0, deadline, load_ns = 0;
+	long long ticks0 = -1, ticks1 = -1;
 	long rss0 = -1, rss1 = -1;
 	pid_t *kids = calloc((size_t)o->procs, sizeof(*kids));
 	char err[160] = "";
@@ -453,8 +607,10 @@ static int mode_connections(const struct load_opts *o, const struct minter *mt)
 		}
 		if (r.ready) {
 			if (++ready == o->procs) {
-				if (o->signal_pid)
+				if (o->signal_pid) {
 					rss0 = vm_rss_kb(o->signal_pid);
+					ticks0 = cpu_ticks(o->signal_pid);
+				}
 				for (int i = 0; i < o->procs; i++)
 					if (write(go[1], "g", 1) != 1)
 						goto out;
@@ -462,6 +618,7 @@ static int mode_connections(const struct load_opts *o, const struct minter *mt)
 			continue;
 		}
 		done++;
+		load_ns += r.cpu_ns;
 		ok += r.ok;
 		failed += r.failed;
 		if (r.t0 < t0)
@@ -476,6 +633,7 @@ static int mode_connections(const struct load_opts *o, const struct minter *mt)
 		goto out;
 	}
 	if (o->signal_pid) {
+		ticks1 = cpu_ticks(o->signal_pid);
 		/* Let the signal finish the last handshakes before reading. */
 		usleep(1000 * 1000);
 		rss1 = vm_rss_kb(o->signal_pid);
@@ -486,6 +644,16 @@ static int mode_connections(const struct load_opts *o, const struct minter *mt)
 	if (rss0 >= 0 && rss1 >= 0)
 		printf(" broker_rss_before_kb=%ld broker_rss_after_kb=%ld bytes/session=%.0f",
 		       rss0, rss1, ok ? (double)(rss1 - rss0) * 1024.0 / ok : 0.0);
+	/* CPU per connection while connecting: the broker process (all its
+	 * threads; clock ticks, so +-10 ms over the window) and the client
+	 * processes together.  A load generator near one core per
+	 * (setup_s) would be what limits the rate. */
+	if (ok && ticks0 >= 0 && ticks1 >= 0)
+		printf(" broker_us/conn=%.1f",
+		       (double)(ticks1 - ticks0) * 1e6 / (double)sysconf(_SC_CLK_TCK) / ok);
+	if (ok)
+		printf(" load_us/conn=%.1f load_cores=%.2f", (double)load_ns / 1e3 / ok,
+		       t1 > t0 ? (double)load_ns / (double)(t1 - t0) : 0.0);
 	printf("\n");
 	if (failed)
 		printf("# first failure: %s\n", err);

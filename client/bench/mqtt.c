@@ -223,13 +223,28 @@ static int wait_for(struct mqtt *m, enum mqtt_ev_type type, struct mqtt_ev *ev,
 	}
 }
 
+size_t mqtt_connect_packet(uint8_t out[MQTT_CONNECT_MAX], const char *client_id)
+{
+	size_t idl = strnlen(client_id, 200), n;
+
+	/* CONNECT: protocol name, level 4, clean session, keepalive 600 s. */
+	n = put_header(out, 0x10, 10 + 2 + idl);
+	n += put_str(out + n, "MQTT", 4);
+	out[n++] = 4;
+	out[n++] = 0x02;
+	out[n++] = 600 >> 8;
+	out[n++] = 600 & 0xff;
+	n += put_str(out + n, client_id, idl);
+	return n;
+}
+
 int mqtt_connect(struct mqtt **out, const char *host, int port, const char *local_addr,
 		 const char *client_id, int timeout_ms, char *err, size_t errlen)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	struct mqtt *m = calloc(1, sizeof(*m));
 	size_t idl = strlen(client_id), n;
-	uint8_t pkt[64 + 256];
+	uint8_t pkt[MQTT_CONNECT_MAX];
 	struct mqtt_ev ev;
 	int one = 1, rc;
 
@@ -275,14 +290,7 @@ int mqtt_connect(struct mqtt **out, const char *host, int port, const char *loca
 		}
 	}
 	setsockopt(m->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	/* CONNECT: protocol name, level 4, clean session, keepalive 600 s. */
-	n = put_header(pkt, 0x10, 10 + 2 + idl);
-	n += put_str(pkt + n, "MQTT", 4);
-	pkt[n++] = 4;
-	pkt[n++] = 0x02;
-	pkt[n++] = 600 >> 8;
-	pkt[n++] = 600 & 0xff;
-	n += put_str(pkt + n, client_id, idl);
+	n = mqtt_connect_packet(pkt, client_id);
 	if ((rc = write_all(m, pkt, n, timeout_ms)) ||
 	    (rc = wait_for(m, MQTT_EV_CONNACK, &ev, timeout_ms))) {
 		seterr(err, errlen, "no CONNACK from %s:%d: %s", host, port, bm_strerror(rc));

@@ -56,6 +56,10 @@ struct mqtt_ev {
  * BM_ETIMEDOUT, BM_EIO or BM_ENOMEM, with err describing it. */
 int mqtt_connect(struct mqtt **out, const char *host, int port, const char *local_addr,
 		 const char *client_id, int timeout_ms, char *err, size_t errlen);
+/* The CONNECT packet mqtt_connect sends, for client_id (at most 200 bytes
+ * of it are used).  Returns its length. */
+#define MQTT_CONNECT_MAX 320
+size_t mqtt_connect_packet(uint8_t out[MQTT_CONNECT_MAX], const char *client_id);
 /* Subscribe to one topic filter and wait for its SUBACK.  Returns 0,
  * BM_EFORBIDDEN (refused), BM_ETIMEDOUT or BM_EIO. */
 int mqtt_subscribe(struct mqtt *m, const char *topic, int qos, int timeout_ms);
