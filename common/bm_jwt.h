@@ -29,6 +29,11 @@
  * "PUBLIC KEY".  Accepted keys: RSA with a modulus of 2048 to 4096 bits, and
  * EC on P-256.
  *
+ * RS256 verification does the RSA public operation itself (Montgomery
+ * arithmetic, mulx/adcx/adox on x86-64 where the CPU has them): about twice
+ * as fast as mbedTLS's, which signs, and verifies ES256 and any key where the
+ * two disagree on a test value when the key is loaded.
+ *
  * Random numbers (RSA key generation and blinding, jti values) come from one
  * process-wide CTR-DRBG seeded from the mbedTLS entropy sources, created on
  * first use and reseeded when the process id changes (after fork).  Not

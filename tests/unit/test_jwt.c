@@ -17,6 +17,7 @@
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/rsa.h>
 
 #include "bm_b64.h"
 #include "bm_buf.h"
@@ -906,6 +907,187 @@ static void test_interop(void **state)
 	bm_jwt_keyring_free(ring);
 }
 
+/* --- RSA sizes: the fast public operation (bm_jwt.c) against other signers --- */
+
+/* Tokens signed by OpenSSL 3 (openssl dgst -sha256 -sign) with a 4096-bit
+ * key (64 limbs: the largest accepted) and a 3000-bit key with e = 3 (375
+ * bytes: neither limbs nor bytes fill up); headers without kid. */
+static const char big_rsa_4096_pem[] =
+	"-----BEGIN PUBLIC KEY-----\n"
+	"MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEA5AUIzxAl8uvafusTM98F\n"
+	"lRztnWpmjHxc3JqJsZu4F+HJj3KZ37TwJvNola/3y4av9Wd0DWXcjkeUmKGuH0Cv\n"
+	"a9tPE1bwl0zVbvoSntxceLm7/T1qbn3o/dJWH9A0A4QYswkFZJErDBMol5RcjYoA\n"
+	"5NF5swkC1cZtmmNIDc0iBqBNAPnhQZp9pAcae+CbZJE66vgVDgGp6JzsnQb7p5NN\n"
+	"XBuVYJlQ/Tpd6eh58BoHkKu6n+bhF6bGUzxC7QK5EHt+CC7QEuiEZTbmmkqJrONU\n"
+	"lpgz6ZSCIjNLxFqvcw3DFmwLRrZf+thcV4LKVEv1oXfL+zorOpxfBlYA68zE4sH/\n"
+	"ooXh2bXfVRAgjcv7+oT1p50ksXZ0L1EY7MEwbVTsu8fMuyJsHC/hEr/Vtq4xYqqJ\n"
+	"apJEeTPjCvVVGdo76/8vhxU4VfIpUQiDjt89lO75Ug7ffhrGCGrQIsyQCrrJNR+w\n"
+	"MmnaWXUzRgbQ+7l7YuQJpYwtPxu0f6bBXJwq7BpZ8hr5OIz0fALXwYkw3H2g1ryi\n"
+	"OjzO0tYkuitnDKtb3Z0Vmn62HEgear2JqfjLMRf1ELE0rUnKKOzngMZObrugNtor\n"
+	"neIPaKVtDwc5C0LQYi1f6z7JfyJL4nrhIBc3BmFk01+OwrKprOOscAxE5vpc4fAt\n"
+	"EHJf/y8RF/wd4TlcL1BdePUCAwEAAQ==\n"
+	"-----END PUBLIC KEY-----\n";
+
+static const char big_rsa_4096_tok[] =
+	"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiaWciLCJkZXZpY2U"
+	"iOiJkIiwianRpIjoiai1rNDA5NiIsImlhdCI6MTgwMDAwMDAwMCwiZXhwIjoxOTA"
+	"wMDAwMDAwfQ.LxBHEv5X02PELdTHiKpyJKWq3t4uzqJiwgJkj9K2R9lUwLGB5dtS"
+	"I7FczvtvwMDkv3x-d9w89J5b0YaF3umNXM6VIib3-jZyQww8s3vvi6SV7ImiKWQw"
+	"wVNiWyAataKmNllipNhYRbqM76I1S8QXHE0F3YgZDWPsLf8ROeCFrpYR8fmKHJmJ"
+	"nbRH7MPnSB4iN1hlZPl9nzAeHBxRyrBbpNv1ES3MjiQU0I-nHPFm5lUzM6hTYJ1y"
+	"KrQ86zOklYAJ6rvLyJMJKvRAFTslZwrA76DWMopRrrw8SwKWYHSnf7OqdVT8htVV"
+	"L9CS-MVwas_u0PO3_elV19frlqFnnQ2uk10bhRc_P4iC_7r7yMSlJIIn2flrCQDD"
+	"brPTTTDJ_t9tJRQoEPL_0cXTgqvCnlkGJLkGKpqEimBUZvtoLfShu5Ju0gzJiCKU"
+	"djCAmRzxtGIF6SGIv0ku-m-eqFAJm8wghsslN8rIRqDwDNIey2pvv9oJlSaJ4EM1"
+	"mRWE8wRpB4prB_sQLewSzIynzQ_83ffrIFnXR_jbdNBmWxOlfV3qay2uaIjLnY1d"
+	"tmiQKItOlqAKqqWiz0ojT4yuJ1f8gA0Ihwmjf_ScJ6tkDc20kY1ot0MBJr285mdi"
+	"j7ND1zpJxIDCbKpKaO0sHgKpPvIydSRl11R4oG0-_s1gnZJD4KW8QLI";
+
+static const char big_rsa_3000_e3_pem[] =
+	"-----BEGIN PUBLIC KEY-----\n"
+	"MIIBlzANBgkqhkiG9w0BAQEFAAOCAYQAMIIBfwKCAXgA6nFmYa7Da2wGyzvO+bnd\n"
+	"ODhcnYS29oQcoj2WoSZpKKmRnQp0fCpqG5IouhEmefPMtkiU3AAuqrPnvucB9Wb3\n"
+	"tdXVh3Mu/89l4KT/ygfZ2sxGBbNXyjM7hNN5tdOHhxxMfspYwNwdmId/HlqY2Z72\n"
+	"+/ig19dclcdUbPYUZ/kAj6f6TD7OZM4ZF2ZSZtXleAxxTnwy1YjswfQ+2kKaaILy\n"
+	"xYrvvy8ItKz2Ka2vCsYhYW4HC1rsgrA2MMwZphJw0XT5Kn4cZKHZBupDKDqQCgur\n"
+	"WnWdfWemvC7nElwtyiG2O7AEF7w2OLBgsGQfOhAKH3Z3F0wo+MLB4buLhZgul/T+\n"
+	"FMNDmF0q8s1PbDSmAk53vYCI7Emk4HponUVBjc1vG8XDOwGTQ7UTqcUtFG3DPD9G\n"
+	"aNyiPyccEHD4WCJC43p+e5V+/pxQCNQX9oAFZVg0VdVXUGxSN7d3Z4SCJJuM+p6h\n"
+	"HxY0AdTTIlm4Km/IDPOXfnehnzuTyeFFAgED\n"
+	"-----END PUBLIC KEY-----\n";
+
+static const char big_rsa_3000_e3_tok[] =
+	"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiaWciLCJkZXZpY2U"
+	"iOiJkIiwianRpIjoiai1rMzAwMGUzIiwiaWF0IjoxODAwMDAwMDAwLCJleHAiOjE"
+	"5MDAwMDAwMDB9.p6JJja0Pq13i10LrlK7GP5JdGdGWGOa3w0e8EvYTeOA7DlbI3j"
+	"neGxyDBWRibvog-cHF_JtSlP6Go3B1UMvGNOxesZVRAhRITXHzV-Vr_x-cnksojq"
+	"rgxy906HLULh_hNw4GOD2woV-c7HEjdFQ1nu_erRY_YHkgFvHtQGQIN1TaYPKifX"
+	"SvOv5RcpxNetzewT3KMX-ZOqOblKEyh5d4DYmnxxM4bXJNhnIqa6yXpG5tTywQ2r"
+	"hmguqEMTk2PBDRRuZmhxwGCbtGKY1hbca4-_bYeNekv0ScLaZS1XmcI3j-GhrsNB"
+	"j2hp7KWljdmLVS-UH10pFivRGVFEwaxcxGdIiOh775HccM7RQ6uS9Tb6-z-p6-Db"
+	"fV-RwzgJXbvOGKYx1rROxivsMIZiKgR1ZTJKIIN6CiYN9zGk4GKwUtkYn6odE7nZ"
+	"twTpqdMf3PfdjQKrKWMEB5LVuLmiySMFRdzO8oSrDQEaqA67bNv0HGjs_GGDRFWA"
+	"fT";
+
+/* tok with its signature replaced by sig[0..n). */
+static void resign(struct bm_buf *t, const char *tok, const void *sig, size_t n)
+{
+	const char *d2 = strrchr(tok, '.');
+
+	bm_buf_init(t, 0);
+	assert_int_equal(bm_buf_add(t, tok, (size_t)(d2 + 1 - tok)), 0);
+	assert_int_equal(bm_b64url_encode_buf(t, sig, n), 0);
+}
+
+/* Signatures that are not below N, or are 0 or 1, are refused. */
+static void check_bad_sigs(struct bm_jwt_keyring *ring, const char *tok, const char *pem,
+			   size_t pem_len)
+{
+	mbedtls_pk_context pk;
+	unsigned char n[512];
+	size_t k;
+	struct bm_buf t;
+
+	mbedtls_pk_init(&pk);
+	assert_int_equal(mbedtls_pk_parse_public_key(&pk, (const unsigned char *)pem,
+						     pem_len), 0);
+	k = mbedtls_pk_get_len(&pk);
+	assert_int_equal(mbedtls_mpi_write_binary(&mbedtls_pk_rsa(pk)->N, n, k), 0);
+	for (int v = 0; v < 5; v++) {
+		unsigned char sig[512];
+		if (v == 0)
+			memcpy(sig, n, k);                      /* N */
+		else if (v == 1)
+			memset(sig, 0xff, k);                   /* > N */
+		else
+			memset(sig, 0, k);
+		if (v == 3)
+			sig[k - 1] = 1;                         /* 1 */
+		if (v == 4) {
+			memcpy(sig, n, k);                      /* N - 1 */
+			sig[k - 1]--;
+		}
+		resign(&t, tok, sig, k);
+		assert_int_equal(bm_jwt_verify(ring, (char *)t.data, t.len, NOW, 0, NULL),
+				 BM_ETOKEN_SIG);
+		bm_buf_release(&t);
+	}
+	mbedtls_pk_free(&pk);
+}
+
+static void check_kat(const char *pem, const char *tok)
+{
+	struct bm_jwt_keyring *ring;
+	struct bm_jwt_key *key;
+	struct bm_jwt_claims c;
+	char *t;
+
+	assert_int_equal(bm_jwt_key_parse(pem, strlen(pem), &key), 0);
+	assert_int_equal(bm_jwt_key_alg(key), BM_JWT_RS256);
+	assert_int_equal(bm_jwt_keyring_new(&ring), 0);
+	assert_int_equal(bm_jwt_keyring_add(ring, key), 0);
+	assert_int_equal(bm_jwt_verify(ring, tok, strlen(tok), NOW, 0, &c), 0);
+	assert_string_equal(c.sub, "big");
+	/* One character in the middle of the signature altered. */
+	t = strdup(tok);
+	assert_non_null(t);
+	t[strlen(t) - 100] = t[strlen(t) - 100] == 'A' ? 'B' : 'A';
+	assert_int_equal(bm_jwt_verify(ring, t, strlen(t), NOW, 0, NULL), BM_ETOKEN_SIG);
+	free(t);
+	check_bad_sigs(ring, tok, pem, strlen(pem) + 1);
+	bm_jwt_keyring_free(ring);
+}
+
+static void test_rsa_sizes(void **state)
+{
+	mbedtls_entropy_context ent;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_pk_context pk;
+	unsigned char pem[4096];
+	struct bm_jwt_key *priv, *pub;
+	struct bm_jwt_keyring *ring;
+	struct bm_buf b = BM_BUF_INIT;
+	struct bm_jwt_claims c;
+
+	check_kat(big_rsa_4096_pem, big_rsa_4096_tok);
+	check_kat(big_rsa_3000_e3_pem, big_rsa_3000_e3_tok);
+
+	/* 2056 bits (33 limbs, 257 bytes), signed here: 40 random signatures. */
+	mbedtls_entropy_init(&ent);
+	mbedtls_ctr_drbg_init(&drbg);
+	assert_int_equal(mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &ent, NULL, 0), 0);
+	mbedtls_pk_init(&pk);
+	assert_int_equal(mbedtls_pk_setup(&pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA)), 0);
+	assert_int_equal(mbedtls_rsa_gen_key(mbedtls_pk_rsa(pk), mbedtls_ctr_drbg_random,
+					     &drbg, 2056, 65537), 0);
+	assert_int_equal(mbedtls_pk_write_key_pem(&pk, pem, sizeof(pem)), 0);
+	assert_int_equal(bm_jwt_key_parse(pem, strlen((char *)pem), &priv), 0);
+	pub = public_copy(priv);
+	assert_int_equal(bm_jwt_keyring_new(&ring), 0);
+	assert_int_equal(bm_jwt_keyring_add(ring, pub), 0);
+	for (int i = 0; i < 40; i++) {
+		claims_fill(&c);
+		snprintf(c.sub, sizeof(c.sub), "user-%d", i);
+		bm_buf_reset(&b);
+		assert_int_equal(bm_jwt_sign(priv, &c, &b), 0);
+		assert_int_equal(bm_jwt_verify(ring, (char *)b.data, b.len, NOW, 0, &c), 0);
+		assert_int_equal(atoi(c.sub + 5), i);
+		b.data[b.len - 10] = b.data[b.len - 10] == 'A' ? 'B' : 'A';
+		assert_int_equal(bm_jwt_verify(ring, (char *)b.data, b.len, NOW, 0, NULL),
+				 BM_ETOKEN_SIG);
+	}
+	assert_int_equal(mbedtls_pk_write_pubkey_pem(&pk, pem, sizeof(pem)), 0);
+	bm_buf_reset(&b);
+	assert_int_equal(bm_jwt_sign(priv, &c, &b), 0);
+	check_bad_sigs(ring, (char *)b.data, (char *)pem, strlen((char *)pem) + 1);
+	bm_buf_release(&b);
+	bm_jwt_keyring_free(ring);
+	bm_jwt_key_free(priv);
+	mbedtls_pk_free(&pk);
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&ent);
+}
+
 /* --- rates (printed, not asserted) ---------------------------------------------- */
 
 static void rate(const char *what, const struct bm_jwt_key *key, int sign_n,
@@ -967,6 +1149,7 @@ int main(void)
 		cmocka_unit_test(test_key_unsupported),
 		cmocka_unit_test(test_keyring_many),
 		cmocka_unit_test(test_interop),
+		cmocka_unit_test(test_rsa_sizes),
 		cmocka_unit_test(test_rates),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
