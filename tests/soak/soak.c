@@ -989,7 +989,8 @@ int soak_run(const struct soak_opts *o)
 	fflush(stdout);
 	if (start_cluster(s) || setup_devices(s))
 		goto out;
-	note(s, "cluster up: signals %s %s", s->url[0], s->url[1]);
+	note(s, "cluster up: signals %s %s; node directories in %s", s->url[0], s->url[1],
+	     bm_h_root());
 
 	/* Everyone connected before the load and the kills start. */
 	deadline = bm_mono_ms() + SETTLE_MS;

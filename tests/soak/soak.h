@@ -8,9 +8,9 @@
 #ifndef SOAK_H
 #define SOAK_H
 
-/* Servers the soak starts when SOAK_SERVERS is not set.  1 until servers
- * route chat to each other (docs/cluster.md): with more, a chat between
- * users owned by different servers never arrives and the soak fails. */
+/* Servers the soak starts when SOAK_SERVERS is not set (make soak and
+ * it_soak alike).  1 until routing across servers (docs/cluster.md) is
+ * meant to pass it; SOAK_SERVERS=3 runs that path. */
 #define SOAK_DEFAULT_SERVERS 1
 #define SOAK_MAX_SERVERS 5
 #define SOAK_SIGNALS 2
