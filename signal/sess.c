@@ -124,8 +124,7 @@ void sig_sess_reap(struct sig *g)
 		free(s->in);
 		free(s->out);
 		free(s->msg);
-		free(s->key);
-		free(s->key_buf);
+		free(s->key);   /* key_buf is in the same allocation */
 		free(s);
 		g->n_live--;
 		(*g->m.closed)++;
@@ -413,22 +412,24 @@ static int open_session(struct sig *g, struct sig_sess *s, const struct bm_jwt_c
 {
 	size_t el = strlen(c->sub), dl = strlen(c->device), jl = strlen(c->jti);
 	struct sig_sess *old;
-	char *kb = malloc(el + dl + jl + 3), *key = malloc(el + dl + 2);
+	/* One allocation: "eid\x1fdevice\0" (the map's key), then
+	 * "eid\0device\0jti\0" (s->key_buf points into it, not freed alone). */
+	char *key = malloc(2 * (el + dl + 2) + jl + 1), *kb;
 
-	if (!kb || !key) {
-		free(kb);
-		free(key);
+	if (!key)
 		return BM_ENOMEM;
-	}
+	memcpy(key, c->sub, el);
+	key[el] = '\x1f';
+	memcpy(key + el + 1, c->device, dl + 1);
+	kb = key + el + dl + 2;
 	memcpy(kb, c->sub, el + 1);
 	memcpy(kb + el + 1, c->device, dl + 1);
 	memcpy(kb + el + dl + 2, c->jti, jl + 1);
+	s->key = key;
 	s->key_buf = kb;
 	s->eid = kb;
 	s->device = kb + el + 1;
 	s->jti = kb + el + dl + 2;
-	snprintf(key, el + dl + 2, "%s\x1f%s", c->sub, c->device);
-	s->key = key;
 	s->iat = c->iat;
 	s->exp = c->exp;
 	old = bm_map_get(&g->sessions, key);
@@ -446,8 +447,13 @@ static int open_session(struct sig *g, struct sig_sess *s, const struct bm_jwt_c
 	return sig_link_session_open(g, s);
 }
 
-/* Returns bytes of s->in consumed by the head, 0 to wait, < 0 when refused. */
-static int on_handshake_bytes(struct sig *g, struct sig_sess *s)
+static int keep_input(struct sig_sess *s, const uint8_t *p, size_t n);
+
+/* The request head in buf[0..len) (the shared read buffer, which the parser
+ * may rewrite; the usual head arrives whole and is never copied).  Returns
+ * the bytes of the head, 0 when incomplete (then buf is kept in s->in), or
+ * < 0 when refused. */
+static int on_handshake_bytes(struct sig *g, struct sig_sess *s, uint8_t *buf, size_t len)
 {
 	struct bm_http_upgrade req;
 	struct bm_jwt_claims c;
@@ -456,9 +462,13 @@ static int on_handshake_bytes(struct sig *g, struct sig_sess *s)
 	size_t scan = 0;
 	int rc, n;
 
-	rc = bm_http_parse_upgrade((char *)s->in, s->in_len, &scan, &req);
+	if (len > BM_HTTP_MAX_HEAD + 4096) {
+		http_refuse(g, s, 431, "request head too large");
+		return -1;
+	}
+	rc = bm_http_parse_upgrade((char *)buf, len, &scan, &req);
 	if (rc == BM_EAGAIN) {
-		if (s->in_len >= BM_HTTP_MAX_HEAD) {
+		if (len >= BM_HTTP_MAX_HEAD || keep_input(s, buf, len)) {
 			http_refuse(g, s, 431, "request head too large");
 			return -1;
 		}
@@ -673,24 +683,14 @@ static void process(struct sig *g, struct sig_sess *s, uint8_t *buf, size_t len)
 	size_t used;
 
 	if (s->state == SIG_HANDSHAKE) {
-		int n;
-		if (keep_input(s, buf, len) ||
-		    (s->in_len > BM_HTTP_MAX_HEAD + 4096)) {
-			http_refuse(g, s, 431, "request head too large");
-			return;
-		}
-		n = on_handshake_bytes(g, s);
+		int n = on_handshake_bytes(g, s, buf, len);
 		if (n <= 0)
 			return;
 		/* Bytes after the head are already WebSocket frames. */
-		len = s->in_len - (size_t)n;
-		memmove(s->in, s->in + n, len);
-		s->in_len = (uint32_t)len;
-		if (!len) {
-			drop_input(s);
+		buf += n;
+		len -= (size_t)n;
+		if (!len)
 			return;
-		}
-		buf = s->in;
 	}
 	used = on_frames(g, s, buf, len);
 	if (s->state != SIG_OPEN || used == len) {
@@ -784,7 +784,6 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 static void accept_fd(struct sig *g, evutil_socket_t fd, int tls)
 {
 	struct sig_sess *s;
-	int one = 1;
 
 	if (g->stopping || (int64_t)g->n_live >= g->cfg.max_sessions) {
 		char buf[256];
@@ -802,7 +801,8 @@ static void accept_fd(struct sig *g, evutil_socket_t fd, int tls)
 		close(fd);
 		return;
 	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* TCP_NODELAY comes from the listener (Linux copies it into accepted
+	 * sockets): one system call less per connection. */
 	s->fd = fd;
 	s->id = ++g->next_id;
 	s->state = SIG_HANDSHAKE;
@@ -848,7 +848,7 @@ static struct evconnlistener *listen_on(struct sig *g, const char *addr,
 					evconnlistener_cb cb, char *bound, size_t cap)
 {
 	struct sockaddr_storage ss;
-	int slen = sizeof(ss);
+	int slen = sizeof(ss), one = 1;
 	struct evconnlistener *l;
 	socklen_t blen = sizeof(ss);
 
@@ -881,6 +881,9 @@ static struct evconnlistener *listen_on(struct sig *g, const char *addr,
 		return NULL;
 	}
 	evconnlistener_set_error_cb(l, on_accept_error);
+	if (setsockopt(evconnlistener_get_fd(l), IPPROTO_TCP, TCP_NODELAY, &one,
+		       sizeof(one)) == -1)
+		bm_warn("sess", "cannot set TCP_NODELAY on '%s': %s", addr, strerror(errno));
 	if (getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &blen) == 0) {
 		evutil_inet_ntop(ss.ss_family,
 				 ss.ss_family == AF_INET
