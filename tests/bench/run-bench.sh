@@ -12,6 +12,8 @@
 #
 # Sizes (environment):
 #   BENCH_CONN=19000 BENCH_CONN_PROCS=16  connections: sessions, client processes
+#   BENCH_CONN_INFLIGHT=16                handshakes in flight per client process
+#                                         (0 = one at a time, the generator before 2026-11-22)
 #   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out
@@ -28,6 +30,7 @@ BROKER_CPU=${BROKER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 CONN=${BENCH_CONN:-19000}
 CONN_PROCS=${BENCH_CONN_PROCS:-16}
+CONN_INFLIGHT=${BENCH_CONN_INFLIGHT:-16}
 P=${BENCH_P:-100}
 W=${BENCH_W:-10}
 T=${BENCH_T:-10}
@@ -150,7 +153,7 @@ echo "# bimip-server pid $SRV, bimip-signal pid $SIG at $URL"
 if ! skip connections; then
 	C0=$(cpu_ticks $SRV $SIG)
 	OUT=$($BENCH connections --url "$URL" --key "$KEY" -n "$CONN" -j "$CONN_PROCS" \
-		--signal-pid "$SIG") || FAIL=1
+		--inflight "$CONN_INFLIGHT" --signal-pid "$SIG") || FAIL=1
 	C1=$(cpu_ticks $SRV $SIG)
 	echo "$OUT"
 	# Broker CPU per session set up (includes the 1 s settling pause: an
@@ -230,7 +233,7 @@ CONF
 		cpu_line mosquitto "$C0" "$C1" "$MOUT"
 		if ! skip connections; then
 			$BENCH connections --mqtt "127.0.0.1:$MPORT" -n "$CONN" -j "$CONN_PROCS" \
-				--signal-pid "$MQ" || FAIL=1
+				--inflight "$CONN_INFLIGHT" --signal-pid "$MQ" || FAIL=1
 		fi
 		MRATE=$(echo "$MOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
 		if [ -n "$MRATE" ] && [ "$MRATE" -gt 0 ]; then
