@@ -50,12 +50,9 @@ uint64_t srv_owner_fingerprint(struct srv *s)
 {
 	uint64_t fp = 0x5eed;
 
-	for (int i = 0; i < s->n_peers; i++) {
-		const struct srv_peer *p = &s->peers[i];
-		if (p->state == BM_SWIM_LEFT || (p->self && s->leaving))
-			continue;
-		fp += bm_mix64(bm_hash64(p->id, strlen(p->id)));
-	}
+	for (int i = 0; i < s->n_peers; i++)
+		if (srv_peer_owner_set(s, &s->peers[i]))
+			fp += bm_mix64(s->peers[i].hash);
 	return fp;
 }
 
@@ -139,16 +136,6 @@ static int on_dev(void *ud, const char *device, uint64_t offset)
 	return 0;
 }
 
-static json_t *keys_of(struct bm_map *m)
-{
-	json_t *a = json_array();
-	const char *k;
-
-	for (size_t it = 0; bm_map_next(m, &it, &k, NULL);)
-		json_array_append_new(a, json_string(k));
-	return a;
-}
-
 static int hand_user(struct srv *s, const char *eid)
 {
 	char name[SRV_EID_MAX + 8];
@@ -177,14 +164,12 @@ static int hand_user(struct srv *s, const char *eid)
 	}
 	devs = json_object();
 	bm_queue_devices(s->q, name, on_dev, devs);
-	if (u)
-		o = json_pack("{s:o, s:o, s:I, s:f, s:f, s:i, s:o}", "subs",
-			      keys_of(&u->subscribers), "blk", keys_of(&u->blocked), "seen",
-			      (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon, "in",
-			      u->intention, "devs", devs);
+	o = u ? srv_user_json(u)
+	      : json_pack("{s:[], s:[], s:I}", "subs", "blk", "seen", (json_int_t)0);
+	if (o)
+		json_object_set_new(o, "devs", devs);
 	else
-		o = json_pack("{s:[], s:[], s:I, s:o}", "subs", "blk", "seen", (json_int_t)0,
-			      "devs", devs);
+		json_decref(devs);
 	rc = send_json(s, eid, "user", eid, o);
 	if (!rc)
 		(*s->m.handoff_users)++;
@@ -198,9 +183,6 @@ struct names {
 
 static int names_add(struct names *c, const char *eid)
 {
-	for (size_t j = 0; j < c->n; j++)
-		if (!strcmp(c->v[j], eid))
-			return 0;
 	if (c->n == c->cap) {
 		size_t cap = c->cap ? 2 * c->cap : 64;
 		char **v = realloc(c->v, cap * sizeof(*v));
@@ -229,9 +211,15 @@ static int sweep(struct srv *s)
 	int rc = 0;
 
 	bm_queue_streams(s->q, on_stream_name, &nm);
-	for (size_t it = 0; bm_map_next(&s->users, &it, &k, NULL);)
-		if (!srv_owns(s, k))
+	/* Users with state but no stream yet; the others are listed already. */
+	for (size_t it = 0; bm_map_next(&s->users, &it, &k, NULL);) {
+		char name[SRV_EID_MAX + 8];
+
+		srv_stream_name(k, name, sizeof(name));
+		if (!srv_owns(s, k) &&
+		    bm_queue_stream_head(s->q, name, NULL, NULL) == BM_ENOENT)
 			names_add(&nm, k);
+	}
 	for (size_t i = 0; i < nm.n; i++) {
 		if (!rc && nm.v[i] && !srv_owns(s, nm.v[i])) {
 			struct srv_user *u = srv_user_get(s, nm.v[i], 0);
@@ -264,19 +252,14 @@ static int sweep(struct srv *s)
 		for (size_t i = 0; i < s->idem_count; i++) {
 			const char *key = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
 			struct srv_idem *e = key ? bm_map_get(&s->idem, key) : NULL;
-			const char *p1, *p2;
 			char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
+			const char *local;
 
-			if (!e || e->durable != 1 || strcmp(e->chat_id, c->id))
+			if (!e || e->durable != 1 || strcmp(e->chat_id, c->id) ||
+			    srv_idem_parts(e, eid, dev, &local))
 				continue;
-			p1 = strchr(e->key, '\x1f');
-			p2 = p1 ? strchr(p1 + 1, '\x1f') : NULL;
-			if (!p2)
-				continue;
-			snprintf(eid, sizeof(eid), "%.*s", (int)(p1 - e->key), e->key);
-			snprintf(dev, sizeof(dev), "%.*s", (int)(p2 - p1 - 1), p1 + 1);
 			json_array_append_new(idem, json_pack("{s:s, s:s, s:s, s:I}", "e", eid,
-							      "d", dev, "l", p2 + 1, "v",
+							      "d", dev, "l", local, "v",
 							      (json_int_t)e->version));
 		}
 		rc = send_json(s, c->id, "chat", "", json_pack("{s:s, s:s, s:I, s:o}", "a", c->a,
@@ -302,19 +285,7 @@ struct ack_ctx {
 
 static void ack(struct srv *s, const char *peer, uint64_t seq, int status)
 {
-	struct bm_ipc_hdr h;
-	char body[64];
-	int n = snprintf(body, sizeof(body), "%d %s", status ? bm_err_http(status) : 0,
-			 status ? bm_strerror(status) : "ok");
-
-	for (int i = 0; i < s->n_peers; i++) {
-		if (strcmp(s->peers[i].id, peer))
-			continue;
-		memset(&h, 0, sizeof(h));
-		h.kind = BM_IPC_HANDOFF_ACK;
-		h.seq = seq;
-		srv_peer_send(s, &s->peers[i], &h, body, (size_t)n);
-	}
+	srv_peer_answer(s, peer, BM_IPC_HANDOFF_ACK, seq, status, 0);
 }
 
 static void on_stored(void *ud, int status, uint64_t offset)
@@ -403,16 +374,16 @@ static int take_user(struct srv *s, const struct bm_ipc_hdr *h, json_t *o,
 	struct srv_user *u;
 	int rc;
 
-	rec = json_pack("{s:s, s:s, s:O, s:O, s:O, s:O, s:O, s:O}", "t", "uimp", "e", h->eid,
-			"subs", json_object_get(o, "subs"), "blk", json_object_get(o, "blk"),
-			"seen", json_object_get(o, "seen"), "lat",
-			json_object_get(o, "lat") ? json_object_get(o, "lat") : json_real(0),
-			"lon", json_object_get(o, "lon") ? json_object_get(o, "lon")
-							 : json_real(0),
-			"in", json_object_get(o, "in") ? json_object_get(o, "in")
-						       : json_integer(0));
-	if (!rec)
+	if (!json_object_get(o, "subs") || !json_object_get(o, "blk") ||
+	    !json_object_get(o, "seen"))
 		return BM_EINVAL;
+	/* The body is the record, less the device offsets applied below. */
+	rec = json_deep_copy(o);
+	if (!rec)
+		return BM_ENOMEM;
+	json_object_del(rec, "devs");
+	json_object_set_new(rec, "t", json_string("uimp"));
+	json_object_set_new(rec, "e", json_string(h->eid));
 	srv_stream_name(h->eid, name, sizeof(name));
 	json_object_foreach(devs, dev, v)
 		bm_queue_commit_offset(s->q, name, dev, (uint64_t)json_integer_value(v), NULL,

@@ -76,7 +76,7 @@ struct srv_rpc {
 
 /* --- peers and ownership ----------------------------------------------------- */
 
-static struct srv_peer *peer_find(struct srv *s, const char *id)
+struct srv_peer *srv_peer_find(struct srv *s, const char *id)
 {
 	for (int i = 0; i < s->n_peers; i++)
 		if (!strcmp(s->peers[i].id, id))
@@ -134,12 +134,12 @@ static struct srv_peer *peer_add(struct srv *s, const char *id, const char *zmq,
 	snprintf(p->zmq, sizeof(p->zmq), "%s", zmq ? zmq : "");
 	p->self = self;
 	p->state = BM_SWIM_ALIVE;
+	p->hash = bm_hash64(p->id, strlen(p->id));
 	if (!self && p->zmq[0] && peer_connect(s, p)) {
 		bm_err("peer", "cannot connect to server '%s' at %s", id, p->zmq);
 		return NULL;
 	}
 	s->n_peers++;
-	s->view++;
 	bm_info("peer", "server '%s' at %s joins the owner set (%d servers)", id,
 		p->zmq, s->n_peers);
 	return p;
@@ -154,7 +154,7 @@ void srv_peer_on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_me
 	(void)ev;
 	if (m->role != BM_SWIM_ROLE_SERVER || m->self || !m->id)
 		return;
-	p = peer_find(s, m->id);
+	p = srv_peer_find(s, m->id);
 	if (!p) {
 		if (m->state == BM_SWIM_LEFT || !m->zmq || !m->zmq[0])
 			return;
@@ -174,30 +174,28 @@ void srv_peer_on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_me
 	}
 	was_owner = p->state != BM_SWIM_LEFT;
 	p->state = (int)m->state;
-	if (was_owner != (p->state != BM_SWIM_LEFT)) {
-		s->view++;
+	if (was_owner != (p->state != BM_SWIM_LEFT))
 		bm_info("peer", "server '%s' %s the owner set", p->id,
 			was_owner ? "leaves" : "rejoins");
-	}
 }
 
-static uint64_t score(const char *node, const char *key)
+int srv_peer_owner_set(const struct srv *s, const struct srv_peer *p)
 {
-	return bm_mix64(bm_hash64(node, strlen(node)) ^ bm_hash64(key, strlen(key)));
+	return p->state != BM_SWIM_LEFT && !(p->self && s->leaving);
 }
 
 const struct srv_peer *srv_owner(struct srv *s, const char *key)
 {
 	const struct srv_peer *best = NULL;
-	uint64_t bs = 0;
+	uint64_t bs = 0, kh = bm_hash64(key, strlen(key));
 
 	for (int i = 0; i < s->n_peers; i++) {
 		const struct srv_peer *p = &s->peers[i];
 		uint64_t h;
 
-		if (p->state == BM_SWIM_LEFT || (p->self && s->leaving))
+		if (!srv_peer_owner_set(s, p))
 			continue;
-		h = score(p->id, key);
+		h = bm_mix64(p->hash ^ kh);
 		if (!best || h > bs || (h == bs && strcmp(p->id, best->id) < 0)) {
 			best = p;
 			bs = h;
@@ -479,10 +477,10 @@ struct answer_ctx {
 	uint64_t seq;
 };
 
-static void answer(struct srv *s, const char *peer, uint64_t seq, int status,
-		   uint64_t offset)
+void srv_peer_answer(struct srv *s, const char *peer, int kind, uint64_t seq,
+		     int status, uint64_t offset)
 {
-	struct srv_peer *p = peer_find(s, peer);
+	struct srv_peer *p = srv_peer_find(s, peer);
 	struct bm_ipc_hdr h;
 	char body[64];
 	int n = status ? snprintf(body, sizeof(body), "%d %s", bm_err_http(status),
@@ -490,11 +488,17 @@ static void answer(struct srv *s, const char *peer, uint64_t seq, int status,
 		       : snprintf(body, sizeof(body), "0 ok");
 
 	memset(&h, 0, sizeof(h));
-	h.kind = BM_IPC_APPENDED;
+	h.kind = (uint8_t)kind;
 	h.seq = seq;
 	h.offset = (int64_t)offset;
 	if (srv_peer_send(s, p, &h, body, (size_t)n))
 		bm_debug("peer", "cannot answer server '%s'", peer);
+}
+
+static void answer(struct srv *s, const char *peer, uint64_t seq, int status,
+		   uint64_t offset)
+{
+	srv_peer_answer(s, peer, BM_IPC_APPENDED, seq, status, offset);
 }
 
 static void on_local_done(void *ud, int status, uint64_t offset)
@@ -947,7 +951,7 @@ int srv_peer_msg(struct srv *s, const uint8_t *rid, size_t rid_len,
 		return 0;
 	/* Only a server of the cluster speaks these, under its own name. */
 	if (rid_len != strlen(h->origin) || memcmp(rid, h->origin, rid_len) ||
-	    !peer_find(s, h->origin) || !strcmp(h->origin, s->cfg.node_id)) {
+	    !srv_peer_find(s, h->origin) || !strcmp(h->origin, s->cfg.node_id)) {
 		(*s->m.ipc_dropped)++;
 		bm_debug("peer", "dropping %s from '%.*s': not a known server",
 			 bm_ipc_kind_name(h->kind), (int)rid_len, (const char *)rid);
@@ -998,7 +1002,5 @@ void srv_peer_close(struct srv *s)
 		free(s->seen_ring[(s->seen_head + i) % SEEN_MAX]);
 	free(s->seen_ring);
 	s->seen_ring = NULL;
-	for (size_t it = 0; bm_map_next(&s->settled_by, &it, &k, &v);)
-		(void)v;
 	bm_map_release(&s->settled_by);
 }

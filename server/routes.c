@@ -685,7 +685,12 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "invalid receiver");
 		return;
 	}
-	srv_chat_id(a->eid, to[0].eid, cid);
+	/* A known chat's id comes from the pair index (no SHA-256). */
+	chat = srv_chat_get(s, a->eid, to[0].eid, 0);
+	if (chat)
+		memcpy(cid, chat->id, sizeof(cid));
+	else
+		srv_chat_id(a->eid, to[0].eid, cid);
 	if (elsewhere(s, r, cid, 0))
 		return;
 	here_b = srv_owns(s, to[0].eid);
@@ -713,7 +718,8 @@ static void h_chat(struct srv *s, struct srv_req *r)
 			return;
 		}
 	}
-	chat = srv_chat_get(s, a->eid, to[0].eid, 1);
+	if (!chat)
+		chat = srv_chat_get(s, a->eid, to[0].eid, 1);
 	if (!chat) {
 		ERR(s, r, 500, "out of memory");
 		return;

@@ -58,16 +58,6 @@ static int put_line(FILE *f, json_t *o, unsigned long *lines)
 	return 0;
 }
 
-static json_t *keys_of(struct bm_map *m)
-{
-	json_t *a = json_array();
-	const char *k;
-
-	for (size_t it = 0; bm_map_next(m, &it, &k, NULL);)
-		json_array_append_new(a, json_string(k));
-	return a;
-}
-
 /* Write the snapshot of the state as it is now; 0 or -1 (errno set). */
 static int write_snapshot(struct srv *s, uint64_t state_offset)
 {
@@ -88,12 +78,14 @@ static int write_snapshot(struct srv *s, uint64_t state_offset)
 				    (json_int_t)bm_wall_ms()), &lines);
 	for (size_t it = 0; ok && bm_map_next(&s->users, &it, &k, &v);) {
 		struct srv_user *u = v;
-		ok = !put_line(f, json_pack("{s:s, s:s, s:o, s:o, s:I, s:f, s:f, s:i, s:I}",
-					    "t", "u", "e", u->eid, "subs", keys_of(&u->subscribers),
-					    "blk", keys_of(&u->blocked), "seen",
-					    (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon,
-					    "in", u->intention, "ref", (json_int_t)u->ref_offset),
-			       &lines);
+		json_t *o = srv_user_json(u);
+
+		if (o) {
+			json_object_set_new(o, "t", json_string("u"));
+			json_object_set_new(o, "e", json_string(u->eid));
+			json_object_set_new(o, "ref", json_integer((json_int_t)u->ref_offset));
+		}
+		ok = !put_line(f, o, &lines);
 	}
 	for (size_t it = 0; ok && bm_map_next(&s->chats, &it, &k, &v);) {
 		struct srv_chat *c = v;
@@ -105,18 +97,11 @@ static int write_snapshot(struct srv *s, uint64_t state_offset)
 	for (size_t i = 0; ok && i < s->idem_count; i++) {
 		const char *key = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
 		struct srv_idem *e = key ? bm_map_get(&s->idem, key) : NULL;
-		char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1], local[80];
-		const char *p1, *p2;
+		char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
+		const char *local;
 
-		if (!e || !e->durable)
+		if (!e || !e->durable || srv_idem_parts(e, eid, dev, &local))
 			continue;
-		p1 = strchr(e->key, '\x1f');
-		p2 = p1 ? strchr(p1 + 1, '\x1f') : NULL;
-		if (!p2)
-			continue;
-		snprintf(eid, sizeof(eid), "%.*s", (int)(p1 - e->key), e->key);
-		snprintf(dev, sizeof(dev), "%.*s", (int)(p2 - p1 - 1), p1 + 1);
-		snprintf(local, sizeof(local), "%s", p2 + 1);
 		ok = !put_line(f, json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "t", "i", "e", eid,
 					    "d", dev, "l", local, "c", e->chat_id, "v",
 					    (json_int_t)e->version), &lines);
@@ -242,23 +227,12 @@ static int64_t num(json_t *o, const char *k)
 static int load_line(struct srv *s, json_t *o)
 {
 	const char *t = str(o, "t");
-	json_t *e;
-	size_t i;
 
 	if (!strcmp(t, "u")) {
 		struct srv_user *u = srv_user_get(s, str(o, "e"), 1);
 		if (!u)
 			return BM_ENOMEM;
-		json_array_foreach(json_object_get(o, "subs"), i, e)
-			if (json_is_string(e))
-				bm_map_put(&u->subscribers, json_string_value(e), (void *)1, NULL);
-		json_array_foreach(json_object_get(o, "blk"), i, e)
-			if (json_is_string(e))
-				bm_map_put(&u->blocked, json_string_value(e), (void *)1, NULL);
-		u->last_seen = num(o, "seen");
-		u->lat = json_number_value(json_object_get(o, "lat"));
-		u->lon = json_number_value(json_object_get(o, "lon"));
-		u->intention = (int32_t)num(o, "in");
+		srv_user_load(u, o);
 		u->ref_offset = (uint64_t)num(o, "ref");
 	} else if (!strcmp(t, "c")) {
 		struct srv_chat *c = srv_chat_get(s, str(o, "a"), str(o, "b"), 1);

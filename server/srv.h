@@ -156,6 +156,7 @@ struct srv_peer {
 	char zmq[160];
 	int state;                   /* enum bm_swim_state */
 	int self;
+	uint64_t hash;               /* bm_hash64(id), for rendezvous scores */
 	struct bm_zsock *z;          /* DEALER to its ROUTER; NULL for self */
 };
 
@@ -237,7 +238,6 @@ struct srv {
 	struct bm_map seen;               /* "eid\x1fmessage id" -> offset */
 	char **seen_ring;
 	size_t seen_head, seen_count;
-	uint64_t view;                    /* bumped on each owner-set change */
 	struct bm_map settled_by;         /* peer id -> fingerprint it is SETTLED for */
 	uint64_t sweep_fp, swept_fp;      /* owner set swept for / done for */
 	uint64_t handoff_outstanding;     /* HANDOFFs not yet acknowledged */
@@ -260,6 +260,14 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local);
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version);
+/* Resend key e split into its sender, device and message_id_local. */
+int srv_idem_parts(const struct srv_idem *e, char eid[SRV_EID_MAX + 1],
+		   char dev[SRV_DEV_MAX + 1], const char **local);
+json_t *srv_map_keys(const struct bm_map *m);
+/* A user's contacts, blocks and awareness as JSON {"subs","blk","seen",
+ * "lat","lon","in"} (snapshot lines, hand-offs), and loaded back (replacing). */
+json_t *srv_user_json(const struct srv_user *u);
+void srv_user_load(struct srv_user *u, json_t *o);
 /* Persist a state change (a JSON object, stolen) then apply it.  cb may be
  * NULL; it runs once the record is durable. */
 typedef void srv_done_fn(void *ud, int status, uint64_t offset);
@@ -348,6 +356,12 @@ int srv_peer_msg(struct srv *s, const uint8_t *rid, size_t rid_len,
 		 const struct bm_ipc_hdr *h, const uint8_t *body, size_t n);
 int srv_peer_send(struct srv *s, const struct srv_peer *p, struct bm_ipc_hdr *h,
 		  const void *body, size_t n);
+struct srv_peer *srv_peer_find(struct srv *s, const char *id);
+/* Whether p counts in the owner set (has not left; this node not leaving). */
+int srv_peer_owner_set(const struct srv *s, const struct srv_peer *p);
+/* Answer a peer's request seq with kind: body "<code> <text>", 0 = done. */
+void srv_peer_answer(struct srv *s, const char *peer, int kind, uint64_t seq,
+		     int status, uint64_t offset);
 /* Forward r's stanza to the owner of key; 0, or an error to answer with. */
 int srv_forward(struct srv *s, struct srv_req *r, const char *key, int flags);
 /* Awareness of u for a subscriber owned elsewhere. */

@@ -161,6 +161,59 @@ static void idem_key(char *out, size_t cap, const char *eid, const char *dev,
 	snprintf(out, cap, "%s\x1f%s\x1f%s", eid, dev, local);
 }
 
+int srv_idem_parts(const struct srv_idem *e, char eid[SRV_EID_MAX + 1],
+		   char dev[SRV_DEV_MAX + 1], const char **local)
+{
+	const char *p1 = strchr(e->key, '\x1f');
+	const char *p2 = p1 ? strchr(p1 + 1, '\x1f') : NULL;
+
+	if (!p2)
+		return BM_EINVAL;
+	snprintf(eid, SRV_EID_MAX + 1, "%.*s", (int)(p1 - e->key), e->key);
+	snprintf(dev, SRV_DEV_MAX + 1, "%.*s", (int)(p2 - p1 - 1), p1 + 1);
+	*local = p2 + 1;
+	return 0;
+}
+
+json_t *srv_map_keys(const struct bm_map *m)
+{
+	json_t *a = json_array();
+	const char *k;
+
+	for (size_t it = 0; bm_map_next(m, &it, &k, NULL);)
+		json_array_append_new(a, json_string(k));
+	return a;
+}
+
+json_t *srv_user_json(const struct srv_user *u)
+{
+	return json_pack("{s:o, s:o, s:I, s:f, s:f, s:i}", "subs",
+			 srv_map_keys(&u->subscribers), "blk", srv_map_keys(&u->blocked),
+			 "seen", (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon,
+			 "in", u->intention);
+}
+
+void srv_user_load(struct srv_user *u, json_t *o)
+{
+	json_t *e;
+	size_t i;
+
+	bm_map_release(&u->subscribers);
+	bm_map_release(&u->blocked);
+	bm_map_init(&u->subscribers);
+	bm_map_init(&u->blocked);
+	json_array_foreach(json_object_get(o, "subs"), i, e)
+		if (json_is_string(e))
+			bm_map_put(&u->subscribers, json_string_value(e), (void *)1, NULL);
+	json_array_foreach(json_object_get(o, "blk"), i, e)
+		if (json_is_string(e))
+			bm_map_put(&u->blocked, json_string_value(e), (void *)1, NULL);
+	u->last_seen = (int64_t)json_integer_value(json_object_get(o, "seen"));
+	u->lat = json_number_value(json_object_get(o, "lat"));
+	u->lon = json_number_value(json_object_get(o, "lon"));
+	u->intention = (int32_t)json_integer_value(json_object_get(o, "in"));
+}
+
 struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local)
 {
@@ -412,26 +465,10 @@ int srv_state_apply(struct srv *s, void *obj)
 		return srv_pending_apply(s, o);
 	if (!strcmp(t, "uimp")) {
 		/* A user handed over by its previous owner: its state replaced. */
-		json_t *e;
-		size_t i;
-
 		u = srv_user_get(s, str(o, "e"), 1);
 		if (!u)
 			return BM_ENOMEM;
-		bm_map_release(&u->subscribers);
-		bm_map_release(&u->blocked);
-		bm_map_init(&u->subscribers);
-		bm_map_init(&u->blocked);
-		json_array_foreach(json_object_get(o, "subs"), i, e)
-			if (json_is_string(e))
-				bm_map_put(&u->subscribers, json_string_value(e), (void *)1, NULL);
-		json_array_foreach(json_object_get(o, "blk"), i, e)
-			if (json_is_string(e))
-				bm_map_put(&u->blocked, json_string_value(e), (void *)1, NULL);
-		u->last_seen = num(o, "seen");
-		u->lat = json_number_value(json_object_get(o, "lat"));
-		u->lon = json_number_value(json_object_get(o, "lon"));
-		u->intention = (int32_t)num(o, "in");
+		srv_user_load(u, o);
 		return 0;
 	}
 	if (!strcmp(t, "chat")) {
