@@ -451,7 +451,8 @@ int srv_append_any(struct srv *s, const char *eid, int kind, const char *origin_
 	snprintf(h.device, sizeof(h.device), "%s", origin_dev ? origin_dev : "");
 	snprintf(h.aux, sizeof(h.aux), "%s", msgid ? msgid : "");
 	body[0] = (uint8_t)cl;
-	memcpy(body + 1, check_eid, cl);
+	if (cl)   /* check_eid may be NULL: memcpy's source must not be */
+		memcpy(body + 1, check_eid, cl);
 	memcpy(body + 1 + cl, env, n);
 	snprintf(key, sizeof(key), "%" PRIu64, h.seq);
 	rpc->deadline = bm_mono_ms() + RPC_TIMEOUT_MS;

@@ -343,7 +343,6 @@ static int apply_msg(struct srv *s, const char *a, const char *b, int64_t v,
 		return BM_ENOMEM;
 	if (v > c->version)
 		c->version = v;
-	srv_pending_done(s, c->id, v);
 	if (sa && so > sa->ref_offset)
 		sa->ref_offset = so;
 	if (rb && ro > rb->ref_offset)
@@ -355,6 +354,8 @@ static int apply_msg(struct srv *s, const char *a, const char *b, int64_t v,
 		if (e && s->replaying)
 			e->durable = 1;
 	}
+	/* Last: the strings may be the pending message's own (peer.c finish). */
+	srv_pending_done(s, c->id, v);
 	return 0;
 }
 
