@@ -325,8 +325,13 @@ static int do_connect(struct bm_client *c, char *err, size_t errlen)
 	memmove(c->rbuf, c->rbuf + resp.head_len, c->rlen - resp.head_len);
 	c->rlen -= resp.head_len;
 	bm_ws_parser_init(&c->ws, BM_WS_CLIENT, (uint32_t)c->o.max_message);
-	c->committed = c->last_offset;
-	c->since_commit = 0;
+	/* What the server holds as committed is unknown on a new connection:
+	 * a commit may have been lost with the old one.  Assume nothing, so
+	 * the next commit sends last_offset again (a repeat is harmless).
+	 * Assuming last_offset here left the server a whole delivery window
+	 * behind after a few reconnects, and live delivery stalled. */
+	c->committed = 0;
+	c->since_commit = c->last_offset > 0 ? c->o.commit_every : 0;
 	return 0;
 fail:
 	drop_conn(c);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "bimip_client.h"
 #include "bm_env.h"
@@ -244,6 +245,64 @@ static void test_sync_resume_and_new_device(void **state)
 	}
 	bm_client_close(a);
 	bm_client_close(d);
+}
+
+/* The committed offset the server holds for eid's device, from the admin
+ * API (-1 if the device has no session there). */
+static long long server_committed(const char *eid, const char *device)
+{
+	static char out[8192];
+	char path[256];
+	json_t *root, *a, *d;
+	long long v = -1;
+	size_t i;
+
+	snprintf(path, sizeof(path), "/v1/users/%s/sessions", eid);
+	assert_int_equal(bm_h_http(srv.admin, "GET", path, BM_H_ADMIN_KEY, NULL, out,
+				   sizeof(out)), 200);
+	root = json_loads(out, 0, NULL);
+	assert_non_null(root);
+	a = json_object_get(root, "sessions");
+	json_array_foreach(a, i, d) {
+		if (!strcmp(json_string_value(json_object_get(d, "device")), device))
+			v = json_integer_value(json_object_get(d, "committed"));
+	}
+	json_decref(root);
+	return v;
+}
+
+/* Offsets received but not yet committed when the connection drops are
+ * committed on the next connection: the client must not assume the server
+ * already has them (it did, and live delivery stalled a whole
+ * delivery.window behind after a few reconnects). */
+static void test_commit_after_reconnect(void **state)
+{
+	struct bm_client *a = connect_dev("fay@it", "phone");
+	struct bm_client *f = connect_dev("gus@it", "phone");
+	bimip_MessageScheme m;
+	uint64_t deadline;
+	char err[256];
+
+	for (int i = 1; i <= 3; i++) {
+		char text[16], local[16];
+		snprintf(text, sizeof(text), "r%d", i);
+		snprintf(local, sizeof(local), "r-%d", i);
+		assert_int_equal(bm_client_send_text(a, "gus@it", text, local), 0);
+		expect(f, bimip_MessageScheme_chat_message_tag, &m);
+	}
+	assert_int_equal(bm_client_last_offset(f), 3);
+	assert_int_equal(server_committed("gus@it", "phone"), 0);
+	if (bm_client_reconnect(f, err, sizeof(err)))
+		fail_msg("reconnect: %s", err);
+	/* The first receive after the reconnect commits what was seen. */
+	deadline = bm_mono_ms() + 5000;
+	while (server_committed("gus@it", "phone") != 3 && bm_mono_ms() < deadline)
+		(void)bm_client_recv(f, &m, 20);
+	assert_int_equal(server_committed("gus@it", "phone"), 3);
+	assert_int_equal(bm_client_committed(f), 3);
+	expect_nothing(f, 100);
+	bm_client_close(a);
+	bm_client_close(f);
 }
 
 static void test_contacts_awareness_block(void **state)
@@ -551,6 +610,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_chat_two_users_two_devices),
 		cmocka_unit_test(test_sync_resume_and_new_device),
+		cmocka_unit_test(test_commit_after_reconnect),
 		cmocka_unit_test(test_contacts_awareness_block),
 		cmocka_unit_test(test_errors_and_ping),
 		cmocka_unit_test(test_logout_and_revoke),
