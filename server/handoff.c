@@ -226,7 +226,7 @@ static int sweep(struct srv *s)
 			/* Its sessions go: the signals re-open them at the owner. */
 			while (u && u->devs) {
 				struct srv_dev *d = u->devs;
-				srv_kick(s, d->rid, d->rid_len, d->session, 1013,
+				srv_kick(s, d->rid, d->rid_len, d->session, 4004,
 					 "user moved to another server; reconnect");
 				u->devs = d->next;
 				u->n_devs--;

@@ -242,7 +242,7 @@ static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
 
 		snprintf(why, sizeof(why), "user is served by '%s'; reconnect",
 			 p ? p->id : "no server");
-		srv_kick(s, rid, rid_len, h->session, 1013, why);
+		srv_kick(s, rid, rid_len, h->session, 4004, why);
 		return;
 	}
 	if (!u || !h->device[0] || rid_len > sizeof(d->rid)) {
@@ -344,7 +344,7 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 		srv_reply_error(s, rid, rid_len, h->session, 503, m.route,
 				"this server does not own '%s' (ownership is moving); "
 				"try again", h->eid);
-		srv_kick(s, rid, rid_len, h->session, 1013, "reconnect to the owner");
+		srv_kick(s, rid, rid_len, h->session, 4004, "reconnect to the owner");
 		return;
 	}
 	r.user = srv_user_get(s, h->eid, 1);

@@ -16,6 +16,7 @@
 #include "bm_log.h"
 #include "bm_time.h"
 #include "bm_zmq.h"
+#include "bm_ws.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -182,7 +183,7 @@ static void on_kick(struct sig *g, const struct bm_ipc_hdr *h, const uint8_t *bo
 		return;
 	snprintf(text, sizeof(text), "%.*s", (int)n, (const char *)body);
 	code = strtol(text, &reason, 10);
-	if (code < 1000 || code > 4999)
+	if (code < 1000 || code > 4999 || !bm_ws_close_code_valid((unsigned)code))
 		code = 1008;
 	while (*reason == ' ')
 		reason++;
