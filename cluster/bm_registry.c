@@ -23,7 +23,8 @@ struct writer {
 	uint64_t idhash;
 	uint64_t epoch, synced;
 	int role;
-	int live;
+	int live;              /* alive or suspect */
+	int owns;              /* a server in the owner set: not left */
 	int32_t head;          /* first entry of this writer, -1 */
 	/* ranges received ahead of synced (answers arrive out of order);
 	 * allocated on first use */
@@ -54,7 +55,7 @@ struct bm_registry {
 	struct writer *w;
 	unsigned nw, wcap;
 	struct bm_idmap wmap;
-	int32_t *servers;              /* live server writer indexes */
+	int32_t *servers;              /* writer indexes of servers that own (not left) */
 	unsigned nservers, scap;
 	struct entry *e;
 	unsigned ne, ecap;
@@ -243,31 +244,33 @@ static void drop_writer_entries(struct bm_registry *r, int32_t wi)
 		w->epoch = 0;
 }
 
-int bm_registry_member(struct bm_registry *r, const char *id, int role, int live)
+int bm_registry_member(struct bm_registry *r, const char *id, int role, int state)
 {
 	int32_t wi = writer_get(r, id, strlen(id), 1);
 	struct writer *w;
+	int live = state <= BM_SWIM_SUSPECT;
+	int owns = role == BM_SWIM_ROLE_SERVER && state != BM_SWIM_LEFT;
 
 	if (wi < 0)
 		return BM_ENOMEM;
 	w = &r->w[wi];
-	live = !!live;
-	if (w->live == live && w->role == role)
+	if (w->live == live && w->role == role && w->owns == owns)
 		return 0;
-	if (w->role == BM_SWIM_ROLE_SERVER && w->live) {
+	if (w->owns && !owns) {
 		for (unsigned i = 0; i < r->nservers; i++)
 			if (r->servers[i] == wi) {
 				r->servers[i] = r->servers[--r->nservers];
 				break;
 			}
 	}
-	w->role = role;
-	w->live = live;
-	if (role == BM_SWIM_ROLE_SERVER && live) {
+	if (owns && !w->owns) {
 		if (bm_cluster_grow((void **)&r->servers, &r->scap, r->nservers + 1, sizeof(int32_t)))
 			return BM_ENOMEM;
 		r->servers[r->nservers++] = wi;
 	}
+	w->role = role;
+	w->live = live;
+	w->owns = owns;
 	if (!live && wi != r->self)
 		drop_writer_entries(r, wi);
 	return 0;

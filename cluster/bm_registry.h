@@ -2,10 +2,16 @@
  * bm_registry.h - "which server owns EID x" and "which signal nodes hold the
  * devices of EID x", answered locally on every node.
  *
- * Owner: rendezvous (highest random weight) hashing of the eid over the live
- * server members: score(s, eid) = bm_mix64(bm_hash64(s.id) ^ bm_hash64(eid)),
- * highest score wins, ties broken by id.  Adding or removing one of n servers
- * moves only the eids that server wins or won (about 1/n of them).
+ * Owner: rendezvous (highest random weight) hashing of the eid over the
+ * server members that have not left: score(s, eid) = bm_mix64(bm_hash64(s.id)
+ * ^ bm_hash64(eid)), highest score wins, ties broken by id.  Adding or
+ * removing one of n servers moves only the eids that server wins or won
+ * (about 1/n of them).  A dead (or suspect) server keeps its eids: its data
+ * is on its disk, so its users wait for it (the daemons answer 503) rather
+ * than move to a server without their history; only a graceful leave, after
+ * the hand-off (docs/cluster.md), takes a server out of the owner set.  The
+ * daemons apply the same rule to their own member lists (server/peer.c,
+ * signal/link.c).
  *
  * Device map: a replicated map (writer, eid) -> set of device ids, where the
  * writer is a signal node and the only node allowed to change its entries.
@@ -52,13 +58,13 @@ void bm_registry_set_callback(struct bm_registry *r, bm_registry_change_fn *fn,
 			      void *ud);
 
 /* Membership hook (bm_swim calls it; tests may too): member id with role is
- * live (alive or suspect) or not (dead, left).  A server going live/not live
- * joins/leaves the rendezvous set; a writer going not live loses all its
+ * in state (BM_SWIM_ALIVE, _SUSPECT, _DEAD or _LEFT).  A server is in the
+ * owner set unless it left; a writer that is dead or left loses all its
  * entries.  Returns 0 or BM_ENOMEM/BM_EINVAL. */
-int bm_registry_member(struct bm_registry *r, const char *id, int role, int live);
+int bm_registry_member(struct bm_registry *r, const char *id, int role, int state);
 
 /* Owner of eid: copies the server id into out (BM_SWIM_ID_MAX + 1 bytes).
- * Returns 0, or BM_ENOENT when no server is live. */
+ * Returns 0, or BM_ENOENT when there is no server (none, or all left). */
 int bm_registry_owner(const struct bm_registry *r, const char *eid, char *out);
 unsigned bm_registry_server_count(const struct bm_registry *r);
 

@@ -340,7 +340,7 @@ static void registry_hook(struct bm_swim *s, int32_t i)
 {
 	const struct member *m = &s->m[i];
 
-	bm_registry_member(s->reg, m->id, m->role, m->state <= BM_SWIM_SUSPECT);
+	bm_registry_member(s->reg, m->id, m->role, m->state);
 }
 
 static int32_t member_new(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
@@ -747,7 +747,7 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->self = member_new(s, &r, 0);
 	if (s->self < 0)
 		goto out_reg;
-	bm_registry_member(s->reg, c->id, c->role, 1);
+	bm_registry_member(s->reg, c->id, c->role, BM_SWIM_ALIVE);
 	pend_add(s, s->self);
 	*out = s;
 	return 0;

@@ -45,7 +45,7 @@ static void fill_hdr(struct sig *g, struct bm_ipc_hdr *h, int kind,
  * their data is on its disk; they wait for it (503). */
 static int owner_of(struct sig *g, const char *eid)
 {
-	uint64_t best = 0;
+	uint64_t best = 0, kh = bm_hash64(eid, strlen(eid));
 	int who = -1;
 
 	for (int i = 0; i < g->n_servers; i++) {
@@ -54,13 +54,19 @@ static int owner_of(struct sig *g, const char *eid)
 		if (!sv->member || sv->left)
 			continue;
 		/* The same score as the cluster registry (cluster/bm_registry.h). */
-		h = bm_mix64(bm_hash64(sv->node, strlen(sv->node)) ^ bm_hash64(eid, strlen(eid)));
-		if (who < 0 || h > best) {
+		h = bm_mix64(sv->node_hash ^ kh);
+		if (who < 0 || h > best || (h == best && strcmp(sv->node, g->servers[who].node) < 0)) {
 			best = h;
 			who = i;
 		}
 	}
 	return who;
+}
+
+static void set_node(struct sig_server *sv, const char *node)
+{
+	snprintf(sv->node, sizeof(sv->node), "%.64s", node);
+	sv->node_hash = bm_hash64(sv->node, strlen(sv->node));
 }
 
 int sig_link_ready(struct sig *g)
@@ -149,7 +155,7 @@ static void on_welcome(struct sig *g, int idx, const uint8_t *body, size_t n)
 
 	if (node && boot) {
 		int restarted = sv->boot[0] && strcmp(sv->boot, boot);
-		snprintf(sv->node, sizeof(sv->node), "%s", node);
+		set_node(sv, node);
 		snprintf(sv->boot, sizeof(sv->boot), "%s", boot);
 		sv->up = 1;
 		sv->member = 1;
@@ -274,7 +280,7 @@ void sig_link_member(struct sig *g, const char *node, const char *endpoint, int 
 
 		if (strcmp(sv->node, node) && strcmp(sv->endpoint, endpoint))
 			continue;
-		snprintf(sv->node, sizeof(sv->node), "%s", node);
+		set_node(sv, node);
 		sv->member = 1;
 		if (sv->left != left)
 			bm_info("link", "server '%s' %s the cluster", node,
@@ -295,7 +301,7 @@ void sig_link_member(struct sig *g, const char *node, const char *endpoint, int 
 	}
 	if (left || !endpoint[0] || sig_link_add_server(g, endpoint))
 		return;
-	snprintf(g->servers[g->n_servers - 1].node, sizeof(g->servers[0].node), "%s", node);
+	set_node(&g->servers[g->n_servers - 1], node);
 	g->servers[g->n_servers - 1].member = 1;
 }
 
@@ -317,7 +323,7 @@ int sig_link_add_server(struct sig *g, const char *endpoint)
 	sv = &g->servers[g->n_servers];
 	memset(sv, 0, sizeof(*sv));
 	snprintf(sv->endpoint, sizeof(sv->endpoint), "%s", endpoint);
-	snprintf(sv->node, sizeof(sv->node), "%.64s", endpoint);
+	set_node(sv, endpoint);
 	rc = connect_server(g, sv);
 	if (rc)
 		return rc;

@@ -113,6 +113,7 @@ struct sig_idtab {
 struct sig_server {
 	char endpoint[128];
 	char node[65];                /* from WELCOME */
+	uint64_t node_hash;           /* bm_hash64(node), for owner_of */
 	char boot[40];
 	struct bm_zsock *z;
 	int up;                       /* WELCOME seen */

@@ -47,10 +47,10 @@ static void test_rendezvous_moves_one_nth(void **state)
 	assert_int_equal(bm_registry_owner(r, "x", out), BM_ENOENT);
 	for (unsigned i = 0; i < n; i++) {
 		sprintf(id, "server-%u", i);
-		assert_int_equal(bm_registry_member(r, id, BM_SWIM_ROLE_SERVER, 1), 0);
+		assert_int_equal(bm_registry_member(r, id, BM_SWIM_ROLE_SERVER, BM_SWIM_ALIVE), 0);
 	}
 	/* signal members never own anything */
-	assert_int_equal(bm_registry_member(r, "signal-0", BM_SWIM_ROLE_SIGNAL, 1), 0);
+	assert_int_equal(bm_registry_member(r, "signal-0", BM_SWIM_ROLE_SIGNAL, BM_SWIM_ALIVE), 0);
 	assert_int_equal(bm_registry_server_count(r), n);
 	owners(r, before);
 	for (unsigned i = 0; i < NKEYS; i++)
@@ -59,7 +59,7 @@ static void test_rendezvous_moves_one_nth(void **state)
 		assert_true(per[i] > NKEYS / n * 3 / 4 && per[i] < NKEYS / n * 5 / 4);
 
 	/* a server joins: only keys it now wins move, about 1/(n+1) of them */
-	assert_int_equal(bm_registry_member(r, "server-10", BM_SWIM_ROLE_SERVER, 1), 0);
+	assert_int_equal(bm_registry_member(r, "server-10", BM_SWIM_ROLE_SERVER, BM_SWIM_ALIVE), 0);
 	owners(r, after);
 	for (unsigned i = 0; i < NKEYS; i++) {
 		if (strcmp(before[i], after[i]) != 0) {
@@ -71,9 +71,21 @@ static void test_rendezvous_moves_one_nth(void **state)
 	       moved, NKEYS, 100.0 * moved / NKEYS, 100.0 / (n + 1));
 	assert_true(moved > NKEYS / (n + 1) / 2 && moved < NKEYS / (n + 1) * 3 / 2);
 
-	/* a server leaves: only its keys move */
+	/* a server dies (or is suspected): it keeps its keys, whose data is on
+	 * its disk; its users wait for it rather than move without history */
 	memcpy(before, after, NKEYS * sizeof(*before));
-	assert_int_equal(bm_registry_member(r, "server-3", BM_SWIM_ROLE_SERVER, 0), 0);
+	assert_int_equal(bm_registry_member(r, "server-3", BM_SWIM_ROLE_SERVER, BM_SWIM_SUSPECT), 0);
+	assert_int_equal(bm_registry_member(r, "server-3", BM_SWIM_ROLE_SERVER, BM_SWIM_DEAD), 0);
+	assert_int_equal(bm_registry_server_count(r), n + 1);
+	owners(r, after);
+	assert_memory_equal(before, after, NKEYS * sizeof(*before));
+	/* back alive: nothing moves either */
+	assert_int_equal(bm_registry_member(r, "server-3", BM_SWIM_ROLE_SERVER, BM_SWIM_ALIVE), 0);
+	assert_int_equal(bm_registry_server_count(r), n + 1);
+
+	/* a server leaves: only its keys move */
+	assert_int_equal(bm_registry_member(r, "server-3", BM_SWIM_ROLE_SERVER, BM_SWIM_LEFT), 0);
+	assert_int_equal(bm_registry_server_count(r), n);
 	owners(r, after);
 	moved = 0;
 	for (unsigned i = 0; i < NKEYS; i++) {
@@ -123,7 +135,7 @@ static struct bm_registry *observer(void)
 	for (unsigned w = 0; w < 3; w++) {
 		char id[8];
 		sprintf(id, "sig-%u", w);
-		assert_int_equal(bm_registry_member(r, id, BM_SWIM_ROLE_SIGNAL, 1), 0);
+		assert_int_equal(bm_registry_member(r, id, BM_SWIM_ROLE_SIGNAL, BM_SWIM_ALIVE), 0);
 	}
 	return r;
 }
@@ -195,7 +207,7 @@ static void test_dead_writer_dropped(void **state)
 	assert_int_equal(bm_registry_lookup(r, "eid-1", NULL, NULL), 3);
 
 	/* sig-0 dies: its entries go, and stale copies are refused */
-	assert_int_equal(bm_registry_member(r, "sig-0", BM_SWIM_ROLE_SIGNAL, 0), 0);
+	assert_int_equal(bm_registry_member(r, "sig-0", BM_SWIM_ROLE_SIGNAL, BM_SWIM_DEAD), 0);
 	assert_int_equal(bm_registry_lookup(r, "eid-1", NULL, NULL), 2);
 	assert_int_equal(bm_registry_set(r, "eid-1", NULL, 0), 0);
 	assert_int_equal(bm_registry_lookup(r, "eid-1", NULL, NULL), 1);
