@@ -25,6 +25,7 @@
 #include "bimip_client.h"
 #include "bm_err.h"
 #include "bm_harness.h"
+#include "bm_registry.h"
 #include "bm_time.h"
 
 #define KEY "it-multi-key"
@@ -403,8 +404,30 @@ static void test_partition_sigstop(void **state)
 		      n_msgs);
 }
 
-/* Every message ever addressed to user k, read by a new device from offset 0. */
-static int history_of(int k, int want, int timeout_ms)
+/* The server that owns eid by the library's rule (bm_registry_owner) when
+ * ids are alive and gone has left.  The test asserts the daemons moved
+ * exactly these users, so the daemons and the library agree. */
+static int owned_by(const char *eid, const char *const *ids, int n, const char *gone,
+		    const char *who)
+{
+	struct bm_registry *r = bm_registry_new("it-multi", 1);
+	char out[BM_SWIM_ID_MAX + 1];
+	int yes;
+
+	assert_non_null(r);
+	for (int i = 0; i < n; i++)
+		assert_int_equal(bm_registry_member(r, ids[i], BM_SWIM_ROLE_SERVER,
+						    BM_SWIM_ALIVE), 0);
+	assert_int_equal(bm_registry_member(r, gone, BM_SWIM_ROLE_SERVER, BM_SWIM_LEFT), 0);
+	assert_int_equal(bm_registry_owner(r, eid, out), 0);
+	yes = !strcmp(out, who);
+	bm_registry_free(r);
+	return yes;
+}
+
+/* Every message ever addressed to user k, read by a new device from offset 0
+ * (a device that read before has committed what it read). */
+static int history_of(int k, const char *device, int want, int timeout_ms)
 {
 	struct user t = { 0 };
 	uint64_t deadline = bm_mono_ms() + (uint64_t)timeout_ms;
@@ -417,7 +440,7 @@ static int history_of(int k, int want, int timeout_ms)
 
 	memset(seen, 0, sizeof(seen));
 	memcpy(t.eid, users[k].eid, sizeof(t.eid));
-	tok = bm_h_token(&s[0], t.eid, "tablet", 3600);
+	tok = bm_h_token(&s[0], t.eid, device, 3600);
 	assert_non_null(tok);
 	o.url = g[live].url;
 	o.token = tok;
@@ -476,7 +499,7 @@ static void test_graceful_leave(void **state)
 	wait_servers_up(2);
 	/* Every user's whole history is still there, wherever it lives now. */
 	for (int k = 0; k < USERS; k++) {
-		int got = history_of(k, want[k], 30000);
+		int got = history_of(k, "tablet", want[k], 30000);
 		if (got != want[k])
 			fail_msg("after the leave %s has %d of its %d messages", users[k].eid, got,
 				 want[k]);
@@ -487,6 +510,46 @@ static void test_graceful_leave(void **state)
 	for (int a = 0; a < USERS; a++)
 		new_msg(a, (a + 1) % USERS);
 	settle(60000, "after a graceful leave");
+
+	/* A new server joins in the leaver's place: the users that move to it
+	 * bring their whole history, and chat goes on across three owners. */
+	{
+		char extra[600];
+		long before = metric_sum("bimip_server_handoff_users_total"), moved;
+		static char joiner[16];
+		const char *ids[3] = { s[0].name, s[2].name, joiner };
+		int takes = 0;
+
+		snprintf(extra, sizeof(extra), "{\"cluster\":{\"bind\":\"127.0.0.1:0\","
+			 "\"key\":\"%s\",\"period\":\"100ms\",\"seeds\":[\"%s\"]}}", KEY,
+			 s[0].gossip);
+		/* A name that takes at least one user (all of them have messages). */
+		for (int j = 3; j < 100 && !takes; j++) {
+			snprintf(joiner, sizeof(joiner), "m-s%d", j);
+			for (int k = 0; k < USERS; k++)
+				takes += owned_by(users[k].eid, ids, 3, s[leaver].name, joiner);
+		}
+		assert_true(takes > 0);
+		assert_int_equal(bm_h_start_server(&s[leaver], joiner, extra), 0);
+		wait_servers_up(3);
+		memset(want, 0, sizeof(want));
+		for (int i = 0; i < n_msgs; i++)
+			want[msgs[i].to]++;
+		for (int k = 0; k < USERS; k++) {
+			int got = history_of(k, "laptop", want[k], 30000);
+			if (got != want[k])
+				fail_msg("after the join %s has %d of its %d messages", users[k].eid,
+					 got, want[k]);
+		}
+		moved = metric_sum("bimip_server_handoff_users_total") - before;
+		print_message("%s joined: %ld users handed to it (%d expected), every user "
+			      "reads its whole history (%d messages)\n", joiner, moved, takes,
+			      n_msgs);
+		assert_int_equal(moved, takes);
+		for (int a = 0; a < USERS; a++)
+			new_msg(a, (a + 2) % USERS);
+		settle(60000, "after a join");
+	}
 	for (int k = 0; k < USERS; k++)
 		bm_client_close(users[k].c);
 	for (int i = 0; i < 2; i++)
