@@ -239,6 +239,28 @@ static void on_users(struct bm_admin_req *req, const json_t *body, void *ud)
 	arg = strchr(what, '/');
 	if (arg)
 		*arg++ = 0;
+	if (!srv_owns(s, eid)) {
+		/* Only the owner has (and may change) a user's state; creating it
+		 * here would hand an empty copy to the owner at the next change. */
+		const struct srv_peer *p = srv_owner(s, eid);
+		char msg[800];
+
+		if (!p) {
+			bm_admin_reply_error(req, 503, "no server owns '%s' now", eid);
+			return;
+		}
+		snprintf(msg, sizeof(msg), "user '%s' is owned by server '%s'; ask its admin API%s%s",
+			 eid, p->id, p->admin[0] ? " at " : "", p->admin);
+		bm_admin_reply_json(req, 421, json_pack("{s:s, s:i, s:s, s:s}", "error", msg,
+							"status", 421, "owner", p->id,
+							"admin", p->admin));
+		return;
+	}
+	if (!srv_settled(s)) {
+		bm_admin_reply_error(req, 503, "users are moving between servers (a cluster "
+				     "change); try again in a moment");
+		return;
+	}
 	u = srv_user_get(s, eid, 1);
 	if (!u) {
 		bm_admin_reply_error(req, 400, "invalid eid '%s'", eid);

@@ -26,7 +26,16 @@
  *           "devs":{"device":committed offset}}, after its records
  *   "chat"  JSON {"a","b","v","idem":[{"e","d","l","v"}..]}
  *   "pm"    a pending message's "pm" state record
+ *           (or only {"devs":..} when this server has no state for it)
  * HANDOFF_ACK: seq; body "<code> <text>".   SETTLED: body = fingerprint.
+ *
+ * Once the new owner has taken a user or a pending message, this server
+ * logs "ugone"/"pmgone" (server/state.c): its copy is stale from then on and
+ * is never handed again.  Handing it again at the next owner-set change
+ * would replace the owner's newer contacts, blocks and device offsets with
+ * old ones, and re-drive a message already completed.  The stale stream
+ * records stay on disk until retention deletes their segments; if the user
+ * comes back, its new owner's records are the same prefix and are skipped.
  */
 #include "srv.h"
 
@@ -77,32 +86,69 @@ int srv_settled(struct srv *s)
 
 /* --- sending --------------------------------------------------------------------- */
 
+void srv_handoff_forget(struct srv *s)
+{
+	const char *k;
+	void *v;
+
+	for (size_t it = 0; bm_map_next(&s->handoff_wait, &it, &k, &v);)
+		json_decref(v);
+	bm_map_release(&s->handoff_wait);
+	bm_map_init(&s->handoff_wait);
+	s->handoff_outstanding = 0;
+}
+
+/* Sends one HANDOFF; once the new owner answers that it took it, the state
+ * record taken (stolen; NULL for none) is logged here. */
 static int send_handoff(struct srv *s, const char *to_key, const char *what,
-			const char *eid, uint64_t offset, const void *body, size_t n)
+			const char *eid, uint64_t offset, const void *body, size_t n,
+			json_t *taken)
 {
 	const struct srv_peer *p = srv_owner(s, to_key);
 	struct bm_ipc_hdr h;
+	char seq[24];
 
-	if (!p || p->self)
-		return BM_EUNAVAIL;
+	if (!p || p->self || !taken) {
+		json_decref(taken);
+		return p && !p->self ? BM_ENOMEM : BM_EUNAVAIL;
+	}
+	if (!bm_map_get(&s->settled_by, p->id)) {
+		/* Not heard from yet: it may not know us, and would drop what we
+		 * send.  It says SETTLED every 300 ms once it knows us. */
+		json_decref(taken);
+		return BM_EAGAIN;
+	}
 	memset(&h, 0, sizeof(h));
 	h.kind = BM_IPC_HANDOFF;
 	h.seq = ++s->rpc_seq;
 	h.offset = (int64_t)offset;
 	snprintf(h.aux, sizeof(h.aux), "%s", what);
 	snprintf(h.eid, sizeof(h.eid), "%s", eid);
-	if (srv_peer_send(s, p, &h, body, n))
+	snprintf(seq, sizeof(seq), "%" PRIu64, h.seq);
+	if (bm_map_put(&s->handoff_wait, seq, taken, NULL)) {
+		json_decref(taken);
+		return BM_ENOMEM;
+	}
+	if (srv_peer_send(s, p, &h, body, n)) {
+		json_decref(bm_map_del(&s->handoff_wait, seq));
 		return BM_EUNAVAIL;
-	s->handoff_outstanding++;
+	}
+	s->handoff_outstanding = s->handoff_wait.count;
 	return 0;
 }
 
 static int send_json(struct srv *s, const char *to_key, const char *what, const char *eid,
-		     json_t *o)
+		     json_t *o, json_t *taken)
 {
 	char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
-	int rc = txt ? send_handoff(s, to_key, what, eid, 0, txt, strlen(txt)) : BM_ENOMEM;
+	int rc;
 
+	if (txt) {
+		rc = send_handoff(s, to_key, what, eid, 0, txt, strlen(txt), taken);
+	} else {
+		json_decref(taken);
+		rc = BM_ENOMEM;
+	}
 	free(txt);
 	json_decref(o);
 	return rc;
@@ -155,7 +201,7 @@ static int hand_user(struct srv *s, const char *eid)
 			bm_buf_release(&c.b);
 			break;
 		}
-		rc = send_handoff(s, eid, "recs", eid, c.first, c.b.data, c.b.len);
+		rc = send_handoff(s, eid, "recs", eid, c.first, c.b.data, c.b.len, json_null());
 		bm_buf_release(&c.b);
 		if (rc)
 			return rc;
@@ -164,16 +210,14 @@ static int hand_user(struct srv *s, const char *eid)
 	}
 	devs = json_object();
 	bm_queue_devices(s->q, name, on_dev, devs);
-	o = u ? srv_user_json(u)
-	      : json_pack("{s:[], s:[], s:I}", "subs", "blk", "seen", (json_int_t)0);
+	/* No state here (a stream only): send the device offsets alone, so the
+	 * new owner keeps whatever state it has. */
+	o = u ? srv_user_json(u) : json_object();
 	if (o)
 		json_object_set_new(o, "devs", devs);
 	else
 		json_decref(devs);
-	rc = send_json(s, eid, "user", eid, o);
-	if (!rc)
-		(*s->m.handoff_users)++;
-	return rc;
+	return send_json(s, eid, "user", eid, o, json_pack("{s:s, s:s}", "t", "ugone", "e", eid));
 }
 
 struct names {
@@ -211,18 +255,28 @@ static int sweep(struct srv *s)
 	int rc = 0;
 
 	bm_queue_streams(s->q, on_stream_name, &nm);
-	/* Users with state but no stream yet; the others are listed already. */
-	for (size_t it = 0; bm_map_next(&s->users, &it, &k, NULL);) {
+	/* Users with state but no stream yet; the others are listed already.
+	 * One with no state at all is skipped: handing it would only replace
+	 * whatever the owner has with nothing. */
+	for (size_t it = 0; bm_map_next(&s->users, &it, &k, &v);) {
+		const struct srv_user *u = v;
 		char name[SRV_EID_MAX + 8];
 
 		srv_stream_name(k, name, sizeof(name));
-		if (!srv_owns(s, k) &&
+		if (!srv_owns(s, k) && !u->gone &&
+		    (u->subscribers.count || u->blocked.count || u->last_seen) &&
 		    bm_queue_stream_head(s->q, name, NULL, NULL) == BM_ENOENT)
 			names_add(&nm, k);
 	}
 	for (size_t i = 0; i < nm.n; i++) {
-		if (!rc && nm.v[i] && !srv_owns(s, nm.v[i])) {
-			struct srv_user *u = srv_user_get(s, nm.v[i], 0);
+		struct srv_user *u = nm.v[i] ? srv_user_get(s, nm.v[i], 0) : NULL;
+
+		if (u && u->gone && srv_owns(s, nm.v[i])) {
+			/* Owned again without a hand-off back (cannot happen with
+			 * the current owner rule): this copy is the best there is. */
+			srv_state_log(s, json_pack("{s:s, s:s}", "t", "uback", "e", nm.v[i]),
+				      NULL, NULL);
+		} else if (!rc && nm.v[i] && !srv_owns(s, nm.v[i]) && !(u && u->gone)) {
 			/* Its sessions go: the signals re-open them at the owner. */
 			while (u && u->devs) {
 				struct srv_dev *d = u->devs;
@@ -264,12 +318,15 @@ static int sweep(struct srv *s)
 		}
 		rc = send_json(s, c->id, "chat", "", json_pack("{s:s, s:s, s:I, s:o}", "a", c->a,
 							     "b", c->b, "v",
-							     (json_int_t)c->version, "idem", idem));
+							     (json_int_t)c->version, "idem", idem),
+			       json_null());
 	}
 	for (size_t it = 0; !rc && bm_map_next(&s->pending, &it, &k, &v);) {
 		struct srv_pending *p = v;
 		if (!srv_owns(s, p->chat))
-			rc = send_json(s, p->chat, "pm", "", srv_pending_json(p));
+			rc = send_json(s, p->chat, "pm", "", srv_pending_json(p),
+				       json_pack("{s:s, s:s, s:I}", "t", "pmgone", "c", p->chat,
+						 "v", (json_int_t)p->version));
 	}
 	return rc;
 }
@@ -374,6 +431,18 @@ static int take_user(struct srv *s, const struct bm_ipc_hdr *h, json_t *o,
 	struct srv_user *u;
 	int rc;
 
+	if (!json_is_object(devs) && devs)
+		return BM_EINVAL;
+	if (!json_object_get(o, "subs") && !json_object_get(o, "blk") &&
+	    !json_object_get(o, "seen")) {
+		/* Only device offsets: the previous owner had no state. */
+		srv_stream_name(h->eid, name, sizeof(name));
+		json_object_foreach(devs, dev, v)
+			bm_queue_commit_offset(s->q, name, dev,
+					       (uint64_t)json_integer_value(v), NULL, NULL);
+		return srv_state_log(s, json_pack("{s:s, s:s}", "t", "uback", "e", h->eid),
+				     on_stored, c);
+	}
 	if (!json_object_get(o, "subs") || !json_object_get(o, "blk") ||
 	    !json_object_get(o, "seen"))
 		return BM_EINVAL;
@@ -455,15 +524,26 @@ void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *b
 	case BM_IPC_HANDOFF:
 		on_handoff(s, h, body, n);
 		break;
-	case BM_IPC_HANDOFF_ACK:
-		if (s->handoff_outstanding)
-			s->handoff_outstanding--;
+	case BM_IPC_HANDOFF_ACK: {
+		json_t *taken;
+
+		snprintf(txt, sizeof(txt), "%" PRIu64, h->seq);
+		taken = bm_map_del(&s->handoff_wait, txt);
+		if (!taken)
+			break;   /* of a sweep given up on */
+		s->handoff_outstanding = s->handoff_wait.count;
 		if (n && body[0] != '0') {
 			bm_warn("handoff", "'%s' did not take a hand-off: %.*s", h->origin,
 				(int)n, (const char *)body);
 			s->handoff_failed = 1;
+			json_decref(taken);
+		} else if (!json_is_null(taken)) {
+			if (!strcmp(json_string_value(json_object_get(taken, "t")), "ugone"))
+				(*s->m.handoff_users)++;
+			srv_state_log(s, taken, NULL, NULL);
 		}
 		break;
+	}
 	case BM_IPC_SETTLED:
 		snprintf(txt, sizeof(txt), "%.*s", (int)(n < 31 ? n : 31), (const char *)body);
 		bm_map_put(&s->settled_by, h->origin,
@@ -492,7 +572,7 @@ void srv_handoff_tick(struct srv *s)
 		bm_warn("handoff", "%" PRIu64 " hand-offs not answered in 5 s: again",
 			s->handoff_outstanding);
 		s->handoff_failed = 1;
-		s->handoff_outstanding = 0;
+		srv_handoff_forget(s);
 	}
 	if (fp != s->sweep_fp || (s->handoff_failed && now >= s->sweep_retry_ms)) {
 		int rc;
@@ -502,10 +582,14 @@ void srv_handoff_tick(struct srv *s)
 		s->sweep_fp = fp;
 		s->swept_fp = 0;
 		s->handoff_failed = 0;
-		s->handoff_outstanding = 0;
+		srv_handoff_forget(s);
 		s->sweep_started_ms = now;
 		rc = sweep(s);
-		if (rc) {
+		if (rc == BM_EAGAIN) {
+			bm_debug("handoff", "a new owner has not spoken yet; sweeping again soon");
+			s->handoff_failed = 1;
+			s->sweep_retry_ms = now + 100;
+		} else if (rc) {
 			bm_warn("handoff", "hand-off incomplete (%s); trying again",
 				bm_strerror(rc));
 			s->handoff_failed = 1;

@@ -226,7 +226,7 @@ out:
 static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
 			    const struct bm_ipc_hdr *h, const uint8_t *body, size_t n)
 {
-	struct srv_user *u = srv_user_get(s, h->eid, 1);
+	struct srv_user *u;
 	struct srv_dev *d;
 	char name[SRV_EID_MAX + 8];
 	json_t *o = json_loadb((const char *)body, n, 0, NULL);
@@ -245,6 +245,7 @@ static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
 		srv_kick(s, rid, rid_len, h->session, 4004, why);
 		return;
 	}
+	u = srv_user_get(s, h->eid, 1);   /* only the owner holds a user */
 	if (!u || !h->device[0] || rid_len > sizeof(d->rid)) {
 		srv_kick(s, rid, rid_len, h->session, 1008, "bad session");
 		return;

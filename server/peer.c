@@ -159,10 +159,14 @@ void srv_peer_on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_me
 		if (m->state == BM_SWIM_LEFT || !m->zmq || !m->zmq[0])
 			return;
 		p = peer_add(s, m->id, m->zmq, 0);
-		if (p)
+		if (p) {
 			p->state = (int)m->state;
+			snprintf(p->admin, sizeof(p->admin), "%s", m->admin ? m->admin : "");
+		}
 		return;
 	}
+	if (m->admin && m->admin[0])
+		snprintf(p->admin, sizeof(p->admin), "%s", m->admin);
 	if (m->zmq && m->zmq[0] && strcmp(m->zmq, p->zmq)) {
 		/* Restarted on another address. */
 		bm_info("peer", "server '%s' moved from %s to %s", p->id, p->zmq, m->zmq);
@@ -1004,4 +1008,5 @@ void srv_peer_close(struct srv *s)
 	free(s->seen_ring);
 	s->seen_ring = NULL;
 	bm_map_release(&s->settled_by);
+	srv_handoff_forget(s);
 }

@@ -133,6 +133,9 @@ struct srv_user {
 	int64_t last_notify_ms;      /* awareness rate limit */
 	uint64_t ref_offset;         /* highest stream offset a state record names */
 	int seen_loaded;             /* recent message ids of the stream indexed */
+	int gone;                    /* handed to its new owner, which took it:
+					this copy is stale and not handed again
+					(handoff.c; cleared when it comes back) */
 };
 
 struct srv_chat {
@@ -154,6 +157,7 @@ struct srv_idem {
 struct srv_peer {
 	char id[65];
 	char zmq[160];
+	char admin[64];              /* its admin API, from gossip */
 	int state;                   /* enum bm_swim_state */
 	int self;
 	uint64_t hash;               /* bm_hash64(id), for rendezvous scores */
@@ -241,6 +245,8 @@ struct srv {
 	struct bm_map settled_by;         /* peer id -> fingerprint it is SETTLED for */
 	uint64_t sweep_fp, swept_fp;      /* owner set swept for / done for */
 	uint64_t handoff_outstanding;     /* HANDOFFs not yet acknowledged */
+	struct bm_map handoff_wait;       /* their seq -> state record (json_t *) to
+					     log once taken, or json_null() */
 	int handoff_failed;
 	uint64_t sweep_retry_ms, settled_sent_ms, sweep_started_ms;
 	int leaving;                      /* handing everything off, then exit */
@@ -389,6 +395,8 @@ json_t *srv_pending_json(const struct srv_pending *p);
 void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *body,
 		     size_t n);
 void srv_handoff_tick(struct srv *s);
+/* Forgets the hand-offs still waiting for an answer (a new sweep, exit). */
+void srv_handoff_forget(struct srv *s);
 /* Serving: this node's hand-off and every live peer's are done. */
 int srv_settled(struct srv *s);
 uint64_t srv_owner_fingerprint(struct srv *s);

@@ -23,9 +23,14 @@
  *   {"t":"pmx", "c":chat, "v":version, "e":sender, "d":device, "l":local}
  *      that message was refused by the receiver's owner (blocked)
  *   {"t":"uimp", "e":eid, "subs":[..], "blk":[..], "seen":ms, "lat", "lon", "in"}
+ *   {"t":"uback", "e":eid}   (the previous owner had no state for it)
  *   {"t":"chat", "a":eid, "b":eid, "v":version}
  *   {"t":"idem", "e":eid, "d":device, "l":local, "c":chat, "v":version}
  *      what a previous owner handed over (server/handoff.c)
+ *   {"t":"ugone", "e":eid}   {"t":"pmgone", "c":chat, "v":version}
+ *      this server handed that user / pending message to its new owner,
+ *      which took it: the copy here is stale, never handed again (a stale
+ *      copy would overwrite the owner's newer contacts and offsets)
  *   {"t":"seen", "e":eid, "ts":ms, "st":status, "lat":x, "lon":y, "in":n}
  *   {"t":"rvk",  "e":eid, "d":device, "j":jti, "exp":s, "bf":s}
  *      j set: that token id is revoked until exp;  otherwise every token of
@@ -187,10 +192,14 @@ json_t *srv_map_keys(const struct bm_map *m)
 
 json_t *srv_user_json(const struct srv_user *u)
 {
-	return json_pack("{s:o, s:o, s:I, s:f, s:f, s:i}", "subs",
-			 srv_map_keys(&u->subscribers), "blk", srv_map_keys(&u->blocked),
-			 "seen", (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon,
-			 "in", u->intention);
+	json_t *o = json_pack("{s:o, s:o, s:I, s:f, s:f, s:i}", "subs",
+			      srv_map_keys(&u->subscribers), "blk", srv_map_keys(&u->blocked),
+			      "seen", (json_int_t)u->last_seen, "lat", u->lat, "lon", u->lon,
+			      "in", u->intention);
+
+	if (o && u->gone)
+		json_object_set_new(o, "gone", json_true());
+	return o;
 }
 
 void srv_user_load(struct srv_user *u, json_t *o)
@@ -212,6 +221,7 @@ void srv_user_load(struct srv_user *u, json_t *o)
 	u->lat = json_number_value(json_object_get(o, "lat"));
 	u->lon = json_number_value(json_object_get(o, "lon"));
 	u->intention = (int32_t)json_integer_value(json_object_get(o, "in"));
+	u->gone = json_is_true(json_object_get(o, "gone"));
 }
 
 struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
@@ -472,6 +482,18 @@ int srv_state_apply(struct srv *s, void *obj)
 		srv_user_load(u, o);
 		return 0;
 	}
+	if (!strcmp(t, "ugone") || !strcmp(t, "uback")) {
+		/* Handed off and taken / back here: see srv_user.gone. */
+		u = srv_user_get(s, str(o, "e"), !strcmp(t, "ugone"));
+		if (u)
+			u->gone = !strcmp(t, "ugone");
+		return u || strcmp(t, "ugone") ? 0 : BM_ENOMEM;
+	}
+	if (!strcmp(t, "pmgone")) {
+		/* Handed off and taken: the new owner drives it now. */
+		srv_pending_done(s, str(o, "c"), num(o, "v"));
+		return 0;
+	}
 	if (!strcmp(t, "chat")) {
 		struct srv_chat *c = srv_chat_get(s, str(o, "a"), str(o, "b"), 1);
 
@@ -730,6 +752,7 @@ static int maps_init(struct srv *s)
 	bm_map_init(&s->pending);
 	bm_map_init(&s->seen);
 	bm_map_init(&s->settled_by);
+	bm_map_init(&s->handoff_wait);
 	s->idem_head = s->idem_count = 0;
 	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
 	return s->idem_ring ? 0 : BM_ENOMEM;

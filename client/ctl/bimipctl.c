@@ -43,7 +43,23 @@ static void usage(FILE *f)
 static int call(const char *method, const char *path, const char *body, json_t **out)
 {
 	static char buf[1 << 20];
+	static char owner_admin[128];
 	int st = bm_httpc_request(admin, method, path, key, body, buf, sizeof(buf), 10000);
+
+	if (st == 421) {
+		/* A user's state lives on the server that owns it: ask that one
+		 * (once; the same admin key must be valid there). */
+		json_t *e = json_loads(buf, 0, NULL);
+		const char *a = e ? json_string_value(json_object_get(e, "admin")) : NULL;
+
+		if (a && *a && strcmp(a, admin)) {
+			snprintf(owner_admin, sizeof(owner_admin), "%s", a);
+			admin = owner_admin;
+			st = bm_httpc_request(admin, method, path, key, body, buf, sizeof(buf),
+					      10000);
+		}
+		json_decref(e);
+	}
 
 	if (st < 0) {
 		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,

@@ -32,7 +32,7 @@
 #define USERS 6
 #define MAX_MSGS 1200
 
-static struct bm_h_node s[3], g[2];
+static struct bm_h_node s[4], g[2];   /* s[3]: a later joiner */
 static const struct bm_h_node *no_servers[1] = { NULL };
 
 struct user {
@@ -72,7 +72,7 @@ static long metric_sum(const char *name)
 {
 	long t = 0;
 
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (s[i].pid > 0)
 			t += metric(&s[i], name) > 0 ? metric(&s[i], name) : 0;
 	return t;
@@ -480,7 +480,7 @@ static void test_graceful_leave(void **state)
 
 	for (int i = 0; i < n_msgs; i++)
 		want[msgs[i].to]++;
-	snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s cluster leave >/dev/null",
+	snprintf(cmd, sizeof(cmd), "%.3000s/bimipctl --admin %.63s --key %s cluster leave >/dev/null",
 		 b ? b : "build/bin", s[leaver].admin, BM_H_ADMIN_KEY);
 	assert_int_equal(system(cmd), 0);
 	/* It hands everything off, leaves, and stops by itself. */
@@ -549,13 +549,59 @@ static void test_graceful_leave(void **state)
 		for (int a = 0; a < USERS; a++)
 			new_msg(a, (a + 2) % USERS);
 		settle(60000, "after a join");
+
+		/* The next change must not bring old copies back: a user that
+		 * moved to the joiner gets a block there; a fifth server joins
+		 * (taking nothing from the joiner); the block is still there. */
+		{
+			static char out[8192], fifth[16], path[256];
+			const char *ids4[4] = { s[0].name, s[2].name, joiner, fifth };
+			const char *x = NULL;
+			uint64_t deadline;
+			int st;
+
+			for (int k = 0; k < USERS && !x; k++)
+				if (owned_by(users[k].eid, ids, 3, "m-s1", joiner))
+					x = users[k].eid;
+			assert_non_null(x);
+			snprintf(path, sizeof(path), "/v1/users/%.64s/blocks", x);
+			assert_int_equal(bm_h_http(s[leaver].admin, "POST", path, BM_H_ADMIN_KEY,
+						   "{\"eid\":\"nobody@it\"}", out, sizeof(out)), 200);
+			/* Another server does not answer for it, and says who does. */
+			snprintf(path, sizeof(path), "/v1/users/%.64s/contacts", x);
+			assert_int_equal(bm_h_http(s[0].admin, "GET", path, BM_H_ADMIN_KEY, NULL, out,
+						   sizeof(out)), 421);
+			assert_non_null(strstr(out, s[leaver].admin));
+			for (int j = 10; j < 200; j++) {
+				snprintf(fifth, sizeof(fifth), "m-s%d", j);
+				if (owned_by(x, ids4, 4, "m-s1", joiner))
+					break;
+			}
+			assert_int_equal(bm_h_start_server(&s[3], fifth, extra), 0);
+			wait_servers_up(4);
+			deadline = bm_mono_ms() + 20000;
+			do {
+				poll(NULL, 0, 50);
+				st = bm_h_http(s[leaver].admin, "GET", path, BM_H_ADMIN_KEY, NULL, out,
+					       sizeof(out));
+			} while (st != 200 && bm_mono_ms() < deadline);
+			assert_int_equal(st, 200);
+			if (!strstr(out, "nobody@it"))
+				fail_msg("after %s joined, %s lost the block it got at %s: %s", fifth,
+					 x, joiner, out);
+			print_message("%s joined: %s keeps the block it got at %s\n", fifth, x,
+				      joiner);
+			for (int a = 0; a < USERS; a++)
+				new_msg(a, (a + 3) % USERS);
+			settle(60000, "after a second join");
+		}
 	}
 	for (int k = 0; k < USERS; k++)
 		bm_client_close(users[k].c);
 	for (int i = 0; i < 2; i++)
 		if (g[i].pid > 0)
 			assert_int_equal(bm_h_stop(&g[i], SIGTERM), 0);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		if (s[i].pid > 0)
 			assert_int_equal(bm_h_stop(&s[i], SIGTERM), 0);
 	assert_int_equal(bm_h_check_logs(), 0);
