@@ -8,7 +8,8 @@
 # Servers: ZeroMQ 4100/4110/4120, admin 4101/4111/4121, gossip 4102/4112/4122.
 # SERVERS (default 3) sets how many servers start; users and chats are
 # spread over them and routed between them (docs/cluster.md).
-# Data under var/cluster/; logs in var/cluster/*.log.
+# Data under var/cluster/; logs in var/cluster/*.log; one admin key for
+# every node in var/cluster/admin.key.
 set -eu
 cmd=${1:-}
 BIN=${2:-build/bin}
@@ -30,12 +31,18 @@ start)
 	mkdir -p "$DIR"
 	[ -f "$DIR/pids" ] && { echo "local-cluster: already started (stop first)" >&2; exit 1; }
 	: > "$DIR/pids"
+	# One admin key for every node, so bimipctl works against any of them
+	# (and follows a 421 to the server that owns a user).
+	if [ ! -s "$DIR/admin.key" ]; then
+		(umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > "$DIR/admin.key")
+	fi
+	AKEY=$(cat "$DIR/admin.key")
 	n=0
 	while [ $n -lt "$SERVERS" ]; do
 		p=$((4100 + 10 * n))
 		cat > "$DIR/server-$n.json" <<JSON
 { "node": { "id": "server-$n" }, "data_dir": "$DIR/server-$n",
-  "listen": { "zmq": "tcp://127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" },
+  "listen": { "zmq": "tcp://127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" }, "admin": { "key": "$AKEY" },
   "cluster": { "bind": "127.0.0.1:$((p + 2))", "key": "$KEY", "seeds": [ "127.0.0.1:4102" ] } }
 JSON
 		rm -f "$DIR/server-$n.ready"
@@ -49,7 +56,7 @@ JSON
 		p=$((4000 + 2 * n))
 		cat > "$DIR/signal-$n.json" <<JSON
 { "node": { "id": "signal-$n" }, "servers": [],
-  "listen": { "ws": "127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" },
+  "listen": { "ws": "127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" }, "admin": { "key": "$AKEY" },
   "cluster": { "bind": "127.0.0.1:$((4200 + n))", "key": "$KEY", "seeds": [ "127.0.0.1:4102" ] } }
 JSON
 		rm -f "$DIR/signal-$n.ready"
@@ -59,7 +66,7 @@ JSON
 		wait_ready "$DIR/signal-$n.ready" "signal-$n"
 	done
 	echo "local cluster up: $SERVERS server(s), signals ws://127.0.0.1:4000/ and ws://127.0.0.1:4002/"
-	echo "admin key of server-0: $DIR/server-0/admin.key; stop with: $0 stop"
+	echo "admin key of every node: $DIR/admin.key (bimipctl --key-file $DIR/admin.key ...); stop with: $0 stop"
 	;;
 stop)
 	[ -f "$DIR/pids" ] || { echo "local-cluster: not started" >&2; exit 0; }
@@ -73,7 +80,7 @@ stop)
 	echo "local cluster stopped"
 	;;
 status)
-	"$BIN/bimipctl" --admin 127.0.0.1:4101 --key-file "$DIR/server-0/admin.key" cluster members
+	"$BIN/bimipctl" --admin 127.0.0.1:4101 --key-file "$DIR/admin.key" cluster members
 	;;
 *)
 	echo "usage: $0 start|stop|status [BIN]" >&2

@@ -37,7 +37,8 @@ static void usage(FILE *f)
 		"  sessions EID            online devices of a user (server)\n"
 		"  kick EID DEVICE         close a device's session\n"
 		"  cluster members|join HOST:PORT|leave\n"
-		"                          cluster membership (see docs/cluster.md)\n");
+		"                          cluster membership (see docs/cluster.md); members\n"
+		"                          prints a table, --json the API's answer\n");
 }
 
 static int call(const char *method, const char *path, const char *body, json_t **out)
@@ -163,6 +164,35 @@ static int simple_get(const char *path)
 	return r ? print(r) : 0;
 }
 
+/* cluster members: a table, one member per line (--json: the API's JSON). */
+static int members(void)
+{
+	json_t *r = NULL, *a, *m;
+	size_t i;
+
+	if (call("GET", "/v1/cluster/members", NULL, &r))
+		return 1;
+	if (!r || json_out)
+		return r ? print(r) : 0;
+	a = json_object_get(r, "members");
+	printf("%-20s %-7s %-8s %11s  %-21s %-27s %s\n", "ID", "ROLE", "STATE", "INCARNATION",
+	       "GOSSIP", "ZMQ", "ADMIN");
+	json_array_foreach(a, i, m) {
+		const char *z = json_string_value(json_object_get(m, "zmq"));
+		printf("%-20s %-7s %-8s %11lld  %-21s %-27s %s%s\n",
+		       json_string_value(json_object_get(m, "id")) ?: "?",
+		       json_string_value(json_object_get(m, "role")) ?: "?",
+		       json_string_value(json_object_get(m, "state")) ?: "?",
+		       (long long)json_integer_value(json_object_get(m, "incarnation")),
+		       json_string_value(json_object_get(m, "addr")) ?: "",
+		       z && *z ? z : "-",
+		       json_string_value(json_object_get(m, "admin")) ?: "",
+		       json_is_true(json_object_get(m, "self")) ? "  (this node)" : "");
+	}
+	json_decref(r);
+	return 0;
+}
+
 static int change(const char *method, const char *path, const char *body)
 {
 	json_t *r = NULL;
@@ -258,7 +288,7 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[0], "cluster") && argc >= 2) {
 		if (!strcmp(argv[1], "members"))
-			return simple_get("/v1/cluster/members");
+			return members();
 		if (!strcmp(argv[1], "join") && argc == 3) {
 			snprintf(body, sizeof(body), "{\"seed\":\"%s\"}", argv[2]);
 			return change("POST", "/v1/cluster/join", body);

@@ -178,7 +178,7 @@ static void test_membership(void **state)
 		assert_int_equal(system(cmd), 0);
 		ms = wait_state(rest, 3, "c-g1", "left", 20000);
 		print_message("leaving signal seen as left after %ld ms\n", ms);
-		snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s cluster members",
+		snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s --json cluster members",
 			 b ? b : "build/bin", s[0].admin, BM_H_ADMIN_KEY);
 		{
 			FILE *f = popen(cmd, "r");
@@ -189,6 +189,21 @@ static void test_membership(void **state)
 		}
 		assert_non_null(strstr(out, "\"c-g0\""));
 		assert_non_null(strstr(out, "\"role\": \"signal\""));
+		/* The table operators read: one line per member. */
+		snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s cluster members",
+			 b ? b : "build/bin", s[0].admin, BM_H_ADMIN_KEY);
+		{
+			FILE *f = popen(cmd, "r");
+			size_t n = f ? fread(out, 1, sizeof(out) - 1, f) : 0;
+			out[n] = 0;
+			if (f)
+				pclose(f);
+		}
+		assert_non_null(strstr(out, "ID "));
+		assert_non_null(strstr(out, "INCARNATION"));
+		assert_non_null(strstr(out, "c-g1"));
+		assert_non_null(strstr(out, " left "));
+		assert_non_null(strstr(out, "(this node)"));
 	}
 	{
 		char buf[32];
