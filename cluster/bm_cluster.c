@@ -72,6 +72,7 @@ int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
 	sc.on_member = o->on_member;
 	sc.ud = o->on_member == log_member ? c : o->ud;
 	sc.period_ms = o->period_ms;
+	sc.stay_left = o->stay_left;
 	if (!sc.key_len)
 		bm_warn("cluster", "no cluster.key: gossip is not authenticated");
 	rc = bm_swim_new(&c->swim, &sc);
@@ -97,6 +98,15 @@ int bm_cluster_join(struct bm_cluster *c, const char *seed)
 {
 	bm_info("cluster", "joining through '%s'", seed);
 	return bm_swim_join(c->swim, seed, bm_mono_ms());
+}
+
+int bm_cluster_remove(struct bm_cluster *c, const char *id)
+{
+	int rc = bm_swim_remove(c->swim, id, bm_mono_ms());
+
+	if (!rc)
+		bm_warn("cluster", "member '%s' removed by an operator", id);
+	return rc;
 }
 
 void bm_cluster_leave(struct bm_cluster *c)
@@ -183,6 +193,7 @@ int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
 	o.zmq = zmq;
 	o.admin = admin;
 	o.period_ms = (unsigned)conf->period_ms;
+	o.stay_left = conf->stay_left;
 	o.on_member = log_member;
 	rc = bm_cluster_start(out, base, &o);
 	if (!rc) {
@@ -212,8 +223,23 @@ void bm_cluster_admin(struct bm_cluster *c, struct bm_admin_req *req, const json
 	} else if (!strcmp(what, "leave") && method == BM_ADMIN_POST) {
 		bm_cluster_leave(c);
 		bm_admin_reply_json(req, 200, json_pack("{s:b}", "left", 1));
+	} else if (!strcmp(what, "remove") && method == BM_ADMIN_POST) {
+		const char *id = json_string_value(json_object_get(body, "id"));
+		int rc = id ? bm_cluster_remove(c, id) : BM_EINVAL;
+
+		if (!id)
+			bm_admin_reply_error(req, 400, "expected {\"id\":\"node id\"}");
+		else if (rc == BM_ENOENT)
+			bm_admin_reply_error(req, 404, "no member '%s'", id);
+		else if (rc)
+			bm_admin_reply_error(req, 409, "member '%s' is not dead: only a dead "
+					     "member can be removed (a live one leaves with "
+					     "`cluster leave` on itself)", id);
+		else
+			bm_admin_reply_json(req, 200, json_pack("{s:s}", "removed", id));
 	} else {
-		bm_admin_reply_error(req, 404, "expected GET members, POST join or POST leave");
+		bm_admin_reply_error(req, 404, "expected GET members, POST join, POST leave or "
+				     "POST remove");
 	}
 }
 

@@ -25,6 +25,7 @@ struct bm_cluster_conf {
 	char seeds[8][160];
 	char key[129];
 	int64_t period_ms;
+	int stay_left;         /* not a config key: set by the daemon (bm_swim_config) */
 };
 
 #define BM_CLUSTER_CONFIG_KEYS(type, member) \
@@ -51,6 +52,7 @@ struct bm_cluster_opts {
 	const char *zmq;                /* advertised ZeroMQ endpoint, or NULL */
 	const char *admin;              /* advertised admin address, or NULL */
 	unsigned period_ms;             /* protocol period; 0 = 1000 */
+	int stay_left;                  /* see bm_swim_config */
 	bm_swim_member_fn *on_member;   /* may be NULL */
 	void *ud;
 };
@@ -66,11 +68,13 @@ int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
 			  const struct bm_cluster_conf *conf, const char *id,
 			  enum bm_swim_role role, const char *zmq, unsigned admin_port,
 			  bm_swim_member_fn *on_member, void *ud);
-/* The admin routes GET members, POST join {"seed"}, POST leave, for a
- * request whose path suffix (after /v1/cluster/) names them; c may be NULL
- * (a standalone node: 409). */
+/* The admin routes GET members, POST join {"seed"}, POST leave, POST
+ * remove {"id"}, for a request whose path suffix (after /v1/cluster/) names
+ * them; c may be NULL (a standalone node: 409). */
 void bm_cluster_admin(struct bm_cluster *c, struct bm_admin_req *req, const json_t *body);
 
+/* bm_swim_remove, logged. */
+int bm_cluster_remove(struct bm_cluster *c, const char *id);
 /* Join (again) through seed.  Returns 0 or BM_EINVAL. */
 int bm_cluster_join(struct bm_cluster *c, const char *seed);
 /* Graceful leave: tell the others now; keep the loop running a little. */

@@ -99,6 +99,7 @@ struct bm_swim {
 	uint32_t seq;
 	uint64_t next_probe, next_sync, periods, nsync;
 	int started, left;
+	int stay_left;
 
 	char join_addr[BM_SWIM_ADDR_MAX + 1];
 	int joining, join_heard;
@@ -452,6 +453,19 @@ static void apply(struct bm_swim *s, const struct bm_swim_rec *r, uint64_t now)
 			}
 			return;
 		}
+		if (r->state == BM_SWIM_LEFT && r->incarnation >= m->inc && s->stay_left) {
+			/* Removed by an operator while we were away. */
+			s->count[m->state]--;
+			m->inc = r->incarnation;
+			m->state = BM_SWIM_LEFT;
+			s->count[m->state]++;
+			s->left = 1;
+			s->joining = 0;
+			bm_warn("swim", "member '%s' was removed from the cluster; staying out",
+				m->id);
+			emit(s, BM_SWIM_EV_LEFT, i);
+			return;
+		}
 		if (r->state != BM_SWIM_ALIVE && r->incarnation >= m->inc) {
 			m->inc = r->incarnation + 1;
 			s->st.refutes++;
@@ -724,6 +738,7 @@ int bm_swim_new(struct bm_swim **out, const struct bm_swim_config *c)
 	s->max_members = c->max_members ? c->max_members : 10000;
 	s->mtu = c->mtu && c->mtu <= BM_SWIM_PKT_MAX && c->mtu >= 512 ? c->mtu : BM_SWIM_PKT_MAX;
 	s->reap_ms = c->dead_reap_ms ? c->dead_reap_ms : 3600u * 1000u;
+	s->stay_left = c->stay_left;
 	s->rng = c->seed ^ bm_hash64(c->id, strlen(c->id));
 	s->mfree = -1;
 	for (unsigned b = 0; b < 256; b++)
@@ -819,6 +834,29 @@ void bm_swim_leave(struct bm_swim *s, uint64_t now)
 		bm_swim_enc_member(&s->enc, &r);
 		transmit(s, s->m[i].addr, &s->enc);
 	}
+}
+
+int bm_swim_remove(struct bm_swim *s, const char *id, uint64_t now)
+{
+	int32_t i = bm_idmap_get(&s->map, id, strlen(id));
+	struct member *m;
+
+	if (i < 0)
+		return BM_ENOENT;
+	m = &s->m[i];
+	if (i == s->self || m->state == BM_SWIM_ALIVE || m->state == BM_SWIM_SUSPECT)
+		return BM_ESTATE;
+	if (m->state == BM_SWIM_LEFT)
+		return 0;
+	s->count[m->state]--;
+	m->state = BM_SWIM_LEFT;      /* at its incarnation: beats 'dead' */
+	s->count[m->state]++;
+	m->since_ms = now;
+	pend_add(s, i);
+	registry_hook(s, i);
+	bm_warn("swim", "member '%s' removed by an operator", m->id);
+	emit(s, BM_SWIM_EV_LEFT, i);
+	return 0;
 }
 
 /* --- tick ------------------------------------------------------------------ */
@@ -961,7 +999,7 @@ static void sync_tick(struct bm_swim *s, uint64_t now)
 	for (unsigned j = 0; j < s->nm; j++) {
 		struct member *m = &s->m[j];
 		if (m->in_use && (int32_t)j != s->self && m->state >= BM_SWIM_DEAD &&
-		    now - m->since_ms > s->reap_ms)
+		    m->role != BM_SWIM_ROLE_SERVER && now - m->since_ms > s->reap_ms)
 			member_reap(s, (int32_t)j);
 	}
 }

@@ -87,7 +87,13 @@ struct bm_swim_config {
 	unsigned sync_periods;     /* 10: full member-table push-pull */
 	unsigned registry_pull_periods; /* 1: registry digest pull */
 	unsigned mtu;              /* 1400 (max) */
-	unsigned dead_reap_ms;     /* forget dead/left members after; 1 h */
+	unsigned dead_reap_ms;     /* forget dead/left signals after; 1 h (servers
+				      are never forgotten: they own data) */
+	int stay_left;             /* told by others that it left (an operator
+				      removed it while it was down), it stays
+				      left and reports itself 'left' to on_member
+				      instead of refuting: a server whose data is
+				      stale must not come back */
 	unsigned max_members;      /* 10000: bounded memory; more are refused */
 	unsigned registry_max_entries; /* 1000000 (~200 bytes each) */
 };
@@ -104,6 +110,12 @@ int bm_swim_join(struct bm_swim *s, const char *seed_addr, uint64_t now_ms);
 /* Graceful leave: marks self 'left' and tells up to 2 * indirect_k + 1
  * members at once; keep ticking for a period or two so it spreads. */
 void bm_swim_leave(struct bm_swim *s, uint64_t now_ms);
+
+/* Operator removal of a member that is dead for good (bimipctl cluster
+ * remove): marks it 'left' at its incarnation and spreads that, so it
+ * leaves the owner set everywhere.  Returns 0, BM_ENOENT (unknown id) or
+ * BM_ESTATE (self, or not dead: a live member leaves by itself). */
+int bm_swim_remove(struct bm_swim *s, const char *id, uint64_t now_ms);
 
 /* Drive the protocol. */
 void bm_swim_tick(struct bm_swim *s, uint64_t now_ms);

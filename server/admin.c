@@ -26,10 +26,12 @@
 #include "bm_queue.h"
 #include "bm_time.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Longest token lifetime the admin API issues; a revoked jti is kept that
  * long, so it outlives any token that carries it. */
@@ -342,8 +344,27 @@ static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 	bm_cluster_admin(s->cluster, req, body);
 }
 
+static int count_stream(void *ud, const char *name, uint64_t head, uint64_t first)
+{
+	(*(unsigned *)ud)++;
+	return 1;
+}
+
 int srv_cluster_open(struct srv *s)
 {
+	char marker[600];
+	unsigned streams = 0;
+
+	/* Told by the cluster that it left while it did not (an operator ran
+	 * `cluster remove` while it was down, and its users moved on without
+	 * this data): a server with data stays out and stops.  It comes back
+	 * after a graceful leave (the marker; its data was handed off and is
+	 * marked so), or with an empty data directory. */
+	snprintf(marker, sizeof(marker), "%.500s/left-cluster", s->cfg.data_dir);
+	bm_queue_streams(s->q, count_stream, &streams);
+	s->cfg.cluster.stay_left = (streams || s->users.count) && access(marker, F_OK);
+	if (!access(marker, F_OK) && unlink(marker))
+		bm_warn("cluster", "cannot remove '%s': %s", marker, strerror(errno));
 	return bm_cluster_start_conf(&s->cluster, s->base, &s->cfg.cluster, s->cfg.node_id,
 				     BM_SWIM_ROLE_SERVER, s->zmq_bound, bm_admin_port(s->admin),
 				     srv_peer_on_member, s);

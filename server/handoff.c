@@ -602,6 +602,15 @@ void srv_handoff_tick(struct srv *s)
 			*s->m.handoff_users);
 		if (s->leaving && !s->left) {
 			struct timeval tv = { 2, 0 };
+			char marker[600];
+			FILE *f;
+
+			/* Started again with this data directory, it may rejoin:
+			 * what it held was handed off (srv_cluster_open). */
+			snprintf(marker, sizeof(marker), "%.500s/left-cluster", s->cfg.data_dir);
+			f = fopen(marker, "w");
+			if (!f || fclose(f))
+				bm_warn("handoff", "cannot write '%s'", marker);
 			s->left = 1;
 			bm_info("handoff", "everything handed off: leaving the cluster");
 			bm_cluster_leave(s->cluster);

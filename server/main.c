@@ -454,7 +454,7 @@ int main(int argc, char **argv)
 	bm_info("server", "node '%s' serving: zmq %s, admin 127.0.0.1:%u, data '%s'",
 		s->cfg.node_id, s->zmq_bound, bm_admin_port(s->admin), s->cfg.data_dir);
 	event_base_dispatch(s->base);
-	rc = 0;
+	rc = s->removed ? 78 : 0;   /* EX_CONFIG: systemd does not restart it */
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);

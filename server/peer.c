@@ -55,6 +55,7 @@
 #include "bm_time.h"
 #include "bm_zmq.h"
 
+#include <event2/event.h>
 #include <inttypes.h>
 #include <mbedtls/base64.h>
 #include <stdio.h>
@@ -152,6 +153,14 @@ void srv_peer_on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_me
 	int was_owner;
 
 	(void)ev;
+	if (m->self && m->state == BM_SWIM_LEFT && !s->leaving && !s->removed) {
+		bm_err("peer", "this server was removed from the cluster (`bimipctl cluster "
+		       "remove`) while it was down; its users have moved on without its data. "
+		       "Stopping. To join again, start it with an empty data_dir");
+		s->removed = 1;
+		event_base_loopexit(s->base, NULL);
+		return;
+	}
 	if (m->role != BM_SWIM_ROLE_SERVER || m->self || !m->id)
 		return;
 	p = srv_peer_find(s, m->id);

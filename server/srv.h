@@ -251,6 +251,7 @@ struct srv {
 	uint64_t sweep_retry_ms, settled_sent_ms, sweep_started_ms;
 	int leaving;                      /* handing everything off, then exit */
 	int left;
+	int removed;                      /* removed by an operator: exit 78 */
 
 	struct srv_metrics m;
 };

@@ -36,9 +36,10 @@ static void usage(FILE *f)
 		"  block|unblock EID OTHER\n"
 		"  sessions EID            online devices of a user (server)\n"
 		"  kick EID DEVICE         close a device's session\n"
-		"  cluster members|join HOST:PORT|leave\n"
+		"  cluster members|join HOST:PORT|leave|remove ID\n"
 		"                          cluster membership (see docs/cluster.md); members\n"
-		"                          prints a table, --json the API's answer\n");
+		"                          prints a table, --json the API's answer; remove\n"
+		"                          takes a dead server out for good (its data is lost)\n");
 }
 
 static int call(const char *method, const char *path, const char *body, json_t **out)
@@ -295,6 +296,10 @@ int main(int argc, char **argv)
 		}
 		if (!strcmp(argv[1], "leave"))
 			return change("POST", "/v1/cluster/leave", "{}");
+		if (!strcmp(argv[1], "remove") && argc == 3) {
+			snprintf(body, sizeof(body), "{\"id\":\"%.500s\"}", argv[2]);
+			return change("POST", "/v1/cluster/remove", body);
+		}
 	}
 	fprintf(stderr, "bimipctl: unknown command or wrong arguments: '%s'\n", argv[0]);
 	usage(stderr);

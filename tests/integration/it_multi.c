@@ -95,6 +95,26 @@ static int servers_up(const struct bm_h_node *sig)
 	return up;
 }
 
+/* The state of member id as n sees it ("alive", "dead", ...; "" if unknown). */
+static const char *member_state(const struct bm_h_node *n, const char *id)
+{
+	static char out[65536], st[16];
+	json_t *o, *e;
+	size_t k;
+
+	st[0] = 0;
+	if (bm_h_http(n->admin, "GET", "/v1/cluster/members", BM_H_ADMIN_KEY, NULL, out,
+		      sizeof(out)) != 200)
+		return st;
+	o = json_loads(out, 0, NULL);
+	json_array_foreach(json_object_get(o, "members"), k, e)
+		if (!strcmp(json_string_value(json_object_get(e, "id")) ?: "", id))
+			snprintf(st, sizeof(st), "%s",
+				 json_string_value(json_object_get(e, "state")) ?: "");
+	json_decref(o);
+	return st;
+}
+
 static void wait_servers_up(int want)
 {
 	for (int i = 0; i < 2; i++) {
@@ -427,6 +447,8 @@ static int owned_by(const char *eid, const char *const *ids, int n, const char *
 
 /* Every message ever addressed to user k, read by a new device from offset 0
  * (a device that read before has committed what it read). */
+static char hist_seen[MAX_MSGS];   /* what the last history_of read */
+
 static int history_of(int k, const char *device, int want, int timeout_ms)
 {
 	struct user t = { 0 };
@@ -436,9 +458,9 @@ static int history_of(int k, const char *device, int want, int timeout_ms)
 	bimip_MessageScheme m;
 	char err[256];
 	int got = 0, live = g[0].pid > 0 ? 0 : 1;
-	static char seen[MAX_MSGS];
+	char *seen = hist_seen;
 
-	memset(seen, 0, sizeof(seen));
+	memset(hist_seen, 0, sizeof(hist_seen));
 	memcpy(t.eid, users[k].eid, sizeof(t.eid));
 	tok = bm_h_token(&s[0], t.eid, device, 3600);
 	assert_non_null(tok);
@@ -594,6 +616,71 @@ static void test_graceful_leave(void **state)
 			for (int a = 0; a < USERS; a++)
 				new_msg(a, (a + 3) % USERS);
 			settle(60000, "after a second join");
+
+			/* The fifth dies for good: an operator removes it, its users
+			 * move on (without the history it held), chat goes on; when
+			 * it comes back with its stale data it stops by itself. */
+			{
+				uint64_t t0;
+
+				assert_int_equal(bm_h_stop(&s[3], SIGKILL), 128 + SIGKILL);
+				t0 = bm_mono_ms();
+				while (strcmp(member_state(&s[0], fifth), "dead") &&
+				       bm_mono_ms() - t0 < 20000)
+					poll(NULL, 0, 50);
+				assert_string_equal(member_state(&s[0], fifth), "dead");
+				snprintf(cmd, sizeof(cmd), "%.3000s/bimipctl --admin %.63s --key %s "
+					 "cluster remove %s >/dev/null", b ? b : "build/bin",
+					 s[0].admin, BM_H_ADMIN_KEY, fifth);
+				assert_int_equal(system(cmd), 0);
+				/* a live member cannot be removed */
+				snprintf(cmd, sizeof(cmd), "%.3000s/bimipctl --admin %.63s --key %s "
+					 "cluster remove %s 2>/dev/null", b ? b : "build/bin",
+					 s[0].admin, BM_H_ADMIN_KEY, s[2].name);
+				assert_int_not_equal(system(cmd), 0);
+				wait_servers_up(3);
+				/* Users the fifth owned continue on another server
+				 * with whatever it has: their stream offsets go back,
+				 * so a device that read the lost stream skips new
+				 * messages until it syncs from scratch (docs/cluster.md);
+				 * a new device reads them. */
+				{
+					int gone_to[USERS], n_moved = 0, first = n_msgs;
+
+					for (int k = 0; k < USERS; k++) {
+						gone_to[k] = owned_by(users[k].eid, ids4, 4, "m-s1", fifth);
+						n_moved += gone_to[k];
+					}
+					for (int a = 0; a < USERS; a++)
+						new_msg(a, (a + 4) % USERS);
+					for (int i = first; i < n_msgs; i++) {
+						if (!gone_to[msgs[i].to])
+							continue;
+						msgs[i].received = 1;   /* checked below */
+					}
+					settle(60000, "after removing a dead server");
+					for (int k = 0; k < USERS; k++) {
+						if (!gone_to[k])
+							continue;
+						history_of(k, "new-phone", 1000, 5000);
+						for (int i = first; i < n_msgs; i++)
+							if (msgs[i].to == k && !hist_seen[i])
+								fail_msg("%s moved from %s: message %d "
+									 "not stored", users[k].eid,
+									 fifth, i);
+					}
+					print_message("%s removed: %d users moved without their "
+						      "history; new messages reach them\n", fifth,
+						      n_moved);
+				}
+				assert_int_equal(bm_h_restart(&s[3]), 0);
+				t0 = bm_mono_ms();
+				assert_int_equal(bm_h_stop(&s[3], 0), 78);
+				assert_true(bm_h_log_has(&s[3], "was removed from the cluster"));
+				print_message("%s removed while dead; chat went on; back with its "
+					      "data it stopped by itself (exit 78) in %llu ms\n",
+					      fifth, (unsigned long long)(bm_mono_ms() - t0));
+			}
 		}
 	}
 	for (int k = 0; k < USERS; k++)

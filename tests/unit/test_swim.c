@@ -12,6 +12,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "bm_err.h"
 #include "bm_log.h"
 #include "bm_swim.h"
 #include "tests/support/sim_cluster.h"
@@ -188,6 +189,43 @@ static void test_restart_rejoins(void **state)
 	sim_cluster_free(c);
 }
 
+static void test_remove_dead(void **state)
+{
+	/* an operator removes a node that is dead for good; when it comes
+	 * back anyway (with stay_left, as a server with stale data does) it
+	 * stays out instead of refuting */
+	struct bm_swim_config cfg = tmpl();
+	struct sim_cluster *c;
+	struct sim_state_pred dead = { "node-4", BM_SWIM_DEAD };
+	struct sim_state_pred left = { "node-4", BM_SWIM_LEFT };
+	struct bm_swim_member v;
+	unsigned want = 10;
+	int periods;
+
+	cfg.stay_left = 1;
+	c = sim_cluster_new(10, 3, 13, &cfg);
+	assert_non_null(c);
+	sim_cluster_join_all(c, 0);
+	assert_true(sim_cluster_run_until(c, sim_cluster_all_alive, &want, 100) >= 0);
+	assert_int_equal(bm_swim_remove(c->node[0], "node-5", c->now), BM_ESTATE);  /* alive */
+	assert_int_equal(bm_swim_remove(c->node[0], "node-0", c->now), BM_ESTATE);  /* self */
+	assert_int_equal(bm_swim_remove(c->node[0], "nobody", c->now), BM_ENOENT);
+	sim_cluster_crash(c, 4);
+	assert_true(sim_cluster_run_until(c, sim_cluster_all_see, &dead, 60) >= 0);
+	assert_int_equal(bm_swim_remove(c->node[0], "node-4", c->now), 0);
+	periods = sim_cluster_run_until(c, sim_cluster_all_see, &left, 60);
+	report("removal seen by all", 10, 0.0, periods);
+	assert_true(periods >= 0);
+	sim_net_set_down(c->net, 4, 0);
+	for (int i = 0; i < 30; i++)
+		sim_cluster_step(c);
+	assert_int_equal(bm_swim_member_get(c->node[4], "node-4", &v), 0);
+	assert_int_equal(v.state, BM_SWIM_LEFT);
+	assert_int_equal(bm_swim_member_get(c->node[1], "node-4", &v), 0);
+	assert_int_equal(v.state, BM_SWIM_LEFT);
+	sim_cluster_free(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -197,6 +235,7 @@ int main(void)
 		cmocka_unit_test(test_false_positives),
 		cmocka_unit_test(test_leave),
 		cmocka_unit_test(test_restart_rejoins),
+		cmocka_unit_test(test_remove_dead),
 	};
 
 	bm_log_set_level(BM_LOG_ERROR);
