@@ -165,13 +165,36 @@ static void log_member(void *ud, enum bm_swim_event ev, const struct bm_swim_mem
 		c->on_member(c->ud, ev, m);
 }
 
+static int host_of(const char *addr, char *out, size_t n)
+{
+	const char *colon = addr ? strrchr(addr, ':') : NULL;
+	size_t len = colon ? (size_t)(colon - addr) : 0;
+
+	if (len >= n)
+		return 0;
+	memcpy(out, addr, len);
+	out[len] = 0;
+	return len && strcmp(out, "0.0.0.0") && strcmp(out, "[::]") && strcmp(out, "*");
+}
+
+void bm_cluster_admin_addr(const char *listen, unsigned port,
+			   const struct bm_cluster_conf *conf, char *out, size_t n)
+{
+	char host[160];
+
+	if (!host_of(listen, host, sizeof(host)) &&
+	    !(conf && host_of(conf->advertise, host, sizeof(host))) &&
+	    !(conf && host_of(conf->bind, host, sizeof(host))))
+		snprintf(host, sizeof(host), "127.0.0.1");
+	snprintf(out, n, "%s:%u", host, port);
+}
+
 int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
 			  const struct bm_cluster_conf *conf, const char *id,
-			  enum bm_swim_role role, const char *zmq, unsigned admin_port,
+			  enum bm_swim_role role, const char *zmq, const char *admin,
 			  bm_swim_member_fn *on_member, void *ud)
 {
 	const char *seeds[8];
-	char admin[64];
 	struct bm_cluster_opts o;
 	size_t n = 0;
 	int rc;
@@ -181,7 +204,6 @@ int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
 		return 0;
 	for (int i = 0; i < 8 && conf->seeds[i][0]; i++)
 		seeds[n++] = conf->seeds[i];
-	snprintf(admin, sizeof(admin), "127.0.0.1:%u", admin_port);
 	memset(&o, 0, sizeof(o));
 	o.id = id;
 	o.role = role;

@@ -66,8 +66,14 @@ int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
  * passed to on_member (may be NULL). */
 int bm_cluster_start_conf(struct bm_cluster **out, struct event_base *base,
 			  const struct bm_cluster_conf *conf, const char *id,
-			  enum bm_swim_role role, const char *zmq, unsigned admin_port,
+			  enum bm_swim_role role, const char *zmq, const char *admin,
 			  bm_swim_member_fn *on_member, void *ud);
+/* The admin address other nodes and operators should use: listen's host
+ * (listen.admin) with the bound port; when listen binds every address
+ * (0.0.0.0, [::] or empty host), the host of conf's gossip address
+ * (cluster.advertise, else cluster.bind), else 127.0.0.1. */
+void bm_cluster_admin_addr(const char *listen, unsigned port,
+			   const struct bm_cluster_conf *conf, char *out, size_t n);
 /* The admin routes GET members, POST join {"seed"}, POST leave, POST
  * remove {"id"}, for a request whose path suffix (after /v1/cluster/) names
  * them; c may be NULL (a standalone node: 409). */

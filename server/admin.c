@@ -365,8 +365,10 @@ int srv_cluster_open(struct srv *s)
 	s->cfg.cluster.stay_left = (streams || s->users.count) && access(marker, F_OK);
 	if (!access(marker, F_OK) && unlink(marker))
 		bm_warn("cluster", "cannot remove '%s': %s", marker, strerror(errno));
+	bm_cluster_admin_addr(s->cfg.admin_listen, bm_admin_port(s->admin), &s->cfg.cluster,
+			      s->admin_addr, sizeof(s->admin_addr));
 	return bm_cluster_start_conf(&s->cluster, s->base, &s->cfg.cluster, s->cfg.node_id,
-				     BM_SWIM_ROLE_SERVER, s->zmq_bound, bm_admin_port(s->admin),
+				     BM_SWIM_ROLE_SERVER, s->zmq_bound, s->admin_addr,
 				     srv_peer_on_member, s);
 }
 

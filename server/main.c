@@ -345,8 +345,8 @@ static int write_ready(struct srv *s, const char *path)
 
 	snprintf(buf, sizeof(buf),
 		 "{\"role\":\"server\",\"node\":\"%s\",\"pid\":%d,\"zmq\":\"%s\","
-		 "\"admin\":\"127.0.0.1:%u\",\"gossip\":\"%s\",\"data_dir\":\"%.400s\"}\n",
-		 s->cfg.node_id, (int)getpid(), s->zmq_bound, bm_admin_port(s->admin),
+		 "\"admin\":\"%s\",\"gossip\":\"%s\",\"data_dir\":\"%.400s\"}\n",
+		 s->cfg.node_id, (int)getpid(), s->zmq_bound, s->admin_addr,
 		 s->cluster ? bm_cluster_addr(s->cluster) : "", s->cfg.data_dir);
 	return write_file(path, buf, 0644);
 }
@@ -451,8 +451,8 @@ int main(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
-	bm_info("server", "node '%s' serving: zmq %s, admin 127.0.0.1:%u, data '%s'",
-		s->cfg.node_id, s->zmq_bound, bm_admin_port(s->admin), s->cfg.data_dir);
+	bm_info("server", "node '%s' serving: zmq %s, admin %s, data '%s'",
+		s->cfg.node_id, s->zmq_bound, s->admin_addr, s->cfg.data_dir);
 	event_base_dispatch(s->base);
 	rc = s->removed ? 78 : 0;   /* EX_CONFIG: systemd does not restart it */
 	event_free(ev_term);

@@ -252,6 +252,7 @@ struct srv {
 	int leaving;                      /* handing everything off, then exit */
 	int left;
 	int removed;                      /* removed by an operator: exit 78 */
+	char admin_addr[200];             /* advertised admin host:port */
 
 	struct srv_metrics m;
 };

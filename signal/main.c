@@ -123,9 +123,9 @@ static int write_ready(struct sig *g)
 
 	n = snprintf(buf, sizeof(buf),
 		     "{\"role\":\"signal\",\"node\":\"%s\",\"pid\":%d,\"ws\":\"%s\","
-		     "\"wss\":\"%s\",\"admin\":\"127.0.0.1:%u\",\"gossip\":\"%s\"}\n",
+		     "\"wss\":\"%s\",\"admin\":\"%s\",\"gossip\":\"%s\"}\n",
 		     g->cfg.node_id, (int)getpid(), g->ws_bound, g->wss_bound,
-		     bm_admin_port(g->admin), g->cluster ? bm_cluster_addr(g->cluster) : "");
+		     g->admin_addr, g->cluster ? bm_cluster_addr(g->cluster) : "");
 	snprintf(tmp, sizeof(tmp), "%s.tmp", ready_path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd == -1)
@@ -146,9 +146,9 @@ static void on_ready_check(evutil_socket_t fd, short what, void *arg)
 		return;
 	ready_written = 1;
 	event_del(ready_ev);
-	bm_info("signal", "node '%s' serving: ws %s%s%s, admin 127.0.0.1:%u",
+	bm_info("signal", "node '%s' serving: ws %s%s%s, admin %s",
 		g->cfg.node_id, g->ws_bound[0] ? g->ws_bound : "-",
-		g->wss_bound[0] ? ", wss " : "", g->wss_bound, bm_admin_port(g->admin));
+		g->wss_bound[0] ? ", wss " : "", g->wss_bound, g->admin_addr);
 	if (ready_path && write_ready(g))
 		bm_err("signal", "cannot write the ready file '%s': %s", ready_path,
 		       strerror(errno));
@@ -312,9 +312,10 @@ static void on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_memb
 
 static int cluster_open(struct sig *g)
 {
+	bm_cluster_admin_addr(g->cfg.admin_listen, bm_admin_port(g->admin), &g->cfg.cluster,
+			      g->admin_addr, sizeof(g->admin_addr));
 	return bm_cluster_start_conf(&g->cluster, g->base, &g->cfg.cluster, g->cfg.node_id,
-				     BM_SWIM_ROLE_SIGNAL, NULL, bm_admin_port(g->admin),
-				     on_member, g);
+				     BM_SWIM_ROLE_SIGNAL, NULL, g->admin_addr, on_member, g);
 }
 
 static int is_ready(void *ud, char *why, size_t whylen)

@@ -138,6 +138,7 @@ struct sig {
 	struct event_base *base;
 	struct evconnlistener *ws_listener, *wss_listener;
 	char ws_bound[64], wss_bound[64];
+	char admin_addr[200];         /* advertised admin host:port */
 	struct bm_tls_config *tls;
 	struct bm_admin *admin;
 	struct bm_cluster *cluster;   /* NULL when cluster.bind is empty */

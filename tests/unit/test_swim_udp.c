@@ -13,6 +13,7 @@
 
 #include <event2/event.h>
 
+#include "bm_cluster.h"
 #include "bm_log.h"
 #include "bm_registry.h"
 #include "bm_swim.h"
@@ -155,10 +156,33 @@ static void test_parse(void **state)
 	assert_true(bm_swim_udp_parse(":1", (struct sockaddr *)&ss, sizeof(ss)) < 0);
 }
 
+/* The admin address a node advertises (421 answers point there). */
+static void test_admin_addr(void **state)
+{
+	struct bm_cluster_conf c;
+	char out[200];
+
+	memset(&c, 0, sizeof(c));
+	bm_cluster_admin_addr("10.0.0.5:4101", 4101, &c, out, sizeof(out));
+	assert_string_equal(out, "10.0.0.5:4101");
+	bm_cluster_admin_addr("127.0.0.1:0", 33865, &c, out, sizeof(out));
+	assert_string_equal(out, "127.0.0.1:33865");
+	snprintf(c.bind, sizeof(c.bind), "10.1.2.3:4102");
+	bm_cluster_admin_addr("0.0.0.0:4101", 4101, &c, out, sizeof(out));
+	assert_string_equal(out, "10.1.2.3:4101");
+	snprintf(c.advertise, sizeof(c.advertise), "node7.example:4102");
+	bm_cluster_admin_addr("0.0.0.0:4101", 4101, &c, out, sizeof(out));
+	assert_string_equal(out, "node7.example:4101");
+	memset(&c, 0, sizeof(c));
+	bm_cluster_admin_addr(":4101", 4101, &c, out, sizeof(out));
+	assert_string_equal(out, "127.0.0.1:4101");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse),
+		cmocka_unit_test(test_admin_addr),
 		cmocka_unit_test(test_three_nodes_loopback),
 	};
 
