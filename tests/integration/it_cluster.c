@@ -47,6 +47,23 @@ static const char *state_of(const struct bm_h_node *n, const char *id, char *buf
 	return buf;
 }
 
+/* What bimipctl ARGS against n's admin API prints. */
+static void bimipctl_out(const struct bm_h_node *n, const char *args, char *out, size_t cap)
+{
+	const char *b = getenv("BIMIP_BIN");
+	char cmd[1024];
+	FILE *f;
+	size_t got;
+
+	snprintf(cmd, sizeof(cmd), "%.600s/bimipctl --admin %s --key %s %s",
+		 b ? b : "build/bin", n->admin, BM_H_ADMIN_KEY, args);
+	f = popen(cmd, "r");
+	got = f ? fread(out, 1, cap - 1, f) : 0;
+	out[got] = 0;
+	if (f)
+		pclose(f);
+}
+
 static int count_alive(const struct bm_h_node *n)
 {
 	json_t *m = members(n), *e;
@@ -178,27 +195,11 @@ static void test_membership(void **state)
 		assert_int_equal(system(cmd), 0);
 		ms = wait_state(rest, 3, "c-g1", "left", 20000);
 		print_message("leaving signal seen as left after %ld ms\n", ms);
-		snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s --json cluster members",
-			 b ? b : "build/bin", s[0].admin, BM_H_ADMIN_KEY);
-		{
-			FILE *f = popen(cmd, "r");
-			size_t n = f ? fread(out, 1, sizeof(out) - 1, f) : 0;
-			out[n] = 0;
-			if (f)
-				pclose(f);
-		}
+		bimipctl_out(&s[0], "--json cluster members", out, sizeof(out));
 		assert_non_null(strstr(out, "\"c-g0\""));
 		assert_non_null(strstr(out, "\"role\": \"signal\""));
 		/* The table operators read: one line per member. */
-		snprintf(cmd, sizeof(cmd), "%s/bimipctl --admin %s --key %s cluster members",
-			 b ? b : "build/bin", s[0].admin, BM_H_ADMIN_KEY);
-		{
-			FILE *f = popen(cmd, "r");
-			size_t n = f ? fread(out, 1, sizeof(out) - 1, f) : 0;
-			out[n] = 0;
-			if (f)
-				pclose(f);
-		}
+		bimipctl_out(&s[0], "cluster members", out, sizeof(out));
 		assert_non_null(strstr(out, "ID "));
 		assert_non_null(strstr(out, "INCARNATION"));
 		assert_non_null(strstr(out, "c-g1"));
