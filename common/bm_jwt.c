@@ -178,7 +178,7 @@ static row_fn *row_pick(void)
 }
 #endif
 
-static row_fn *row;   /* set by key_finish() before any use */
+static row_fn *row;   /* set by rsa_mont_init() before any use */
 
 /* r = t[n..2n] - N when that is needed to bring it below N, else t[n..2n).
  * c is the carry word above t[2n-1] (0 or 1). */
@@ -298,60 +298,81 @@ static int rsa_mont_public(const struct rsa_mont *m, const unsigned char *sig,
 	return 0;
 }
 
+/* Set m up for the modulus n (k big-endian bytes, the first non-zero) and
+ * the exponent e.  Returns 0, or -1 when the arithmetic here does not fit:
+ * n even or longer than 4096 bits, e even or below 3. */
+static int rsa_mont_init(struct rsa_mont *m, const unsigned char *n, size_t k, uint64_t e)
+{
+	unsigned char buf[RSA_MAX_BITS / 8];
+	mbedtls_mpi N, R;
+	uint64_t inv = 1;
+	int rc = -1;
+
+	if (!row)
+		row = row_pick();
+	if (k == 0 || k > sizeof(buf) || n[0] == 0 || !(n[k - 1] & 1) || e < 3 || !(e & 1))
+		return -1;
+	memset(m, 0, sizeof(*m));
+	m->k = k;
+	m->n = (k + 7) / 8;
+	m->e = e;
+	limbs_from_be(m->N, m->n, n, k);
+	/* Newton: each step doubles the correct low bits (1 -> 64). */
+	for (int i = 0; i < 6; i++)
+		inv *= 2 - m->N[0] * inv;
+	m->n0inv = -inv;
+	mbedtls_mpi_init(&N);
+	mbedtls_mpi_init(&R);
+	if (mbedtls_mpi_read_binary(&N, n, k) || mbedtls_mpi_lset(&R, 1) ||
+	    mbedtls_mpi_shift_l(&R, 128 * m->n) || mbedtls_mpi_mod_mpi(&R, &R, &N) ||
+	    mbedtls_mpi_write_binary(&R, buf, k))
+		goto out;
+	limbs_from_be(m->RR, m->n, buf, k);
+	rc = 0;
+out:
+	mbedtls_mpi_free(&N);
+	mbedtls_mpi_free(&R);
+	return rc;
+}
+
 /* The fast context of an RSA key, checked against mbedTLS on one value;
  * NULL when the key does not fit it (then mbedTLS verifies alone). */
 static struct rsa_mont *rsa_mont_new(mbedtls_rsa_context *rsa)
 {
 	unsigned char buf[RSA_MAX_BITS / 8], want[RSA_MAX_BITS / 8], got[RSA_MAX_BITS / 8];
 	struct rsa_mont *m;
-	mbedtls_mpi N, E, R;
-	uint64_t inv = 1;
+	mbedtls_mpi N, E;
+	uint64_t e = 0;
+	size_t k;
 	int ok = 0;
 
-	if (!row)
-		row = row_pick();
 	mbedtls_mpi_init(&N);
 	mbedtls_mpi_init(&E);
-	mbedtls_mpi_init(&R);
-	m = calloc(1, sizeof(*m));
+	m = malloc(sizeof(*m));
 	if (!m || mbedtls_rsa_export(rsa, &N, NULL, NULL, NULL, &E) ||
-	    mbedtls_mpi_bitlen(&E) > 64 || mbedtls_mpi_get_bit(&E, 0) != 1 ||
-	    mbedtls_mpi_cmp_int(&E, 3) < 0 || mbedtls_mpi_get_bit(&N, 0) != 1)
+	    mbedtls_mpi_bitlen(&E) > 64)
 		goto out;
-	m->k = mbedtls_mpi_size(&N);
-	m->n = (m->k + 7) / 8;
-	if (m->k > sizeof(buf) || mbedtls_rsa_get_len(rsa) != m->k ||
+	k = mbedtls_mpi_size(&N);
+	if (k > sizeof(buf) || mbedtls_rsa_get_len(rsa) != k ||
 	    mbedtls_mpi_write_binary(&E, buf, 8))
 		goto out;
 	for (int i = 0; i < 8; i++)
-		m->e = m->e << 8 | buf[i];
-	if (mbedtls_mpi_write_binary(&N, buf, m->k))
+		e = e << 8 | buf[i];
+	if (mbedtls_mpi_write_binary(&N, buf, k) || rsa_mont_init(m, buf, k, e))
 		goto out;
-	limbs_from_be(m->N, m->n, buf, m->k);
-	/* Newton: each step doubles the correct low bits (1 -> 64). */
-	for (int i = 0; i < 6; i++)
-		inv *= 2 - m->N[0] * inv;
-	m->n0inv = -inv;
-	if (mbedtls_mpi_lset(&R, 1) || mbedtls_mpi_shift_l(&R, 128 * m->n) ||
-	    mbedtls_mpi_mod_mpi(&R, &R, &N) || mbedtls_mpi_write_binary(&R, buf, m->k))
-		goto out;
-	limbs_from_be(m->RR, m->n, buf, m->k);
-	/* The test value: N - 2 with its bytes below the top one scrambled,
-	 * so every limb is busy. */
-	if (mbedtls_mpi_write_binary(&N, buf, m->k))
-		goto out;
-	for (size_t i = 1; i < m->k; i++)
+	/* The test value: N with its top byte lowered by one and the bytes
+	 * below it scrambled, so every limb is busy. */
+	for (size_t i = 1; i < k; i++)
 		buf[i] ^= (unsigned char)(0x5a + 7 * i);
 	buf[0] = (unsigned char)(buf[0] > 1 ? buf[0] - 1 : 0);
 	ok = !mbedtls_rsa_public(rsa, buf, want) && !rsa_mont_public(m, buf, got) &&
-	     !memcmp(want, got, m->k);
+	     !memcmp(want, got, k);
 	if (!ok)
 		bm_warn("jwt", "fast RSA verification disagrees with mbedTLS: not used "
 			"for this key");
 out:
 	mbedtls_mpi_free(&N);
 	mbedtls_mpi_free(&E);
-	mbedtls_mpi_free(&R);
 	if (!ok) {
 		free(m);
 		m = NULL;
@@ -381,6 +402,34 @@ static int rsa_mont_verify(const struct rsa_mont *m, const unsigned char hash[32
 	return memcmp(em + 3 + ps, digest_info, sizeof(digest_info)) ||
 	       memcmp(em + 3 + ps + sizeof(digest_info), hash, 32) ? -1 : 0;
 }
+
+int bm_jwt_rsa_portable(int on)
+{
+	row_fn *best = row_pick();
+
+	row = on ? row_c : best;
+	return best != row_c;
+}
+
+int bm_jwt_rsa_public(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t *sig,
+		      uint8_t *out)
+{
+	struct rsa_mont m;
+
+	if (rsa_mont_init(&m, n, nlen, e))
+		return BM_EINVAL;
+	return rsa_mont_public(&m, sig, out) ? BM_ERANGE : 0;
+}
+
+int bm_jwt_rsa_verify(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t hash[32],
+		      const uint8_t *sig)
+{
+	struct rsa_mont m;
+
+	if (rsa_mont_init(&m, n, nlen, e))
+		return BM_EINVAL;
+	return rsa_mont_verify(&m, hash, sig) ? BM_ETOKEN_SIG : 0;
+}
 #else
 static struct rsa_mont *rsa_mont_new(mbedtls_rsa_context *rsa)
 {
@@ -391,6 +440,23 @@ static int rsa_mont_verify(const struct rsa_mont *m, const unsigned char hash[32
 			   const unsigned char *sig)
 {
 	return -1;
+}
+
+int bm_jwt_rsa_portable(int on)
+{
+	return 0;
+}
+
+int bm_jwt_rsa_public(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t *sig,
+		      uint8_t *out)
+{
+	return BM_EINVAL;
+}
+
+int bm_jwt_rsa_verify(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t hash[32],
+		      const uint8_t *sig)
+{
+	return BM_EINVAL;
 }
 #endif
 

@@ -179,4 +179,29 @@ int bm_jwt_verify(const struct bm_jwt_keyring *ring, const char *tok,
 		  size_t len, int64_t now_s, int64_t leeway_s,
 		  struct bm_jwt_claims *out);
 
+/* --- the RSA public operation, for tests -------------------------------------
+ *
+ * RS256 verification uses its own RSA arithmetic (see above); these expose
+ * it on any modulus, so the unit test and tests/fuzz/fuzz_rsa.c can hold it
+ * against mbedTLS.  n is the modulus, nlen big-endian bytes with the first
+ * non-zero, at most 512; e the public exponent.  The daemons do not call
+ * them. */
+
+/* out (nlen bytes) = sig (nlen bytes) ^ e mod n.  Returns 0, BM_ERANGE
+ * (sig >= n, which RSAVP1 refuses) or BM_EINVAL (n even, e even or below 3,
+ * nlen 0 or above 512, n[0] zero: RS256 leaves such keys to mbedTLS). */
+int bm_jwt_rsa_public(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t *sig,
+		      uint8_t *out);
+
+/* RSASSA-PKCS1-v1_5 verification (RFC 8017 section 8.2.2) of a SHA-256 hash
+ * with sig (nlen bytes): 0, BM_ETOKEN_SIG, or BM_EINVAL as above. */
+int bm_jwt_rsa_verify(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t hash[32],
+		      const uint8_t *sig);
+
+/* on = 1: the arithmetic uses its portable C rows from now on, for every
+ * key, even where the CPU has mulx/adcx/adox; on = 0: back to the fastest
+ * (the default).  Returns 1 if the fastest are the assembly rows, 0 if the
+ * portable rows are all there is (or the build has no fast path at all). */
+int bm_jwt_rsa_portable(int on);
+
 #endif
