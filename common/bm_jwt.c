@@ -381,7 +381,8 @@ out:
 }
 
 /* RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 section 8.2.2): sig^e mod N
- * must be 00 01 FF..FF 00 DigestInfo(SHA-256, hash). */
+ * must be 00 01 FF..FF 00 DigestInfo(SHA-256, hash), byte for byte, with at
+ * least 8 bytes of FF (section 9.2 step 5: a shorter N cannot verify). */
 static int rsa_mont_verify(const struct rsa_mont *m, const unsigned char hash[32],
 			   const unsigned char *sig)
 {
@@ -390,8 +391,11 @@ static int rsa_mont_verify(const struct rsa_mont *m, const unsigned char hash[32
 		0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
 	};
 	unsigned char em[RSA_MAX_BITS / 8];
-	size_t ps = m->k - 3 - sizeof(digest_info) - 32;
+	size_t ps;
 
+	if (m->k < 3 + 8 + sizeof(digest_info) + 32)
+		return -1;
+	ps = m->k - 3 - sizeof(digest_info) - 32;
 	if (rsa_mont_public(m, sig, em))
 		return -1;
 	if (em[0] != 0 || em[1] != 1 || em[2 + ps] != 0)

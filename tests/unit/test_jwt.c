@@ -1088,6 +1088,86 @@ static void test_rsa_sizes(void **state)
 	mbedtls_entropy_free(&ent);
 }
 
+/* --- the fast RSA arithmetic held against mbedTLS ----------------------------- */
+
+static const unsigned char sha256_digest_info[19] = {
+	0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+	0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
+};
+
+/* em (k bytes) = 00 01 FF..FF 00 DigestInfo(SHA-256) hash, k >= 54 (the
+ * padding string may be shorter than RFC 8017's 8 bytes: tests want that). */
+static void em_encode(unsigned char *em, size_t k, const unsigned char hash[32])
+{
+	size_t ps = k - 3 - sizeof(sha256_digest_info) - 32;
+
+	em[0] = 0;
+	em[1] = 1;
+	memset(em + 2, 0xff, ps);
+	em[2 + ps] = 0;
+	memcpy(em + 3 + ps, sha256_digest_info, sizeof(sha256_digest_info));
+	memcpy(em + 3 + ps + sizeof(sha256_digest_info), hash, 32);
+}
+
+/* N (big-endian, *k bytes) and e of an RSA context. */
+static uint64_t rsa_ne(mbedtls_rsa_context *rsa, unsigned char *n, size_t *k)
+{
+	unsigned char eb[8];
+	uint64_t e = 0;
+
+	*k = mbedtls_rsa_get_len(rsa);
+	assert_int_equal(mbedtls_mpi_write_binary(&rsa->N, n, *k), 0);
+	assert_int_equal(mbedtls_mpi_write_binary(&rsa->E, eb, 8), 0);
+	for (int i = 0; i < 8; i++)
+		e = e << 8 | eb[i];
+	return e;
+}
+
+/* RFC 8017 section 9.2 step 5: a modulus too short for the padding string's
+ * 8 bytes cannot carry a valid signature.  Below 2048 bits bm_jwt refuses
+ * the key anyway; the arithmetic on its own must refuse as well (with k < 54
+ * the padding length went negative and the check read before its buffer). */
+static void test_rsa_short_modulus(void **state)
+{
+	static const int bits[] = { 464, 488, 400 };   /* k = 58, 61, 50 */
+	mbedtls_entropy_context ent;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_rsa_context rsa;
+	unsigned char n[64], em[64], sig[64], hash[32];
+	size_t k;
+	uint64_t e;
+
+	mbedtls_entropy_init(&ent);
+	mbedtls_ctr_drbg_init(&drbg);
+	assert_int_equal(mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &ent, NULL, 0), 0);
+	memset(hash, 0x5c, sizeof(hash));
+	for (size_t i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+		mbedtls_rsa_init(&rsa, MBEDTLS_RSA_PKCS_V15, 0);
+		assert_int_equal(mbedtls_rsa_gen_key(&rsa, mbedtls_ctr_drbg_random, &drbg,
+						     (unsigned)bits[i], 3), 0);
+		e = rsa_ne(&rsa, n, &k);
+		assert_int_equal(k, ((size_t)bits[i] + 7) / 8);
+		if (k >= 54) {
+			/* 00 01, 0..7 bytes of FF, 00, DigestInfo, hash: signed
+			 * exactly, so only the length rule can refuse it. */
+			em_encode(em, k, hash);
+			assert_int_equal(mbedtls_rsa_private(&rsa, mbedtls_ctr_drbg_random,
+							     &drbg, em, sig), 0);
+		} else {
+			memset(sig, 0, sizeof(sig));
+			sig[k - 1] = 2;
+		}
+		assert_int_equal(bm_jwt_rsa_verify(n, k, e, hash, sig), BM_ETOKEN_SIG);
+		assert_int_not_equal(mbedtls_rsa_rsassa_pkcs1_v15_verify(&rsa, NULL, NULL,
+									  MBEDTLS_RSA_PUBLIC,
+									  MBEDTLS_MD_SHA256, 32,
+									  hash, sig), 0);
+		mbedtls_rsa_free(&rsa);
+	}
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&ent);
+}
+
 /* --- rates (printed, not asserted) ---------------------------------------------- */
 
 static void rate(const char *what, const struct bm_jwt_key *key, int sign_n,
@@ -1150,6 +1230,7 @@ int main(void)
 		cmocka_unit_test(test_keyring_many),
 		cmocka_unit_test(test_interop),
 		cmocka_unit_test(test_rsa_sizes),
+		cmocka_unit_test(test_rsa_short_modulus),
 		cmocka_unit_test(test_rates),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
