@@ -18,6 +18,7 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/rsa.h>
+#include <mbedtls/sha256.h>
 
 #include "bm_b64.h"
 #include "bm_buf.h"
@@ -1168,6 +1169,367 @@ static void test_rsa_short_modulus(void **state)
 	mbedtls_entropy_free(&ent);
 }
 
+static uint64_t xs_state = 0x243f6a8885a308d3ull;
+
+static uint64_t xs(void)
+{
+	xs_state ^= xs_state << 13;
+	xs_state ^= xs_state >> 7;
+	xs_state ^= xs_state << 17;
+	return xs_state;
+}
+
+/* p (k bytes, big-endian) += d, wrapping at k bytes. */
+static void be_add(unsigned char *p, size_t k, int d)
+{
+	for (size_t i = k; i-- > 0 && d;) {
+		d += p[i];
+		p[i] = (unsigned char)d;
+		d = d < 0 ? -((255 - d) / 256) : d / 256;
+	}
+}
+
+/* Both row implementations (the mulx/adcx/adox ones where the CPU has them,
+ * and the portable C ones) against mbedtls_rsa_public: moduli of 1 to 512
+ * bytes around the limb and unrolling boundaries, shaped for carries (all
+ * FF, 80 00..00 01, random), exponents 3, 65537, 2^61 - 1 and 2^64 - 1, and
+ * s = 0, 1, 2, N - 2, N - 1, random, N, N + 1, FF..FF: RSAVP1 refuses s >= N
+ * (BM_ERANGE, where mbedTLS refuses too). */
+static void test_rsa_paths_agree(void **state)
+{
+	static const size_t sizes[] = { 1, 7, 8, 9, 16, 24, 63, 64, 65, 128, 129, 200, 255,
+					256, 257, 258, 264, 272, 375, 384, 511, 512 };
+	static const uint64_t exps[] = { 3, 65537, 0x1fffffffffffffffull, UINT64_MAX };
+	unsigned char n[512], s[512], want[512], got[512], eb[8], hash[32] = { 0 };
+	int impls = 1 + bm_jwt_rsa_portable(0), compared = 0;
+
+	for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+		size_t k = sizes[si];
+		for (int shape = 0; shape < 3; shape++) {
+			for (size_t i = 0; i < k; i++)
+				n[i] = shape == 0 ? 0xff : shape == 1 ? 0 : (unsigned char)xs();
+			if (shape == 1)
+				n[0] = 0x80;
+			n[0] |= shape == 2 ? 1 : 0;
+			n[k - 1] |= 1;
+			for (size_t ei = 0; ei < sizeof(exps) / sizeof(exps[0]); ei++) {
+				mbedtls_rsa_context rsa;
+				uint64_t e = exps[ei];
+				for (int i = 0; i < 8; i++)
+					eb[i] = (unsigned char)(e >> (56 - 8 * i));
+				mbedtls_rsa_init(&rsa, MBEDTLS_RSA_PKCS_V15, 0);
+				assert_int_equal(mbedtls_rsa_import_raw(&rsa, n, k, NULL, 0, NULL, 0,
+									NULL, 0, eb, 8), 0);
+				assert_int_equal(mbedtls_rsa_complete(&rsa), 0);
+				for (int sv = 0; sv < 9; sv++) {
+					int rc;
+					memset(s, sv == 8 ? 0xff : 0, k);
+					if (sv <= 2)
+						s[k - 1] = (unsigned char)sv;
+					if (sv >= 3 && sv <= 7)
+						memcpy(s, n, k);
+					if (sv == 3 || sv == 4)
+						be_add(s, k, sv - 5);           /* N - 2, N - 1 */
+					if (sv == 5) {
+						for (size_t i = 0; i < k; i++)
+							s[i] = (unsigned char)xs();
+						s[0] = (unsigned char)(s[0] % n[0]);
+					}
+					if (sv == 7)
+						be_add(s, k, 1);                /* N + 1 */
+					rc = mbedtls_rsa_public(&rsa, s, want);
+					assert_int_equal(rc != 0, memcmp(s, n, k) >= 0);
+					for (int impl = 0; impl < impls; impl++) {
+						bm_jwt_rsa_portable(impl);
+						assert_int_equal(bm_jwt_rsa_public(n, k, e, s, got),
+								 rc ? BM_ERANGE : 0);
+						if (!rc)
+							assert_memory_equal(got, want, k);
+						compared++;
+					}
+				}
+				mbedtls_rsa_free(&rsa);
+			}
+		}
+	}
+	/* Every odd one-byte modulus and every s: non-squarefree ones (9, 27,
+	 * 225...) take the Montgomery steps through products that are multiples
+	 * of N, where a reduction lands on N itself and must give 0. */
+	for (unsigned nv = 1; nv < 256; nv += 2) {
+		for (size_t ei = 0; ei < 2; ei++) {
+			mbedtls_rsa_context rsa;
+			uint64_t e = exps[ei];
+			n[0] = (unsigned char)nv;
+			for (int i = 0; i < 8; i++)
+				eb[i] = (unsigned char)(e >> (56 - 8 * i));
+			mbedtls_rsa_init(&rsa, MBEDTLS_RSA_PKCS_V15, 0);
+			assert_int_equal(mbedtls_rsa_import_raw(&rsa, n, 1, NULL, 0, NULL, 0,
+								NULL, 0, eb, 8), 0);
+			assert_int_equal(mbedtls_rsa_complete(&rsa), 0);
+			for (unsigned sv = 0; sv < nv; sv++) {
+				s[0] = (unsigned char)sv;
+				assert_int_equal(mbedtls_rsa_public(&rsa, s, want), 0);
+				for (int impl = 0; impl < impls; impl++) {
+					bm_jwt_rsa_portable(impl);
+					assert_int_equal(bm_jwt_rsa_public(n, 1, e, s, got), 0);
+					assert_int_equal(got[0], want[0]);
+					compared++;
+				}
+			}
+			mbedtls_rsa_free(&rsa);
+		}
+	}
+	bm_jwt_rsa_portable(0);
+	printf("rsa: %d public operations compared with mbedTLS (%s)\n", compared,
+	       impls == 2 ? "assembly and portable rows" : "portable rows only");
+
+	/* What the arithmetic declines (mbedTLS verifies such keys). */
+	memset(n, 0xab, 256);
+	memset(s, 0, 256);
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 65537, s, got), 0);
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 1, s, got), BM_EINVAL);
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 2, s, got), BM_EINVAL);
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 65536, s, got), BM_EINVAL);
+	assert_int_equal(bm_jwt_rsa_public(n, 0, 3, s, got), BM_EINVAL);
+	n[255] = 0xaa;                                          /* even */
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 3, s, got), BM_EINVAL);
+	assert_int_equal(bm_jwt_rsa_verify(n, 256, 3, hash, s), BM_EINVAL);
+	n[255] = 0xab;
+	n[0] = 0;                                               /* not minimal */
+	assert_int_equal(bm_jwt_rsa_public(n, 256, 3, s, got), BM_EINVAL);
+	{
+		unsigned char big[513];
+		memset(big, 0xab, sizeof(big));
+		assert_int_equal(bm_jwt_rsa_public(big, sizeof(big), 3, big, big), BM_EINVAL);
+	}
+}
+
+/* The RS256 path as the daemons run it, on the portable rows: keys loaded
+ * (and checked against mbedTLS) under them, OpenSSL's tokens, a bm_jwt
+ * round trip, and the refusals of check_bad_sigs. */
+static void test_rsa_portable(void **state)
+{
+	bm_jwt_rsa_portable(1);
+	check_kat(big_rsa_4096_pem, big_rsa_4096_tok);
+	check_kat(big_rsa_3000_e3_pem, big_rsa_3000_e3_tok);
+	roundtrip(K.rsa_a, 256);
+	bm_jwt_rsa_portable(0);
+}
+
+/* r = floor(cbrt(a)) for a > 0 (Newton from above). */
+static void mpi_cbrt(mbedtls_mpi *r, const mbedtls_mpi *a)
+{
+	mbedtls_mpi x, y, t;
+
+	mbedtls_mpi_init(&x);
+	mbedtls_mpi_init(&y);
+	mbedtls_mpi_init(&t);
+	assert_int_equal(mbedtls_mpi_lset(&x, 1), 0);
+	assert_int_equal(mbedtls_mpi_shift_l(&x, (mbedtls_mpi_bitlen(a) + 2) / 3), 0);
+	for (;;) {
+		/* y = (2x + a / x^2) / 3 */
+		assert_int_equal(mbedtls_mpi_mul_mpi(&t, &x, &x), 0);
+		assert_int_equal(mbedtls_mpi_div_mpi(&t, NULL, a, &t), 0);
+		assert_int_equal(mbedtls_mpi_add_mpi(&y, &x, &x), 0);
+		assert_int_equal(mbedtls_mpi_add_mpi(&y, &y, &t), 0);
+		assert_int_equal(mbedtls_mpi_div_int(&y, NULL, &y, 3), 0);
+		if (mbedtls_mpi_cmp_mpi(&y, &x) >= 0)
+			break;
+		assert_int_equal(mbedtls_mpi_copy(&x, &y), 0);
+	}
+	assert_int_equal(mbedtls_mpi_copy(r, &x), 0);
+	mbedtls_mpi_free(&x);
+	mbedtls_mpi_free(&y);
+	mbedtls_mpi_free(&t);
+}
+
+/* x with x^3 = c mod 2^m, c odd: cubing permutes the odd residues, and
+ * (x + 2^i)^3 = x^3 + 3 x^2 2^i flips bit i of the cube, so fix one bit at
+ * a time. */
+static void mpi_cbrt_2m(mbedtls_mpi *x, const mbedtls_mpi *c, size_t m)
+{
+	mbedtls_mpi t;
+
+	mbedtls_mpi_init(&t);
+	assert_int_equal(mbedtls_mpi_lset(x, 1), 0);
+	for (size_t i = 1; i < m; i++) {
+		assert_int_equal(mbedtls_mpi_mul_mpi(&t, x, x), 0);
+		assert_int_equal(mbedtls_mpi_mul_mpi(&t, &t, x), 0);
+		if (mbedtls_mpi_get_bit(&t, i) != mbedtls_mpi_get_bit(c, i))
+			assert_int_equal(mbedtls_mpi_set_bit(x, i, 1), 0);
+	}
+	mbedtls_mpi_free(&t);
+}
+
+/* sig is refused by bm_jwt_verify (on every row implementation), by the
+ * arithmetic on its own, and by mbedTLS. */
+static void assert_forgery_refused(struct bm_jwt_keyring *ring, mbedtls_rsa_context *rsa,
+				   const char *signing_input, const unsigned char hash[32],
+				   const unsigned char *sig, size_t k)
+{
+	unsigned char n[512];
+	struct bm_buf t = BM_BUF_INIT;
+	uint64_t e = rsa_ne(rsa, n, &k);
+	int impls = 1 + bm_jwt_rsa_portable(0);
+
+	assert_int_equal(bm_buf_adds(&t, signing_input), 0);
+	assert_int_equal(bm_buf_add(&t, ".", 1), 0);
+	assert_int_equal(bm_b64url_encode_buf(&t, sig, k), 0);
+	for (int impl = 0; impl < impls; impl++) {
+		bm_jwt_rsa_portable(impl);
+		assert_int_equal(bm_jwt_verify(ring, (char *)t.data, t.len, NOW, 0, NULL),
+				 BM_ETOKEN_SIG);
+		assert_int_equal(bm_jwt_rsa_verify(n, k, e, hash, sig), BM_ETOKEN_SIG);
+	}
+	bm_jwt_rsa_portable(0);
+	assert_int_not_equal(mbedtls_rsa_rsassa_pkcs1_v15_verify(rsa, NULL, NULL,
+								  MBEDTLS_RSA_PUBLIC,
+								  MBEDTLS_MD_SHA256, 32, hash,
+								  sig), 0);
+	bm_buf_release(&t);
+}
+
+/* e = 3 forgeries that fool a lenient PKCS#1 v1.5 parser, with cube roots
+ * over the integers (no key needed), against the 3000-bit e = 3 key:
+ *  - Bleichenbacher 2006: 00 01 FF x8 00 DigestInfo hash, then garbage to
+ *    the end (a parser that stops after the hash);
+ *  - garbage in the padding (Kuehn et al. 2008, BERserk-like): 00 01 FF..
+ *    FF garbage 00 DigestInfo hash, right-aligned (a parser that skips the
+ *    padding or reads it from the end).
+ * Each cube is checked to have the intended shape before it is tried. */
+static void test_rsa_e3_forgeries(void **state)
+{
+	static const char hdr[] = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
+	mbedtls_pk_context pk;
+	mbedtls_rsa_context *rsa;
+	struct bm_jwt_key *key;
+	struct bm_jwt_keyring *ring;
+	unsigned char hash[32], em[512], cube[512], sig[512], prefix[62];
+	mbedtls_mpi T, S, C, X, L;
+	struct bm_buf in = BM_BUF_INIT;
+	size_t k, mid;
+	int tries = 0;
+
+	mbedtls_pk_init(&pk);
+	assert_int_equal(mbedtls_pk_parse_public_key(&pk, (const unsigned char *)big_rsa_3000_e3_pem,
+						     sizeof(big_rsa_3000_e3_pem)), 0);
+	rsa = mbedtls_pk_rsa(pk);
+	k = mbedtls_rsa_get_len(rsa);
+	assert_int_equal(mbedtls_mpi_cmp_int(&rsa->E, 3), 0);
+	assert_int_equal(bm_jwt_key_parse(big_rsa_3000_e3_pem, strlen(big_rsa_3000_e3_pem), &key), 0);
+	assert_int_equal(bm_jwt_keyring_new(&ring), 0);
+	assert_int_equal(bm_jwt_keyring_add(ring, key), 0);
+	mbedtls_mpi_init(&T);
+	mbedtls_mpi_init(&S);
+	mbedtls_mpi_init(&C);
+	mbedtls_mpi_init(&X);
+	mbedtls_mpi_init(&L);
+
+	/* A token whose hash is odd (the second forgery fixes the cube's low
+	 * bits, which needs an odd value there). */
+	do {
+		char pay[160];
+		snprintf(pay, sizeof(pay), "{\"sub\":\"mallory\",\"device\":\"d\",\"jti\":\"f%d\","
+			 "\"iat\":1800000000,\"exp\":1900000000}", tries++);
+		bm_buf_reset(&in);
+		assert_int_equal(bm_b64url_encode_buf(&in, hdr, strlen(hdr)), 0);
+		assert_int_equal(bm_buf_add(&in, ".", 1), 0);
+		assert_int_equal(bm_b64url_encode_buf(&in, pay, strlen(pay)), 0);
+		assert_int_equal(mbedtls_sha256_ret(in.data, in.len, hash, 0), 0);
+	} while (!(hash[31] & 1));
+	em_encode(em, k, hash);
+
+	/* Bleichenbacher 2006: s = floor(cbrt(prefix || FF..FF)). */
+	em_encode(prefix, sizeof(prefix), hash);
+	memcpy(cube, prefix, sizeof(prefix));
+	memset(cube + sizeof(prefix), 0xff, k - sizeof(prefix));
+	assert_int_equal(mbedtls_mpi_read_binary(&T, cube, k), 0);
+	mpi_cbrt(&S, &T);
+	assert_int_equal(mbedtls_mpi_write_binary(&S, sig, k), 0);
+	assert_int_equal(mbedtls_rsa_public(rsa, sig, cube), 0);
+	assert_memory_equal(cube, prefix, sizeof(prefix));      /* s^3 mod N */
+	assert_memory_not_equal(cube, em, k);
+	assert_forgery_refused(ring, rsa, (char *)in.data, hash, sig, k);
+
+	/* Garbage in the padding: the low 52 bytes (00 DigestInfo hash) from a
+	 * cube root mod 2^416, the top from an integer cube root. */
+	assert_int_equal(mbedtls_mpi_read_binary(&C, em + k - 52, 52), 0);
+	mpi_cbrt_2m(&X, &C, 52 * 8);
+	memcpy(cube, em, k);                                    /* 00 01 FF..FF */
+	assert_int_equal(mbedtls_mpi_read_binary(&T, cube, k), 0);
+	mpi_cbrt(&S, &T);
+	assert_int_equal(mbedtls_mpi_shift_r(&S, 52 * 8), 0);
+	assert_int_equal(mbedtls_mpi_sub_int(&S, &S, 1), 0);
+	assert_int_equal(mbedtls_mpi_shift_l(&S, 52 * 8), 0);
+	assert_int_equal(mbedtls_mpi_add_mpi(&S, &S, &X), 0);
+	assert_int_equal(mbedtls_mpi_write_binary(&S, sig, k), 0);
+	assert_int_equal(mbedtls_rsa_public(rsa, sig, cube), 0);
+	assert_memory_equal(cube, em, 10);                      /* 00 01 FF x8 */
+	assert_memory_equal(cube + k - 52, em + k - 52, 52);    /* 00 DigestInfo hash */
+	for (mid = 10; mid < k - 52 && cube[mid] == 0xff; mid++)
+		;
+	assert_true(mid < k - 52);                              /* garbage in between */
+	assert_forgery_refused(ring, rsa, (char *)in.data, hash, sig, k);
+
+	/* And the genuine block's signature cannot be had: the cube root of
+	 * the correct encoding, rounded either way, is refused. */
+	assert_int_equal(mbedtls_mpi_read_binary(&T, em, k), 0);
+	mpi_cbrt(&S, &T);
+	for (int up = 0; up < 2; up++) {
+		assert_int_equal(mbedtls_mpi_add_int(&S, &S, up), 0);
+		assert_int_equal(mbedtls_mpi_write_binary(&S, sig, k), 0);
+		assert_forgery_refused(ring, rsa, (char *)in.data, hash, sig, k);
+	}
+
+	mbedtls_mpi_free(&T);
+	mbedtls_mpi_free(&S);
+	mbedtls_mpi_free(&C);
+	mbedtls_mpi_free(&X);
+	mbedtls_mpi_free(&L);
+	bm_buf_release(&in);
+	bm_jwt_keyring_free(ring);
+	mbedtls_pk_free(&pk);
+}
+
+/* A signature is exactly as long as the modulus (RFC 7518 3.3, I2OSP):
+ * one whose value has a leading zero byte verifies with it, and neither
+ * without it nor with one more. */
+static void test_rsa_leading_zero(void **state)
+{
+	struct bm_buf b = BM_BUF_INIT, t;
+	struct bm_jwt_claims c;
+	uint8_t sig[600];
+	size_t n = 0;
+	int i, impls = 1 + bm_jwt_rsa_portable(0);
+
+	for (i = 0; i < 20000; i++) {
+		claims_fill(&c);
+		snprintf(c.jti, sizeof(c.jti), "lz-%d", i);
+		bm_buf_reset(&b);
+		assert_int_equal(bm_jwt_sign(K.rsa_a, &c, &b), 0);
+		assert_int_equal(bm_b64url_decode(strrchr((char *)b.data, '.') + 1,
+						  strlen(strrchr((char *)b.data, '.') + 1),
+						  sig + 1, sizeof(sig) - 1, &n), 0);
+		if (sig[1] == 0)
+			break;
+	}
+	assert_true(i < 20000);
+	assert_int_equal(n, 256);
+	sig[0] = 0;
+	for (int impl = 0; impl < impls; impl++) {
+		bm_jwt_rsa_portable(impl);
+		assert_int_equal(verify_str((char *)b.data, NULL), 0);
+		resign(&t, (char *)b.data, sig + 2, n - 1);      /* zero stripped */
+		assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+		bm_buf_release(&t);
+		resign(&t, (char *)b.data, sig, n + 1);          /* one more */
+		assert_int_equal(verify_str((char *)t.data, NULL), BM_ETOKEN_SIG);
+		bm_buf_release(&t);
+	}
+	bm_jwt_rsa_portable(0);
+	bm_buf_release(&b);
+}
+
 /* --- rates (printed, not asserted) ---------------------------------------------- */
 
 static void rate(const char *what, const struct bm_jwt_key *key, int sign_n,
@@ -1231,6 +1593,10 @@ int main(void)
 		cmocka_unit_test(test_interop),
 		cmocka_unit_test(test_rsa_sizes),
 		cmocka_unit_test(test_rsa_short_modulus),
+		cmocka_unit_test(test_rsa_paths_agree),
+		cmocka_unit_test(test_rsa_portable),
+		cmocka_unit_test(test_rsa_e3_forgeries),
+		cmocka_unit_test(test_rsa_leading_zero),
 		cmocka_unit_test(test_rates),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
