@@ -448,7 +448,7 @@ static int rsa_mont_verify(const struct rsa_mont *m, const unsigned char hash[32
 
 int bm_jwt_rsa_portable(int on)
 {
-	return 0;
+	return BM_EINVAL;
 }
 
 int bm_jwt_rsa_public(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t *sig,

@@ -201,7 +201,9 @@ int bm_jwt_rsa_verify(const uint8_t *n, size_t nlen, uint64_t e, const uint8_t h
 /* on = 1: the arithmetic uses its portable C rows from now on, for every
  * key, even where the CPU has mulx/adcx/adox; on = 0: back to the fastest
  * (the default).  Returns 1 if the fastest are the assembly rows, 0 if the
- * portable rows are all there is (or the build has no fast path at all). */
+ * portable rows are all there is, BM_EINVAL if the build has no arithmetic
+ * of its own (no 128-bit integer type: mbedTLS verifies, and the two
+ * functions above return BM_EINVAL). */
 int bm_jwt_rsa_portable(int on);
 
 #endif
