@@ -16,7 +16,8 @@
 #                                         (0 = one at a time, the generator before 2026-11-22)
 #   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
-#   BENCH_SKIP="queue mqtt"               figures to leave out
+#   BENCH_SKIP="queue mqtt"               figures to leave out (queue connections
+#                                         pairs fanout mqtt cluster)
 #   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
 #   BENCH_GROUP_WINDOW=1ms                the server's queue.group_window
 #   BENCH_SNAPSHOT_EVERY=200000           the server's state.snapshot_every
@@ -240,6 +241,113 @@ CONF
 			awk -v b="$PEAK" -v m="$MRATE" \
 				'BEGIN { printf "ratio bimip/mosquitto = %.2f (pairs msgs/s %d / %d)\n", b / m, b, m }'
 		fi
+	fi
+fi
+
+# --- three nodes: 3 servers + 2 signals, the same pairs workload -------------
+# Every process on the broker core, as above, so this measures what the
+# cross-server path costs (most chats have their two users on different
+# servers: a pending record and two remote appends per message), not scale-out.
+if ! skip cluster && ! skip pairs; then
+	CKEY="bench-cluster-key"
+	SEED=""
+	CPIDS=""
+	PIDS_BEFORE=$PIDS
+	for n in 0 1 2; do
+		d="$TMP/c-server-$n"
+		mkdir -p "$d"
+		cat > "$d/config.json" <<JSON
+{
+  "node": { "id": "bench-s$n" },
+  "data_dir": "$d/data",
+  "listen": { "zmq": "tcp://127.0.0.1:0", "admin": "127.0.0.1:0" },
+  "admin": { "key": "bench-admin-key" },
+  "cluster": { "bind": "127.0.0.1:0", "key": "$CKEY", "period": "200ms"$SEED },
+  "queue": { "fsync": "${BENCH_FSYNC:-group}", "group_window": "${BENCH_GROUP_WINDOW:-1ms}" },
+  "state": { "snapshot_every": ${BENCH_SNAPSHOT_EVERY:-200000} },
+  "delivery": { "window": 4096 },
+  "log": { "level": "warn" }
+}
+JSON
+		$PIN_B "$BIN/bimip-server" -c "$d/config.json" -r "$d/ready" > "$d/log" 2>&1 &
+		p=$!
+		CPIDS="$CPIDS $p"
+		PIDS="$PIDS $p"
+		wait_file "$d/ready" $p "bimip-server bench-s$n" || { cat "$d/log" >&2; exit 1; }
+		[ -z "$SEED" ] && SEED=", \"seeds\": [ \"$(json_field "$d/ready" gossip)\" ]"
+	done
+	CURLS=""
+	for n in 0 1; do
+		d="$TMP/c-signal-$n"
+		mkdir -p "$d"
+		cat > "$d/config.json" <<JSON
+{
+  "node": { "id": "bench-g$n" },
+  "listen": { "ws": "127.0.0.1:0", "admin": "127.0.0.1:0" },
+  "admin": { "key": "bench-admin-key" },
+  "servers": [],
+  "cluster": { "bind": "127.0.0.1:0", "key": "$CKEY", "period": "200ms"$SEED },
+  "limits": { "rate": 1000000, "burst": 1000000, "max_sessions": 100000 },
+  "log": { "level": "warn" }
+}
+JSON
+		$PIN_B "$BIN/bimip-signal" -c "$d/config.json" -r "$d/ready" > "$d/log" 2>&1 &
+		p=$!
+		CPIDS="$CPIDS $p"
+		PIDS="$PIDS $p"
+		wait_file "$d/ready" $p "bimip-signal bench-g$n" || { cat "$d/log" >&2; exit 1; }
+		CURLS="$CURLS ws://$(json_field "$d/ready" ws)/"
+	done
+	# Ready when both signals have the three servers up and the servers have
+	# settled their owner set (a session at an unsettled server is refused).
+	i=0
+	until [ "$(for n in 0 1; do "$BIN/bimipctl" --admin "$(json_field "$TMP/c-signal-$n/ready" admin)" \
+			--key bench-admin-key --json status 2>/dev/null | grep -c '"up": true'; done \
+			| awk '{ s += $1 } END { print s + 0 }')" -ge 6 ]; do
+		i=$((i + 1))
+		[ $i -gt 300 ] && { echo "# the 3-node cluster did not form in 30 s" >&2; FAIL=1; break; }
+		sleep 0.1
+	done
+	sleep 1
+	CKEYFILE="$TMP/c-server-0/data/token.key"
+	HALF_P=$((P / 2 > 0 ? P / 2 : 1))
+	# shellcheck disable=SC2086
+	C0=$(cpu_ticks $CPIDS)
+	n=0
+	for u in $CURLS; do
+		$BENCH pairs --url "$u" --key "$CKEYFILE" -p "$HALF_P" -w "$W" -t "$T" \
+			> "$TMP/c-pairs-$n.out" 2>&1 &
+		eval "BP$n=\$!"
+		n=$((n + 1))
+	done
+	wait "$BP0" || FAIL=1
+	wait "$BP1" || FAIL=1
+	# shellcheck disable=SC2086
+	C1=$(cpu_ticks $CPIDS)
+	cat "$TMP/c-pairs-0.out" "$TMP/c-pairs-1.out" | sed 's/^pairs bimip/pairs bimip-3node-half/'
+	OUT3=$(cat "$TMP/c-pairs-0.out" "$TMP/c-pairs-1.out" | awk '
+		/^pairs / { for (i = 1; i <= NF; i++) { split($i, kv, "=");
+			if (kv[1] == "received") r += kv[2]; if (kv[1] == "msgs/s") m += kv[2];
+			if (kv[1] == "p99") { v = kv[2] + 0; if (v > p99) p99 = v } } }
+		END { printf "pairs bimip-3node P=%d received=%d msgs/s=%.0f p99_max=%.3fms\n", '"$HALF_P"' * 2, r, m, p99 }')
+	echo "$OUT3"
+	cpu_line bimip-3node "$C0" "$C1" "$OUT3"
+	R3=$(echo "$OUT3" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
+	if [ -n "$PEAK" ] && [ "$PEAK" -gt 0 ] && [ -n "$R3" ]; then
+		awk -v c="$R3" -v s="$PEAK" \
+			'BEGIN { printf "ratio bimip 3-node/1-node = %.2f (pairs msgs/s %d / %d, every process on one core)\n", c / s, c, s }'
+	fi
+	if [ -n "${MRATE:-}" ] && [ "${MRATE:-0}" -gt 0 ] && [ -n "$R3" ]; then
+		awk -v c="$R3" -v m="$MRATE" \
+			'BEGIN { printf "ratio bimip 3-node/mosquitto = %.2f (pairs msgs/s %d / %d)\n", c / m, c, m }'
+	fi
+	# shellcheck disable=SC2086
+	kill -TERM $CPIDS 2>/dev/null
+	# shellcheck disable=SC2086
+	wait $CPIDS 2>/dev/null
+	PIDS=$PIDS_BEFORE
+	if grep -iE " error |AddressSanitizer|runtime error" "$TMP"/c-*/log >&2; then
+		echo "# the cluster's daemons logged errors (above)" >&2
 	fi
 fi
 exit $FAIL
