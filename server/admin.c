@@ -330,8 +330,16 @@ static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 	if (!strcmp(bm_admin_req_suffix(req), "leave") &&
 	    bm_admin_req_method(req) == BM_ADMIN_POST && s->cluster) {
 		json_t *o;
+		const char *down = NULL;
+		int rc = srv_leave(s, &down);
 
-		if (srv_leave(s)) {
+		if (rc == BM_EAGAIN) {
+			bm_admin_reply_error(req, 409, "server '%s' is down: a leave now would move "
+					     "its users without their data; start it again, or "
+					     "`cluster remove` it if it is gone for good", down);
+			return;
+		}
+		if (rc) {
 			bm_admin_reply_error(req, 409, "not in a cluster with other servers");
 			return;
 		}

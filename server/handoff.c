@@ -373,13 +373,32 @@ static struct ack_ctx *ctx_of(struct srv *s, const struct bm_ipc_hdr *h)
 	return c;
 }
 
+/* 1 if the stream's record at off is not the bytes p[0..len) (a gap filler
+ * for a destroyed record matches: it was erased on purpose). */
+static int differs(struct srv *s, const char *name, uint64_t off, const uint8_t *p,
+		   uint32_t len)
+{
+	struct bm_buf b = BM_BUF_INIT;
+	int rc = bm_queue_read(s->q, name, off, &b, NULL);
+	int d = rc == 0 && (b.len != len || memcmp(b.data, p, len)) &&
+		!(len == 1 && p[0] == 0);
+
+	bm_buf_release(&b);
+	return d;
+}
+
 /* Records the stream has already are skipped; the rest appended, the last
- * one with the completion that answers (completions run in append order). */
+ * one with the completion that answers (completions run in append order).
+ * A skipped record should be the same bytes (records never change, and a
+ * copy's prefix is the original's).  If it is not, the stream went on here
+ * without the sender's data: a server joined while the old owner was dead
+ * (docs/cluster.md, limits).  That is counted and logged as an error, not
+ * hidden; the sender's copy stays on its disk. */
 static int take_recs(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *p, size_t n,
 		     struct ack_ctx *c)
 {
 	char name[SRV_EID_MAX + 8];
-	uint64_t head = 0, off = (uint64_t)h->offset, got;
+	uint64_t head = 0, off = (uint64_t)h->offset, got, conflicts = 0;
 	size_t i, last = SIZE_MAX;
 	int rc;
 
@@ -414,11 +433,21 @@ static int take_recs(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *p
 				return rc;
 			head = got;
 			if (i == last)
-				return 0;
+				break;
+		} else if (off <= head && differs(s, name, off, p + i + 4, len)) {
+			conflicts++;
 		}
 		i += 4 + len;
 	}
-	on_stored(c, 0, head);   /* all there already */
+	if (conflicts) {
+		(*s->m.handoff_conflicts) += conflicts;
+		bm_err("handoff", "stream of '%s': %" PRIu64 " records from '%s' differ from ours "
+		       "at the same offsets (the stream went on here without them: a server "
+		       "joined or left while its old owner was down); they stay on '%s' only",
+		       h->eid, conflicts, h->origin, h->origin);
+	}
+	if (i != last)
+		on_stored(c, 0, head);   /* all there already */
 	return 0;
 }
 
@@ -633,10 +662,19 @@ void srv_handoff_tick(struct srv *s)
 	}
 }
 
-int srv_leave(struct srv *s)
+int srv_leave(struct srv *s, const char **down)
 {
 	if (!s->cluster || !s->n_peers)
 		return BM_ESTATE;
+	/* Users move from the leaver and, by the owner rule, between the others;
+	 * one whose owner is down would move without its data. */
+	for (int i = 0; !s->leaving && i < s->n_peers; i++) {
+		const struct srv_peer *p = &s->peers[i];
+		if (!p->self && srv_peer_owner_set(s, p) && p->state >= BM_SWIM_DEAD) {
+			*down = p->id;
+			return BM_EAGAIN;
+		}
+	}
 	if (!s->leaving) {
 		bm_info("handoff", "asked to leave: handing everything off first");
 		s->leaving = 1;

@@ -288,6 +288,7 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_pending_retries_total", "Cross-server chat messages retried (a peer away or slow).", &s->m.pending_retries) ||
 	     bm_metrics_counter(r, "bimip_server_handoff_users_total", "Users whose data this server handed off to their new owner.", &s->m.handoff_users) ||
 	     bm_metrics_counter(r, "bimip_server_handoff_records_total", "Stream records sent in hand-offs.", &s->m.handoff_records) ||
+	     bm_metrics_counter(r, "bimip_server_handoff_conflicts_total", "Records taken in a hand-off that differ from the stream's own at their offsets (logged as errors; docs/cluster.md).", &s->m.handoff_conflicts) ||
 	     bm_metrics_histogram(r, "bimip_server_fsync_seconds", "Duration of the queue's data fdatasyncs.", fsync_buckets, sizeof(fsync_buckets) / sizeof(fsync_buckets[0]), &s->m.fsync) ||
 	     bm_cluster_metrics(r, &s->cluster);
 	return rc ? BM_ENOMEM : 0;

@@ -193,7 +193,7 @@ struct srv_metrics {
 	uint64_t *stanzas_in, *stanzas_out, *chats, *acks, *dup_resends;
 	uint64_t *appends, *ipc_dropped, *push_failed;
 	uint64_t *forwarded, *remote_appends, *remote_dups, *pending_retries;
-	uint64_t *handoff_users, *handoff_records;
+	uint64_t *handoff_users, *handoff_records, *handoff_conflicts;
 	struct bm_metrics_family *by_route, *errors;
 	struct bm_metrics_hist *fsync;
 };
@@ -403,7 +403,7 @@ void srv_handoff_forget(struct srv *s);
 int srv_settled(struct srv *s);
 uint64_t srv_owner_fingerprint(struct srv *s);
 /* `cluster leave`: hand everything off, then leave gossip and stop. */
-int srv_leave(struct srv *s);
+int srv_leave(struct srv *s, const char **down);
 
 /* admin.c */
 int srv_admin_open(struct srv *s);

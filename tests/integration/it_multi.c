@@ -389,6 +389,21 @@ static void test_kill_server_and_signal(void **state)
 	/* Every client is on the surviving signal now. */
 	for (int k = 0; k < USERS; k++)
 		assert_int_equal(users[k].sig, !victim_sig);
+	/* No server may leave while another is down (its users would move
+	 * without their data): 409 naming it, once gossip has it dead. */
+	{
+		static char out[4096];
+		uint64_t t0 = bm_mono_ms();
+		int st;
+
+		while (strcmp(member_state(&s[0], s[victim_srv].name), "dead") &&
+		       bm_mono_ms() - t0 < 20000)
+			poll(NULL, 0, 50);
+		st = bm_h_http(s[2].admin, "POST", "/v1/cluster/leave", BM_H_ADMIN_KEY, "{}", out,
+			       sizeof(out));
+		assert_int_equal(st, 409);
+		assert_non_null(strstr(out, s[victim_srv].name));
+	}
 	/* The server comes back with its disk: everything goes through. */
 	assert_int_equal(bm_h_restart(&s[victim_srv]), 0);
 	settle(60000, "after kill -9 of a server and a signal");
