@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BATCH_RECORDS 256
 #define BATCH_BYTES (256 * 1024)
 #define SETTLED_EVERY_MS 300
 
@@ -95,7 +94,18 @@ void srv_handoff_forget(struct srv *s)
 		json_decref(v);
 	bm_map_release(&s->handoff_wait);
 	bm_map_init(&s->handoff_wait);
+	bm_map_release(&s->handoff_sent);
+	bm_map_init(&s->handoff_sent);
 	s->handoff_outstanding = 0;
+	s->sweep_more = 0;
+	s->sweep_chats_done = 0;
+}
+
+/* The window of unanswered hand-off messages is full: the sweep stops
+ * here and resumes when answers come back. */
+static int window_full(const struct srv *s)
+{
+	return s->handoff_wait.count >= (size_t)s->cfg.handoff_window;
 }
 
 /* Sends one HANDOFF; once the new owner answers that it took it, the state
@@ -182,32 +192,54 @@ static int on_dev(void *ud, const char *device, uint64_t offset)
 	return 0;
 }
 
+static void sent_set(struct srv *s, const char *eid, uint64_t after, int user)
+{
+	bm_map_put(&s->handoff_sent, eid, (void *)(uintptr_t)(((after << 1) | (unsigned)user) + 1),
+		   NULL);
+}
+
+/* Sends what is left of eid's stream (from where this round got to), then
+ * its state; BM_EFULL when the window fills first. */
 static int hand_user(struct srv *s, const char *eid)
 {
 	char name[SRV_EID_MAX + 8];
 	struct srv_user *u = srv_user_get(s, eid, 0);
-	uint64_t head = 0, after = 0;
+	uintptr_t sent = (uintptr_t)bm_map_get(&s->handoff_sent, eid);
+	uint64_t head = 0, after = sent ? (uint64_t)(sent - 1) >> 1 : 0;
 	json_t *o, *devs;
 	int rc;
 
+	if (sent && ((sent - 1) & 1))
+		return 0;   /* all sent this round: waiting for the answer */
 	srv_stream_name(eid, name, sizeof(name));
 	if (bm_queue_stream_head(s->q, name, &head, NULL))
 		head = 0;
 	while (after < head) {
 		struct recs c = { BM_BUF_INIT, 0, 0, 0 };
 
-		bm_queue_scan(s->q, name, after, BATCH_RECORDS, on_rec, &c);
+		if (window_full(s)) {
+			sent_set(s, eid, after, 0);
+			return BM_EFULL;
+		}
+		bm_queue_scan(s->q, name, after, (unsigned)s->cfg.handoff_batch, on_rec, &c);
 		if (!c.count) {
 			bm_buf_release(&c.b);
 			break;
 		}
 		rc = send_handoff(s, eid, "recs", eid, c.first, c.b.data, c.b.len, json_null());
 		bm_buf_release(&c.b);
-		if (rc)
+		if (rc) {
+			sent_set(s, eid, after, 0);
 			return rc;
+		}
 		(*s->m.handoff_records) += c.count;
 		after = c.last;
 	}
+	if (window_full(s)) {
+		sent_set(s, eid, after, 0);
+		return BM_EFULL;
+	}
+	sent_set(s, eid, after, 1);
 	devs = json_object();
 	bm_queue_devices(s->q, name, on_dev, devs);
 	/* No state here (a stream only): send the device offsets alone, so the
@@ -294,8 +326,10 @@ static int sweep(struct srv *s)
 		free(nm.v[i]);
 	}
 	free(nm.v);
-	if (rc)
+	if (rc || s->sweep_chats_done)
 		return rc;
+	/* Chats and pending messages are small: sent in one go, once a round. */
+	s->sweep_chats_done = 1;
 	for (size_t it = 0; !rc && bm_map_next(&s->chats, &it, &k, &v);) {
 		struct srv_chat *c = v;
 		json_t *idem;
@@ -561,6 +595,7 @@ void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *b
 		if (!taken)
 			break;   /* of a sweep given up on */
 		s->handoff_outstanding = s->handoff_wait.count;
+		s->sweep_started_ms = bm_mono_ms();   /* progress */
 		if (n && body[0] != '0') {
 			bm_warn("handoff", "'%s' did not take a hand-off: %.*s", h->origin,
 				(int)n, (const char *)body);
@@ -571,6 +606,8 @@ void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *b
 				(*s->m.handoff_users)++;
 			srv_state_log(s, taken, NULL, NULL);
 		}
+		if (s->sweep_more)
+			srv_handoff_tick(s);   /* room in the window: go on at once */
 		break;
 	}
 	case BM_IPC_SETTLED:
@@ -597,26 +634,35 @@ void srv_handoff_tick(struct srv *s)
 	if (!s->n_peers)
 		return;
 	fp = srv_owner_fingerprint(s);
+	/* sweep_started_ms: the start of a round, then each answer. */
 	if (s->handoff_outstanding && !s->swept_fp && now - s->sweep_started_ms > 5000) {
 		bm_warn("handoff", "%" PRIu64 " hand-offs not answered in 5 s: again",
 			s->handoff_outstanding);
 		s->handoff_failed = 1;
 		srv_handoff_forget(s);
 	}
-	if (fp != s->sweep_fp || (s->handoff_failed && now >= s->sweep_retry_ms)) {
+	if (fp != s->sweep_fp || (s->handoff_failed && now >= s->sweep_retry_ms) ||
+	    (s->sweep_more && now >= s->sweep_retry_ms &&
+	     s->handoff_wait.count <= (size_t)s->cfg.handoff_window / 2)) {
 		int rc;
 
-		if (fp != s->sweep_fp)
-			bm_info("handoff", "owner set changed: handing off what moved");
-		s->sweep_fp = fp;
-		s->swept_fp = 0;
-		s->handoff_failed = 0;
-		srv_handoff_forget(s);
-		s->sweep_started_ms = now;
+		if (fp != s->sweep_fp || s->handoff_failed) {
+			/* A new round: from the start, nothing outstanding. */
+			if (fp != s->sweep_fp)
+				bm_info("handoff", "owner set changed: handing off what moved");
+			s->sweep_fp = fp;
+			s->swept_fp = 0;
+			s->handoff_failed = 0;
+			srv_handoff_forget(s);
+			s->sweep_started_ms = now;
+		}
+		s->sweep_more = 0;
 		rc = sweep(s);
-		if (rc == BM_EAGAIN) {
+		if (rc == BM_EFULL) {
+			s->sweep_more = 1;   /* resumes as answers come back */
+		} else if (rc == BM_EAGAIN) {
 			bm_debug("handoff", "a new owner has not spoken yet; sweeping again soon");
-			s->handoff_failed = 1;
+			s->sweep_more = 1;
 			s->sweep_retry_ms = now + 100;
 		} else if (rc) {
 			bm_warn("handoff", "hand-off incomplete (%s); trying again",
@@ -625,7 +671,7 @@ void srv_handoff_tick(struct srv *s)
 			s->sweep_retry_ms = now + 1000;
 		}
 	}
-	if (!s->swept_fp && !s->handoff_outstanding && !s->handoff_failed) {
+	if (!s->swept_fp && !s->handoff_outstanding && !s->handoff_failed && !s->sweep_more) {
 		s->swept_fp = fp;
 		bm_info("handoff", "hand-off done for this owner set (%" PRIu64 " users so far)",
 			*s->m.handoff_users);

@@ -64,6 +64,11 @@ static const struct bm_config_key keys[] = {
 	  .help = "delete oldest segments past this total (0 = no limit); must stay 0" },
 	{ "delivery.window", BM_CFG_INT, F(window), .def = "256", .min = 1, .max = 65536,
 	  .reloadable = 1, .help = "stanzas pushed to a device before it must commit" },
+	{ "handoff.window", BM_CFG_INT, F(handoff_window), .def = "64", .min = 1,
+	  .max = 4096, .help = "hand-off messages (stream batches, users, chats) sent to "
+	  "a new owner and not yet answered, at most (bounds memory when users move)" },
+	{ "handoff.batch", BM_CFG_INT, F(handoff_batch), .def = "256", .min = 1,
+	  .max = 65536, .help = "stream records per hand-off message (and at most 256 KiB)" },
 	{ "delivery.cache", BM_CFG_INT, F(cache_records), .def = "256", .min = 0,
 	  .max = 65536, .help = "records per online user kept in memory for live "
 	  "delivery (0 = always read back from the log)" },

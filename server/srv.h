@@ -81,6 +81,8 @@ struct srv_config {
 	int64_t snapshot_every;      /* state records between snapshots */
 	int64_t snapshot_interval_ms;/* and at least this long between them */
 	int64_t cache_records;       /* per online user, records kept for delivery */
+	int64_t handoff_window;      /* hand-off messages unanswered at most */
+	int64_t handoff_batch;       /* stream records per hand-off message */
 	int log_level;
 	int log_json;
 	char curve_secret[41];
@@ -247,6 +249,10 @@ struct srv {
 	uint64_t handoff_outstanding;     /* HANDOFFs not yet acknowledged */
 	struct bm_map handoff_wait;       /* their seq -> state record (json_t *) to
 					     log once taken, or json_null() */
+	struct bm_map handoff_sent;       /* eid -> (records sent << 1 | user sent) + 1,
+					     this round (a sweep resumes there) */
+	int sweep_more;                   /* window was full: resume the sweep */
+	int sweep_chats_done;             /* chats and pending sent this round */
 	int handoff_failed;
 	uint64_t sweep_retry_ms, settled_sent_ms, sweep_started_ms;
 	int leaving;                      /* handing everything off, then exit */

@@ -753,6 +753,7 @@ static int maps_init(struct srv *s)
 	bm_map_init(&s->seen);
 	bm_map_init(&s->settled_by);
 	bm_map_init(&s->handoff_wait);
+	bm_map_init(&s->handoff_sent);
 	s->idem_head = s->idem_count = 0;
 	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(char *));
 	return s->idem_ring ? 0 : BM_ENOMEM;

@@ -32,6 +32,8 @@
 #define USERS 6
 #define MAX_MSGS 1200
 
+#define HANDOFF "\"handoff\":{\"window\":2,\"batch\":8}"
+
 static struct bm_h_node s[4], g[2];   /* s[3]: a later joiner */
 static const struct bm_h_node *no_servers[1] = { NULL };
 
@@ -135,11 +137,13 @@ static void start_cluster(void)
 	char extra[600], name[16];
 
 	bm_h_init();
+	/* A tiny hand-off window and batch, so moving a user takes many
+	 * round trips and the sweep must resume (handoff.window/batch). */
 	snprintf(extra, sizeof(extra), "{\"cluster\":{\"bind\":\"127.0.0.1:0\",\"key\":\"%s\","
-		 "\"period\":\"100ms\"}}", KEY);
+		 "\"period\":\"100ms\"}," HANDOFF "}", KEY);
 	assert_int_equal(bm_h_start_server(&s[0], "m-s0", extra), 0);
 	snprintf(extra, sizeof(extra), "{\"cluster\":{\"bind\":\"127.0.0.1:0\",\"key\":\"%s\","
-		 "\"period\":\"100ms\",\"seeds\":[\"%s\"]}}", KEY, s[0].gossip);
+		 "\"period\":\"100ms\",\"seeds\":[\"%s\"]}," HANDOFF "}", KEY, s[0].gossip);
 	for (int i = 1; i < 3; i++) {
 		snprintf(name, sizeof(name), "m-s%d", i);
 		assert_int_equal(bm_h_start_server(&s[i], name, extra), 0);
@@ -558,8 +562,8 @@ static void test_graceful_leave(void **state)
 		int takes = 0;
 
 		snprintf(extra, sizeof(extra), "{\"cluster\":{\"bind\":\"127.0.0.1:0\","
-			 "\"key\":\"%s\",\"period\":\"100ms\",\"seeds\":[\"%s\"]}}", KEY,
-			 s[0].gossip);
+			 "\"key\":\"%s\",\"period\":\"100ms\",\"seeds\":[\"%s\"]}," HANDOFF "}",
+			 KEY, s[0].gossip);
 		/* A name that takes at least one user (all of them have messages). */
 		for (int j = 3; j < 100 && !takes; j++) {
 			snprintf(joiner, sizeof(joiner), "m-s%d", j);
