@@ -1181,6 +1181,60 @@ static void test_rsa_short_modulus(void **state)
 	mbedtls_entropy_free(&ent);
 }
 
+/* The block s^e mod N must be the encoding byte for byte: blocks that
+ * differ in one place, signed exactly with a 1024-bit key, are refused by
+ * the arithmetic on its own and by mbedTLS; the exact one is accepted. */
+static void test_rsa_block_exact(void **state)
+{
+	mbedtls_entropy_context ent;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_rsa_context rsa;
+	unsigned char n[128], em[128], sig[128], hash[32];
+	size_t k, ps;
+	uint64_t e;
+	int impls = rsa_impls();
+
+	mbedtls_entropy_init(&ent);
+	mbedtls_ctr_drbg_init(&drbg);
+	assert_int_equal(mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &ent, NULL, 0), 0);
+	mbedtls_rsa_init(&rsa, MBEDTLS_RSA_PKCS_V15, 0);
+	assert_int_equal(mbedtls_rsa_gen_key(&rsa, mbedtls_ctr_drbg_random, &drbg, 1024, 3), 0);
+	e = rsa_ne(&rsa, n, &k);
+	ps = k - 3 - sizeof(sha256_digest_info) - 32;
+	memset(hash, 0xa5, sizeof(hash));
+	for (int v = 0; v < 9; v++) {
+		em_encode(em, k, hash);
+		switch (v) {
+		case 1: em[1] = 2; break;                      /* block type */
+		case 2: em[2] = 0xfe; break;                   /* padding byte */
+		case 3: em[2 + ps - 1] = 0x01; break;          /* last padding byte */
+		case 4: em[2 + ps] = 0x01; break;              /* separator */
+		case 5: em[3 + ps + 1] ^= 0x01; break;         /* DigestInfo length */
+		case 6: em[3 + ps + 18] = 0x21; break;         /* hash length */
+		case 7: em[k - 1] ^= 0x80; break;              /* hash */
+		case 8:                                        /* shifted, garbage after */
+			memmove(em + k - 53, em + k - 52, 52);
+			em[k - 1] = 0x42;
+			break;
+		}
+		assert_int_equal(mbedtls_rsa_private(&rsa, mbedtls_ctr_drbg_random, &drbg,
+						     em, sig), 0);
+		for (int impl = 0; impl < impls; impl++) {
+			bm_jwt_rsa_portable(impl);
+			assert_int_equal(bm_jwt_rsa_verify(n, k, e, hash, sig),
+					 v ? BM_ETOKEN_SIG : 0);
+		}
+		assert_int_equal(mbedtls_rsa_rsassa_pkcs1_v15_verify(&rsa, NULL, NULL,
+								     MBEDTLS_RSA_PUBLIC,
+								     MBEDTLS_MD_SHA256, 32,
+								     hash, sig) == 0, v == 0);
+	}
+	bm_jwt_rsa_portable(0);
+	mbedtls_rsa_free(&rsa);
+	mbedtls_ctr_drbg_free(&drbg);
+	mbedtls_entropy_free(&ent);
+}
+
 static uint64_t xs_state = 0x243f6a8885a308d3ull;
 
 static uint64_t xs(void)
@@ -1606,6 +1660,7 @@ int main(void)
 		cmocka_unit_test(test_interop),
 		cmocka_unit_test(test_rsa_sizes),
 		cmocka_unit_test(test_rsa_short_modulus),
+		cmocka_unit_test(test_rsa_block_exact),
 		cmocka_unit_test(test_rsa_paths_agree),
 		cmocka_unit_test(test_rsa_portable),
 		cmocka_unit_test(test_rsa_e3_forgeries),
