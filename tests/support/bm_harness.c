@@ -24,6 +24,8 @@
 static char root[256];
 static struct bm_h_node *nodes[MAX_NODES];
 static int n_nodes;
+static char host[48] = "127.0.0.1";
+static const char *const *prefix;
 
 static void cleanup(void)
 {
@@ -71,6 +73,16 @@ const char *bm_h_root(void)
 	return root;
 }
 
+void bm_h_set_host(const char *ip)
+{
+	snprintf(host, sizeof(host), "%s", ip ? ip : "127.0.0.1");
+}
+
+void bm_h_set_exec_prefix(const char *const *argv)
+{
+	prefix = argv;
+}
+
 static const char *bin_dir(void)
 {
 	const char *b = getenv("BIMIP_BIN");
@@ -95,10 +107,19 @@ static int write_config(struct bm_h_node *n, json_t *cfg, const char *extra)
 static int spawn(struct bm_h_node *n)
 {
 	char exe[512];
-	int fd;
+	const char *argv[16];
+	int fd, k = 0;
 	pid_t pid;
 
 	snprintf(exe, sizeof(exe), "%s/%s", bin_dir(), n->server ? "bimip-server" : "bimip-signal");
+	for (; n->prefix && k < 10 && n->prefix[k]; k++)
+		argv[k] = n->prefix[k];
+	argv[k++] = exe;
+	argv[k++] = "-c";
+	argv[k++] = n->cfg;
+	argv[k++] = "-r";
+	argv[k++] = n->ready;
+	argv[k] = NULL;
 	unlink(n->ready);
 	pid = fork();
 	if (pid == -1)
@@ -110,8 +131,8 @@ static int spawn(struct bm_h_node *n)
 			dup2(fd, 2);
 			close(fd);
 		}
-		execl(exe, exe, "-c", n->cfg, "-r", n->ready, (char *)NULL);
-		fprintf(stderr, "harness: cannot exec '%s': %s\n", exe, strerror(errno));
+		execvp(argv[0], (char *const *)argv);
+		fprintf(stderr, "harness: cannot exec '%s': %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
 	n->pid = pid;
@@ -190,19 +211,22 @@ static void node_paths(struct bm_h_node *n, const char *name, int server)
 	snprintf(n->cfg, sizeof(n->cfg), "%.320s/config.json", n->dir);
 	snprintf(n->log, sizeof(n->log), "%.320s/log", n->dir);
 	snprintf(n->ready, sizeof(n->ready), "%.320s/ready", n->dir);
+	n->prefix = prefix;
 }
 
 int bm_h_start_server(struct bm_h_node *n, const char *name, const char *extra)
 {
-	char data[sizeof(n->dir) + 8];
+	char data[sizeof(n->dir) + 8], zmq[80], admin[64];
 	json_t *cfg;
 	int rc;
 
 	node_paths(n, name, 1);
 	snprintf(data, sizeof(data), "%s/data", n->dir);
+	snprintf(zmq, sizeof(zmq), "tcp://%s:0", host);
+	snprintf(admin, sizeof(admin), "%s:0", host);
 	cfg = json_pack("{s:{s:s}, s:s, s:{s:s, s:s}, s:{s:s}, s:{s:s}, s:{s:s}}",
 			"node", "id", name, "data_dir", data,
-			"listen", "zmq", "tcp://127.0.0.1:0", "admin", "127.0.0.1:0",
+			"listen", "zmq", zmq, "admin", admin,
 			"admin", "key", BM_H_ADMIN_KEY, "queue", "fsync", "group",
 			"log", "level", getenv("BIMIP_TEST_DEBUG") ? "debug" : "info");
 	rc = write_config(n, cfg, extra);
@@ -215,14 +239,16 @@ int bm_h_start_signal(struct bm_h_node *n, const char *name,
 		      const char *extra)
 {
 	json_t *cfg, *list = json_array();
+	char addr[64];
 	int rc;
 
 	node_paths(n, name, 0);
 	for (int i = 0; i < nservers; i++)
 		json_array_append_new(list, json_string(servers[i]->zmq));
+	snprintf(addr, sizeof(addr), "%s:0", host);
 	cfg = json_pack("{s:{s:s}, s:{s:s, s:s}, s:{s:s}, s:o, s:{s:s}}",
-			"node", "id", name, "listen", "ws", "127.0.0.1:0", "admin",
-			"127.0.0.1:0", "admin", "key", BM_H_ADMIN_KEY, "servers", list,
+			"node", "id", name, "listen", "ws", addr, "admin",
+			addr, "admin", "key", BM_H_ADMIN_KEY, "servers", list,
 			"log", "level", getenv("BIMIP_TEST_DEBUG") ? "debug" : "info");
 	rc = write_config(n, cfg, extra);
 	json_decref(cfg);

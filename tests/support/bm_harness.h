@@ -27,6 +27,7 @@ struct bm_h_node {
 	char ws[64];                /* signal: host:port */
 	char url[128];              /* signal: ws://host:port/ */
 	char gossip[160];           /* gossip address, when clustered */
+	const char *const *prefix;  /* argv run before the daemon, or NULL */
 };
 
 /* Create the temporary root (once) and register the exit cleanup. */
@@ -39,7 +40,16 @@ int bm_h_start_server(struct bm_h_node *n, const char *name, const char *extra);
 int bm_h_start_signal(struct bm_h_node *n, const char *name,
 		      const struct bm_h_node *const *servers, int nservers,
 		      const char *extra);
-/* Start again with the same config, data and ZeroMQ endpoint. */
+/* Nodes started from now on bind their default listeners (listen.zmq,
+ * listen.admin, listen.ws) to ip, port 0, instead of 127.0.0.1; NULL goes
+ * back to 127.0.0.1.  Bound addresses come from the ready file as before. */
+void bm_h_set_host(const char *ip);
+/* Nodes started from now on run as prefix + daemon argv, e.g.
+ * { "ip", "netns", "exec", "ns1", NULL } (the prefix must exec the daemon in
+ * place, so the pid is the daemon's).  Borrowed: argv must outlive the
+ * nodes, which keep it for bm_h_restart.  NULL = run the daemon directly. */
+void bm_h_set_exec_prefix(const char *const *argv);
+/* Start again with the same config, data, ZeroMQ endpoint and prefix. */
 int bm_h_restart(struct bm_h_node *n);
 /* Send sig and wait (bounded) for the exit; returns the exit status, 128+N
  * for a death by signal N, or -1 on timeout (then SIGKILLed). */
