@@ -17,6 +17,7 @@ struct bm_cluster {
 	struct bm_swim *swim;
 	struct bm_swim_udp *udp;
 	char addr[160];
+	int seeded;                     /* started with seeds other than itself */
 	bm_swim_member_fn *on_member;   /* the embedder's, after logging */
 	void *ud;
 };
@@ -84,8 +85,10 @@ int bm_cluster_start(struct bm_cluster **out, struct event_base *base,
 	if (rc)
 		goto fail;
 	for (size_t i = 0; i < o->n_seeds; i++)
-		if (o->seeds[i] && *o->seeds[i] && strcmp(o->seeds[i], c->addr))
+		if (o->seeds[i] && *o->seeds[i] && strcmp(o->seeds[i], c->addr)) {
 			bm_swim_join(c->swim, o->seeds[i], bm_mono_ms());
+			c->seeded = 1;
+		}
 	bm_info("cluster", "gossip on %s as '%s' (%zu seeds)", c->addr, o->id, o->n_seeds);
 	*out = c;
 	return 0;
@@ -98,6 +101,11 @@ int bm_cluster_join(struct bm_cluster *c, const char *seed)
 {
 	bm_info("cluster", "joining through '%s'", seed);
 	return bm_swim_join(c->swim, seed, bm_mono_ms());
+}
+
+int bm_cluster_knows_cluster(const struct bm_cluster *c)
+{
+	return !c || !c->seeded || bm_swim_heard(c->swim);
 }
 
 int bm_cluster_remove(struct bm_cluster *c, const char *id)

@@ -79,6 +79,10 @@ void bm_cluster_admin_addr(const char *listen, unsigned port,
  * them; c may be NULL (a standalone node: 409). */
 void bm_cluster_admin(struct bm_cluster *c, struct bm_admin_req *req, const json_t *body);
 
+/* 0 while a node started with seeds has not heard any member's table yet
+ * (it does not know who else is in the cluster); 1 otherwise, and for a
+ * node without seeds (the first of a cluster) or without a cluster. */
+int bm_cluster_knows_cluster(const struct bm_cluster *c);
 /* bm_swim_remove, logged. */
 int bm_cluster_remove(struct bm_cluster *c, const char *id);
 /* Join (again) through seed.  Returns 0 or BM_EINVAL. */

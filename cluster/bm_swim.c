@@ -103,6 +103,7 @@ struct bm_swim {
 
 	char join_addr[BM_SWIM_ADDR_MAX + 1];
 	int joining, join_heard;
+	int table_heard;               /* some member's table came back, ever */
 	unsigned join_tries;
 	uint64_t join_next;
 
@@ -836,6 +837,11 @@ void bm_swim_leave(struct bm_swim *s, uint64_t now)
 	}
 }
 
+int bm_swim_heard(const struct bm_swim *s)
+{
+	return s->table_heard;
+}
+
 int bm_swim_remove(struct bm_swim *s, const char *id, uint64_t now)
 {
 	int32_t i = bm_idmap_get(&s->map, id, strlen(id));
@@ -1147,6 +1153,8 @@ int bm_swim_recv(struct bm_swim *s, uint64_t now, const char *from,
 	case BM_SWIM_SYNC:
 		if (s->joining && p->chunk == 0)
 			s->join_heard = 1; /* a table came back: stop retrying */
+		if (p->chunk == 0)
+			s->table_heard = 1;
 		if ((p->flags & BM_SWIM_SYNC_REPLY) && p->chunk == 0)
 			send_sync(s, from, 0);
 		break;

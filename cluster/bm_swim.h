@@ -111,6 +111,10 @@ int bm_swim_join(struct bm_swim *s, const char *seed_addr, uint64_t now_ms);
  * members at once; keep ticking for a period or two so it spreads. */
 void bm_swim_leave(struct bm_swim *s, uint64_t now_ms);
 
+/* 1 once another member's table has reached us (by a join or a sync):
+ * from then on this node knows the cluster it is in. */
+int bm_swim_heard(const struct bm_swim *s);
+
 /* Operator removal of a member that is dead for good (bimipctl cluster
  * remove): marks it 'left' at its incarnation and spreads that, so it
  * leaves the owner set everywhere.  Returns 0, BM_ENOENT (unknown id) or

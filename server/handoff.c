@@ -70,6 +70,10 @@ int srv_settled(struct srv *s)
 
 	if (!s->n_peers)
 		return 1;
+	/* Restarted with seeds, it does not know the others yet: alone in its
+	 * own view it would own everyone, and write users that are not its. */
+	if (!bm_cluster_knows_cluster(s->cluster))
+		return 0;
 	fp = srv_owner_fingerprint(s);
 	if (s->swept_fp != fp)
 		return 0;

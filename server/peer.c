@@ -186,6 +186,17 @@ void srv_peer_on_member(void *ud, enum bm_swim_event ev, const struct bm_swim_me
 			bm_err("peer", "cannot connect to server '%s' at %s", p->id, p->zmq);
 	}
 	was_owner = p->state != BM_SWIM_LEFT;
+	if (m->state == BM_SWIM_ALIVE && p->state >= BM_SWIM_DEAD) {
+		/* Back: what waited for it goes now, not after the back-off. */
+		const char *k;
+		void *v;
+
+		for (size_t it = 0; bm_map_next(&s->pending, &it, &k, &v);) {
+			struct srv_pending *q = v;
+			q->retry_ms = 0;
+			q->tries = 0;
+		}
+	}
 	p->state = (int)m->state;
 	if (was_owner != (p->state != BM_SWIM_LEFT))
 		bm_info("peer", "server '%s' %s the owner set", p->id,
@@ -828,9 +839,15 @@ static void drive(struct srv *s, struct srv_pending *p)
 	size_t n;
 	int rc, rcv = p->stage == 0;
 
-	/* Only the chat's owner drives it (a moved one was handed off). */
+	/* Only the chat's owner drives it (a moved one was handed off), and
+	 * only once it knows the cluster: its view of who owns the copies
+	 * must be the others' (an append it thinks local may not be). */
 	if (p->inflight || s->replaying || !srv_owns(s, p->chat))
 		return;
+	if (!srv_settled(s)) {
+		p->retry_ms = bm_mono_ms() + 100;   /* not a failure: no back-off */
+		return;
+	}
 	if (p->stage >= 2) {
 		finish(s, p);
 		return;
