@@ -37,13 +37,21 @@ start)
 		(umask 077; od -An -tx1 -N24 /dev/urandom | tr -d ' \n' > "$DIR/admin.key")
 	fi
 	AKEY=$(cat "$DIR/admin.key")
+	# Every node gets every server as a seed (each skips itself): a server
+	# restarted with seeds waits to hear the cluster before it serves.
+	SEEDS=""
+	n=0
+	while [ $n -lt "$SERVERS" ]; do
+		SEEDS="$SEEDS${SEEDS:+, }\"127.0.0.1:$((4102 + 10 * n))\""
+		n=$((n + 1))
+	done
 	n=0
 	while [ $n -lt "$SERVERS" ]; do
 		p=$((4100 + 10 * n))
 		cat > "$DIR/server-$n.json" <<JSON
 { "node": { "id": "server-$n" }, "data_dir": "$DIR/server-$n",
   "listen": { "zmq": "tcp://127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" }, "admin": { "key": "$AKEY" },
-  "cluster": { "bind": "127.0.0.1:$((p + 2))", "key": "$KEY", "seeds": [ "127.0.0.1:4102" ] } }
+  "cluster": { "bind": "127.0.0.1:$((p + 2))", "key": "$KEY", "seeds": [ $SEEDS ] } }
 JSON
 		rm -f "$DIR/server-$n.ready"
 		"$BIN/bimip-server" -c "$DIR/server-$n.json" -r "$DIR/server-$n.ready" \
@@ -57,7 +65,7 @@ JSON
 		cat > "$DIR/signal-$n.json" <<JSON
 { "node": { "id": "signal-$n" }, "servers": [],
   "listen": { "ws": "127.0.0.1:$p", "admin": "127.0.0.1:$((p + 1))" }, "admin": { "key": "$AKEY" },
-  "cluster": { "bind": "127.0.0.1:$((4200 + n))", "key": "$KEY", "seeds": [ "127.0.0.1:4102" ] } }
+  "cluster": { "bind": "127.0.0.1:$((4200 + n))", "key": "$KEY", "seeds": [ $SEEDS ] } }
 JSON
 		rm -f "$DIR/signal-$n.ready"
 		"$BIN/bimip-signal" -c "$DIR/signal-$n.json" -r "$DIR/signal-$n.ready" \
