@@ -20,6 +20,7 @@ int main(void)
 		.down_ms = 1000,
 		.resend_ms = 1500,
 		.churn_ms = 1000,
+		.backoff_ms = 2000,
 		.drain_ms = 20000,
 		.snapshot_every = 200,
 		.seed = (unsigned)time(NULL) ^ (unsigned)getpid(),

@@ -22,6 +22,7 @@ int main(void)
 		.down_ms = 2000,
 		.resend_ms = 2000,
 		.churn_ms = 1000,
+		.backoff_ms = 2000,
 		.drain_ms = 30000,
 		.snapshot_every = 2000,
 		.seed = (unsigned)time(NULL) ^ (unsigned)getpid(),

@@ -20,11 +20,18 @@
  * without an answer, as a real client does.  Every ChatMessage a device
  * receives is recorded by its message_id_local, and its message_id, text,
  * and receiver are checked against what was sent and acknowledged.
- * Reconnects: a device whose connection dies tries the other signal first;
- * every SOAK_CHURN_MS one device drops its connection (no close frame) and
- * reconnects to its own signal, which also brings devices back after a
- * signal restart.  The client library drops stanzas at or below the last
- * offset it handed out, and commits every 64.
+ * Reconnects, as a mobile client behind a load balancer does them: a device
+ * whose connection ends (close 4004 "reconnect to the owner", a dead signal,
+ * ...) or whose attempt fails (refused, 503 at the upgrade) tries again
+ * through either signal -- a random one after a drop, the other one after a
+ * failed attempt -- after a jittered exponential back-off: attempt k waits
+ * [b/2, b], b = 50 ms * 2^k, at most SOAK_BACKOFF_MS; the count restarts
+ * once a server answers on a connection.  Every SOAK_CHURN_MS one device
+ * drops its connection (no close frame) and reconnects to its own signal at
+ * once, which also brings devices back after a signal restart.  Close
+ * codes, failed attempts by cause and back-offs are counted and printed.
+ * The client library drops stanzas at or below the last offset it handed
+ * out, and commits every 64.
  *
  * Killer (a thread): every SOAK_KILL_EVERY_MS it SIGKILLs a server or a
  * signal (alternately; which one by SOAK_SEED), keeps it down 0..SOAK_DOWN_MS,
@@ -71,6 +78,7 @@
 #define MAX_PRINTED 40          /* failure lines printed; the rest counted */
 #define QUIET_MS 5000           /* live phase: give up after this long without news */
 #define SETTLE_MS 30000         /* readiness bound after a start or restart */
+#define BACKOFF_MIN_MS 50       /* first reconnect back-off (25..50 ms) */
 
 struct msg {
 	int32_t from;           /* sending device: user * 2 + device */
@@ -92,7 +100,7 @@ struct dev {
 	int sig;                /* signal of the current (or last) connection */
 	int next_sig;           /* signal of the next attempt */
 	uint64_t retry_ms;
-	int backoff_ms;
+	int attempt;            /* attempts since the last served connection */
 	int inflight;           /* sent, not acknowledged */
 	int sync;               /* sync phase: 0 to ask, 1 asked, 2 at the head */
 	char *token;
@@ -135,6 +143,13 @@ struct soak {
 	/* figures */
 	int64_t resends, connects, drops, connect_fails, churns, errors, undecodable;
 	int64_t unknown, last_delivery_ms;
+	int64_t sig_connects[SOAK_SIGNALS];
+	int64_t fail_kind[5];   /* failed attempts by kind (fail_kinds) */
+	int64_t backoffs, backoff_total_ms;
+	int backoff_max_ms;
+	int64_t err_codes[4];   /* ErrorMessage: 503, 500, 4xx, other */
+	int64_t acked_load;     /* acknowledged when the load stopped */
+	uint64_t load_ms;       /* length of the load phase */
 };
 
 static void fail(struct soak *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -203,6 +218,7 @@ int soak_opts_env(struct soak_opts *o)
 	rc |= env_int("SOAK_CHURN_MS", &o->churn_ms, 0, 86400000);
 	rc |= env_int("SOAK_DRAIN_MS", &o->drain_ms, 1000, 3600000);
 	rc |= env_int("SOAK_SNAPSHOT_EVERY", &o->snapshot_every, 100, 100000000);
+	rc |= env_int("SOAK_BACKOFF_MS", &o->backoff_ms, BACKOFF_MIN_MS, 600000);
 	rc |= env_int("SOAK_SEED", &seed, 0, 2147483647);
 	if (seed >= 0)
 		o->seed = (unsigned)seed;
@@ -334,14 +350,20 @@ static int wait_cluster(struct soak *s, int timeout_ms)
 
 static int start_cluster(struct soak *s)
 {
-	char extra[1024], name[32], seed[200];
+	char extra[1024], name[32], seed[200], log[64] = "";
+	const char *level = getenv("SOAK_LOG_LEVEL");
+
+	/* SOAK_LOG_LEVEL=debug: every node logs its debug lines too (the
+	 * server's dropped answers, the signal's routing), to find a cause. */
+	if (level && *level)
+		snprintf(log, sizeof(log), ",\"log\":{\"level\":\"%.20s\"}", level);
 
 	for (int i = 0; i < s->o.servers; i++) {
 		snprintf(seed, sizeof(seed), i ? ",\"seeds\":[\"%s\"]" : "", s->srv[0].gossip);
 		snprintf(extra, sizeof(extra),
 			 "{\"cluster\":{\"bind\":\"127.0.0.1:0\",\"key\":\"%s\",\"period\":\"200ms\"%s},"
-			 "\"state\":{\"snapshot_every\":%d,\"snapshot_interval\":\"0s\"}}",
-			 CLUSTER_KEY, seed, s->o.snapshot_every);
+			 "\"state\":{\"snapshot_every\":%d,\"snapshot_interval\":\"0s\"}%s}",
+			 CLUSTER_KEY, seed, s->o.snapshot_every, log);
 		snprintf(name, sizeof(name), "soak-s%d", i);
 		if (bm_h_start_server(&s->srv[i], name, extra))
 			return -1;
@@ -350,7 +372,8 @@ static int start_cluster(struct soak *s)
 		snprintf(extra, sizeof(extra),
 			 "{\"servers\":[],\"cluster\":{\"bind\":\"127.0.0.1:0\",\"key\":\"%s\","
 			 "\"period\":\"200ms\",\"seeds\":[\"%s\"]},"
-			 "\"limits\":{\"rate\":100000,\"burst\":100000}}", CLUSTER_KEY, s->srv[0].gossip);
+			 "\"limits\":{\"rate\":100000,\"burst\":100000}%s}", CLUSTER_KEY,
+			 s->srv[0].gossip, log);
 		snprintf(name, sizeof(name), "soak-g%d", i);
 		if (bm_h_start_signal(&s->sig[i], name, NULL, 0, extra))
 			return -1;
@@ -510,13 +533,39 @@ static void msg_text(const struct soak *s, int64_t i, char *buf, size_t cap)
 		 m->from % 2, m->to);
 }
 
+/* When d tries again: exponential back-off with jitter, as a mobile client
+ * does, so a cluster that refuses sessions for a while (503, or 4004 while
+ * an owner settles) is not hammered: attempt k waits a random time in
+ * [b/2, b], b = BACKOFF_MIN_MS * 2^k up to SOAK_BACKOFF_MS.  The count goes
+ * back to 0 once a connection is served (a stanza a server answered), so
+ * a connection that served and then died is retried within 50 ms. */
+static void backoff(struct soak *s, struct dev *d, uint64_t now)
+{
+	int b = BACKOFF_MIN_MS;
+
+	for (int k = 0; k < d->attempt && b < s->o.backoff_ms; k++)
+		b *= 2;
+	if (b > s->o.backoff_ms)
+		b = s->o.backoff_ms;
+	b = b / 2 + (int)(rand_r(&s->rnd) % (unsigned)(b / 2 + 1));
+	if (d->attempt < 30)
+		d->attempt++;
+	d->retry_ms = now + (uint64_t)b;
+	s->backoffs++;
+	s->backoff_total_ms += b;
+	if (b > s->backoff_max_ms)
+		s->backoff_max_ms = b;
+}
+
+/* The connection is gone (closed by the other side, a send failed): try
+ * again through either signal, after a back-off. */
 static void dev_down(struct soak *s, struct dev *d, uint64_t now)
 {
 	if (!d->up)
 		return;
 	d->up = 0;
-	d->next_sig = (d->sig + 1) % SOAK_SIGNALS;
-	d->retry_ms = now + 10 + rand_r(&s->rnd) % 40;
+	d->next_sig = (int)(rand_r(&s->rnd) % SOAK_SIGNALS);
+	backoff(s, d, now);
 	if (d->sync == 1)
 		d->sync = 0;
 	s->drops++;
@@ -547,6 +596,27 @@ static void resend_all(struct soak *s, struct dev *d, uint64_t now)
 			dev_send(s, d, i, now);
 }
 
+static const char *const fail_kinds[] = { "refused", "503", "closed during the upgrade",
+					  "timed out", "other" };
+
+/* Why connection attempts fail, by kind. */
+static void count_fail(struct soak *s, const char *err)
+{
+	int k;
+
+	if (strstr(err, "Connection refused"))
+		k = 0;
+	else if (strstr(err, "503"))
+		k = 1;
+	else if (strstr(err, "closed the connection during the upgrade"))
+		k = 2;
+	else if (strstr(err, "timed out") || strstr(err, "no answer"))
+		k = 3;
+	else
+		k = 4;
+	s->fail_kind[k]++;
+}
+
 static void dev_connect(struct soak *s, struct dev *d, uint64_t now)
 {
 	char url[128], err[256] = "";
@@ -567,17 +637,16 @@ static void dev_connect(struct soak *s, struct dev *d, uint64_t now)
 		snprintf(d->err, sizeof(d->err), "%.60s: %.90s", url, err);
 		if (s->connect_fails++ < 5)
 			note(s, "%s/%s cannot connect to %s", d->eid, d->name, d->err);
+		count_fail(s, err);
+		/* The other signal next: a load balancer routes around a dead one. */
 		d->next_sig = (d->next_sig + 1) % SOAK_SIGNALS;
-		d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : 20;
-		if (d->backoff_ms > 500)
-			d->backoff_ms = 500;
-		d->retry_ms = now + (uint64_t)d->backoff_ms;
+		backoff(s, d, now);
 		return;
 	}
 	d->up = 1;
 	d->sig = d->next_sig;
-	d->backoff_ms = 0;
 	s->connects++;
+	s->sig_connects[d->sig]++;
 	resend_all(s, d, now);
 }
 
@@ -676,16 +745,26 @@ static void on_chat(struct soak *s, struct dev *d, const bimip_ChatMessage *c)
 		     (long long)i, c->message_id);
 }
 
+/* A server answered on this connection: it is being served, so the next
+ * drop is retried without the back-off built up so far. */
+static void served(struct dev *d)
+{
+	d->attempt = 0;
+}
+
 static void on_stanza(struct soak *s, struct dev *d, const bimip_MessageScheme *m)
 {
 	switch (m->which_payload) {
 	case bimip_MessageScheme_version_update_tag:
+		served(d);
 		on_ack(s, d, &m->payload.version_update);
 		break;
 	case bimip_MessageScheme_chat_message_tag:
+		served(d);
 		on_chat(s, d, &m->payload.chat_message);
 		break;
 	case bimip_MessageScheme_sync_response_tag:
+		served(d);
 		if (d->sync != 1)
 			break;
 		if (m->payload.sync_response.more) {
@@ -695,19 +774,24 @@ static void on_stanza(struct soak *s, struct dev *d, const bimip_MessageScheme *
 			d->sync = 2;
 		}
 		break;
-	case bimip_MessageScheme_error_message_tag:
+	case bimip_MessageScheme_error_message_tag: {
+		int code = (int)m->payload.error_message.code;
 		/* 503 while a server is away, for instance: the resend covers it. */
+		s->err_codes[code == 503 ? 0 : code == 500 ? 1 : code / 100 == 4 ? 2 : 3]++;
 		if (s->errors++ < 5 || s->phase != P_LOAD)
 			note(s, "%s/%s: error %d (route %s): %s", d->eid, d->name,
 			     (int)m->payload.error_message.code, m->payload.error_message.route,
 			     m->payload.error_message.message);
 		break;
+	}
 	default:
 		break;
 	}
 }
 
-static void count_close(struct soak *s, const struct dev *d)
+/* Why a connection ended: its close code and the first reason seen (code 0:
+ * no close frame, the reason is the read error). */
+static void count_close(struct soak *s, const struct dev *d, int rc)
 {
 	int code = bm_client_close_code(d->c), i;
 
@@ -719,7 +803,7 @@ static void count_close(struct soak *s, const struct dev *d)
 		s->ncloses++;
 		s->closes[i].code = code;
 		snprintf(s->closes[i].reason, sizeof(s->closes[i].reason), "%s",
-			 bm_client_close_reason(d->c));
+			 code ? bm_client_close_reason(d->c) : bm_strerror(rc));
 	}
 	s->closes[i].n++;
 }
@@ -737,7 +821,7 @@ static void dev_read(struct soak *s, struct dev *d)
 			continue;
 		}
 		if (rc) {
-			count_close(s, d);
+			count_close(s, d, rc);
 			dev_down(s, d, bm_mono_ms());
 			return;
 		}
@@ -901,9 +985,9 @@ static void report_behind(struct soak *s)
 
 static void progress(struct soak *s)
 {
-	note(s, "sent %lld, unacknowledged %lld, reconnects %lld, kills %d",
+	note(s, "sent %lld, unacknowledged %lld, reconnects %lld, failed attempts %lld, kills %d",
 	     (long long)s->nmsg, (long long)pending(s), (long long)s->connects - s->ndev,
-	     atomic_load(&s->trials));
+	     (long long)s->connect_fails, atomic_load(&s->trials));
 }
 
 static int cmp_mid(const void *a, const void *b)
@@ -1021,6 +1105,8 @@ int soak_run(const struct soak_opts *o)
 			progress(s);
 		}
 	}
+	s->load_ms = bm_mono_ms() - (deadline - (uint64_t)o->seconds * 1000);
+	s->acked_load = s->nmsg - pending(s);
 	note(s, "load stops; waiting for the killer's restart");
 	s->phase = P_SETTLE;
 	atomic_store(&s->stop, 1);
@@ -1138,17 +1224,33 @@ out:
 	printf("missing %lld\n", (long long)missing);
 	printf("duplicated %lld\n", (long long)dup);
 	printf("sender copies missing %lld\n", (long long)smiss);
-	printf("reconnects %lld (dropped %lld, churned %lld, failed attempts %lld)\n",
+	printf("throughput %.1f acknowledged msg/s during the load (%lld in %.1f s; asked %d/s)\n",
+	       s->load_ms ? (double)s->acked_load * 1000.0 / (double)s->load_ms : 0.0,
+	       (long long)s->acked_load, (double)s->load_ms / 1000.0, o->rate);
+	printf("reconnects %lld (dropped %lld, churned %lld; connections through signal 0 "
+	       "%lld, signal 1 %lld)\n",
 	       (long long)(s->connects - s->ndev), (long long)s->drops, (long long)s->churns,
-	       (long long)s->connect_fails);
+	       (long long)s->sig_connects[0], (long long)s->sig_connects[1]);
+	printf("failed attempts %lld:", (long long)s->connect_fails);
+	for (int i = 0; i < 5; i++)
+		if (s->fail_kind[i])
+			printf(" %s x %lld;", fail_kinds[i], (long long)s->fail_kind[i]);
+	printf("\n");
+	printf("back-offs %lld (mean %lld ms, longest %d ms, bound %d ms)\n",
+	       (long long)s->backoffs,
+	       (long long)(s->backoffs ? s->backoff_total_ms / s->backoffs : 0),
+	       s->backoff_max_ms, o->backoff_ms);
 	printf("connections ended by the other side:");
 	for (int i = 0; i < s->ncloses; i++)
 		printf(" %d%s%s%s x %lld;", s->closes[i].code, s->closes[i].reason[0] ? " '" : "",
 		       s->closes[i].reason, s->closes[i].reason[0] ? "'" : "",
 		       (long long)s->closes[i].n);
 	printf("%s\n", s->ncloses ? "" : " none");
-	printf("errors %lld (ErrorMessage stanzas), unknown ids %lld, undecodable %lld\n",
-	       (long long)s->errors, (long long)s->unknown, (long long)s->undecodable);
+	printf("errors %lld (ErrorMessage stanzas: 503 x %lld, 500 x %lld, 4xx x %lld, other x %lld), "
+	       "unknown ids %lld, undecodable %lld\n",
+	       (long long)s->errors, (long long)s->err_codes[0], (long long)s->err_codes[1],
+	       (long long)s->err_codes[2], (long long)s->err_codes[3], (long long)s->unknown,
+	       (long long)s->undecodable);
 	printf("nodes died on their own %d, moved ports %d\n", atomic_load(&s->crashed),
 	       atomic_load(&s->port_moves));
 	if (rc == 0 && atomic_load(&s->failures) == 0 && !missing && !dup) {

@@ -9,9 +9,9 @@
 #define SOAK_H
 
 /* Servers the soak starts when SOAK_SERVERS is not set (make soak and
- * it_soak alike).  1 until routing across servers (docs/cluster.md) is
- * meant to pass it; SOAK_SERVERS=3 runs that path. */
-#define SOAK_DEFAULT_SERVERS 1
+ * it_soak alike): 3, so chat, acknowledgements and restarts cross servers
+ * (docs/cluster.md); SOAK_SERVERS=1 runs the single-server path. */
+#define SOAK_DEFAULT_SERVERS 3
 #define SOAK_MAX_SERVERS 5
 #define SOAK_SIGNALS 2
 
@@ -28,6 +28,7 @@ struct soak_opts {
 				 (0 = only when its connection dies) */
 	int drain_ms;         /* SOAK_DRAIN_MS: bound of each end phase */
 	int snapshot_every;   /* SOAK_SNAPSHOT_EVERY: server state.snapshot_every */
+	int backoff_ms;       /* SOAK_BACKOFF_MS: longest reconnect back-off */
 	unsigned seed;        /* SOAK_SEED: victims, receivers, timing choices */
 	int first_kill_server;/* the first kill is a server (else by the seed) */
 };
