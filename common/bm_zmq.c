@@ -124,8 +124,14 @@ struct bm_zsock *bm_zsock_new(struct event_base *base, void *zctx, int type,
 		goto out_free;
 	}
 	zmq_setsockopt(z->sock, ZMQ_LINGER, &zero, sizeof(zero));
-	if (type == ZMQ_ROUTER)
+	if (type == ZMQ_ROUTER) {
 		zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+		/* A peer that comes back under its routing id (a node restarted
+		 * after kill -9) takes it over.  Without this, a connection
+		 * whose old one still has unread messages queued here is ignored
+		 * for good (libzmq 4.3: the new pipe stays "anonymous"). */
+		zmq_setsockopt(z->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+	}
 	if (identity && *identity &&
 	    zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, identity, strlen(identity)) == -1) {
 		bm_err("zmq", "cannot set routing id '%s': %s", identity, zmq_strerror(errno));
