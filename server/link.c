@@ -240,8 +240,13 @@ static void on_session_open(struct srv *s, const uint8_t *rid, size_t rid_len,
 		const struct srv_peer *p = srv_owner(s, h->eid);
 		char why[128];
 
-		snprintf(why, sizeof(why), "user is served by '%s'; reconnect",
-			 p ? p->id : "no server");
+		/* This server may be the owner, not settled yet (just restarted,
+		 * or users are moving): say so rather than name itself. */
+		if (p && p->self)
+			snprintf(why, sizeof(why), "the cluster is re-balancing; reconnect");
+		else
+			snprintf(why, sizeof(why), "user is served by '%s'; reconnect",
+				 p ? p->id : "no server");
 		srv_kick(s, rid, rid_len, h->session, 4004, why);
 		return;
 	}
