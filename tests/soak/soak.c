@@ -133,11 +133,11 @@ struct soak {
 	enum phase phase;
 	unsigned rnd;
 
-	struct {                /* why connections ended: close code, first reason */
+	struct {                /* why connections ended: close code and reason */
 		int code;
 		char reason[64];
 		int64_t n;
-	} closes[16];
+	} closes[24];
 	int ncloses;
 
 	/* figures */
@@ -789,21 +789,24 @@ static void on_stanza(struct soak *s, struct dev *d, const bimip_MessageScheme *
 	}
 }
 
-/* Why a connection ended: its close code and the first reason seen (code 0:
- * no close frame, the reason is the read error). */
+/* Why a connection ended: its close code and reason (code 0: no close
+ * frame, the reason is the read error). */
 static void count_close(struct soak *s, const struct dev *d, int rc)
 {
 	int code = bm_client_close_code(d->c), i;
+	char reason[sizeof(s->closes[0].reason)];
 
-	for (i = 0; i < s->ncloses && s->closes[i].code != code; i++)
+	snprintf(reason, sizeof(reason), "%s",
+		 code ? bm_client_close_reason(d->c) : bm_strerror(rc));
+	for (i = 0; i < s->ncloses && (s->closes[i].code != code ||
+				       strcmp(s->closes[i].reason, reason)); i++)
 		;
 	if (i == s->ncloses) {
 		if (i == (int)(sizeof(s->closes) / sizeof(s->closes[0])))
 			return;
 		s->ncloses++;
 		s->closes[i].code = code;
-		snprintf(s->closes[i].reason, sizeof(s->closes[i].reason), "%s",
-			 code ? bm_client_close_reason(d->c) : bm_strerror(rc));
+		memcpy(s->closes[i].reason, reason, sizeof(reason));
 	}
 	s->closes[i].n++;
 }
