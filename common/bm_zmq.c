@@ -3,6 +3,7 @@
 #include "bm_log.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,6 +327,18 @@ int bm_zsock_curve_client(struct bm_zsock *z, const char *server_public_z85,
 	    zmq_setsockopt(z->sock, ZMQ_CURVE_SECRETKEY, secret_z85, 40) == -1)
 		return BM_EINVAL;
 	return 0;
+}
+
+void *bm_zmq_ctx_new(void)
+{
+	void *ctx = zmq_ctx_new();
+
+	/* Before the first socket: the threads start with it.  Best effort
+	 * (a libzmq without the option keeps the default policy). */
+	if (ctx && zmq_ctx_set(ctx, ZMQ_THREAD_SCHED_POLICY, SCHED_BATCH) == -1)
+		bm_debug("zmq", "cannot set SCHED_BATCH for the I/O threads: %s",
+			 zmq_strerror(errno));
+	return ctx;
 }
 
 int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41])

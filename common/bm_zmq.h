@@ -65,6 +65,13 @@ uint64_t bm_zsock_received(const struct bm_zsock *z);
 uint64_t bm_zsock_sent(const struct bm_zsock *z);
 void *bm_zsock_raw(struct bm_zsock *z);
 
+/* A ZeroMQ context for a daemon's event loop.  Its I/O threads run under
+ * SCHED_BATCH: a message the loop queues then no longer wakes them at
+ * once (preempting the loop on a shared core, one eventfd write and one
+ * TCP send per message); they run when the loop waits, and take every
+ * message queued since in one batch.  NULL on failure. */
+void *bm_zmq_ctx_new(void);
+
 /* Make a CURVE key pair (Z85, 41 bytes each with the terminator). */
 int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41]);
 

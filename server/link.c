@@ -426,7 +426,7 @@ int srv_link_open(struct srv *s)
 	struct timeval tv = { 0, 50000 };
 	int hwm = 100000;
 
-	s->zctx = zmq_ctx_new();
+	s->zctx = bm_zmq_ctx_new();
 	if (!s->zctx)
 		return BM_ESYS;
 	s->router = bm_zsock_new(s->base, s->zctx, ZMQ_ROUTER, s->cfg.node_id, on_msg, s);

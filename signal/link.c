@@ -334,7 +334,7 @@ int sig_link_add_server(struct sig *g, const char *endpoint)
 
 int sig_link_open(struct sig *g)
 {
-	g->zctx = zmq_ctx_new();
+	g->zctx = bm_zmq_ctx_new();
 	if (!g->zctx || bm_jwt_random_hex(g->boot_id, 16))
 		return BM_ESYS;
 	for (int i = 0; i < 16 && g->cfg.servers[i][0]; i++) {
