@@ -498,6 +498,9 @@ out:
 	sig_auth_release(g);
 	event_free(g->tick);
 	event_free(g->reap_ev);
+	if (g->flush_ev)
+		event_free(g->flush_ev);
+	free(g->corked);
 	event_free(ready_ev);
 	bm_metrics_free(g->m.reg);
 	free(g->rbuf);

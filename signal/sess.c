@@ -283,6 +283,64 @@ static int send_raw(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t 
 	return 0;
 }
 
+/* Past this much corked output a session is written at once: memory per
+ * session stays small and a slow consumer is judged on what the socket
+ * refused, as without corking. */
+#define CORK_MAX 65536
+
+void sig_sess_flush(struct sig *g)
+{
+	for (size_t i = 0; i < g->n_corked; i++) {
+		struct sig_sess *s = sig_idtab_get(&g->by_id, g->corked[i]);
+
+		if (!s || !s->corked)
+			continue;
+		s->corked = 0;
+		/* A session waiting for EV_WRITE is written by on_io. */
+		if (s->state != SIG_DEAD && s->out_len && !s->wants_write)
+			flush_out(g, s);
+	}
+	g->n_corked = 0;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	sig_sess_flush(arg);
+}
+
+/* Queue header + payload behind s's output, to be written at the end of
+ * the turn.  Falls back to writing now when it cannot queue the session. */
+static int send_corked(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t hn,
+		       const uint8_t *p, size_t n)
+{
+	int rc;
+
+	if (!s->corked) {
+		if (g->n_corked == g->corked_cap) {
+			size_t cap = g->corked_cap ? 2 * g->corked_cap : 64;
+			uint64_t *c = realloc(g->corked, cap * sizeof(*c));
+			if (!c)
+				return send_raw(g, s, h, hn, p, n);
+			g->corked = c;
+			g->corked_cap = cap;
+		}
+		if (!g->n_corked)
+			event_active(g->flush_ev, 0, 0);
+		g->corked[g->n_corked++] = s->id;
+		s->corked = 1;
+	}
+	rc = out_append(g, s, h, hn);
+	if (!rc)
+		rc = out_append(g, s, p, n);
+	if (rc) {
+		(*g->m.slow_consumers)++;
+		bm_info("sess", "closing slow consumer eid=%s device=%s: %u bytes unsent",
+			s->eid ? s->eid : "-", s->device ? s->device : "-", s->out_len);
+		kill_sess(g, s);
+	}
+	return rc;
+}
+
 int sig_sess_send(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n)
 {
 	uint8_t hdr[BM_WS_MAX_HEADER];
@@ -292,6 +350,9 @@ int sig_sess_send(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n)
 		return BM_ECLOSED;
 	hn = bm_ws_frame_header(hdr, BM_WS_OP_BINARY, 1, n, NULL);
 	(*g->m.stanzas_out)++;
+	if (g->flush_ev && s->out_len - s->out_off + hn + n <= CORK_MAX &&
+	    (s->corked || !s->out_len))
+		return send_corked(g, s, hdr, hn, p, n);
 	return send_raw(g, s, hdr, hn, p, n);
 }
 
@@ -904,6 +965,9 @@ int sig_sess_listen(struct sig *g)
 	if (!g->rbuf)
 		return BM_ENOMEM;
 	bm_map_init(&g->sessions);
+	g->flush_ev = event_new(g->base, -1, 0, on_flush, g);
+	if (!g->flush_ev)
+		return BM_ENOMEM;
 	if (g->cfg.ws_listen[0]) {
 		g->ws_listener = listen_on(g, g->cfg.ws_listen, on_accept, g->ws_bound,
 					   sizeof(g->ws_bound));

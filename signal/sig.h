@@ -98,6 +98,7 @@ struct sig_sess {
 	uint8_t wants_write;
 	uint8_t registered;           /* in the session map */
 	uint8_t srv;                  /* index of the owning server link */
+	uint8_t corked;               /* output waits for the end of the turn */
 };
 
 struct sig_idslot {
@@ -159,6 +160,12 @@ struct sig {
 	uint64_t next_id;
 	struct sig_sess *lru_head, *lru_tail;
 	struct sig_sess *reap;
+	/* Sessions whose output is written once at the end of the loop turn
+	 * (by id: a session may be reaped before), so the pushes of one ZeroMQ
+	 * batch cost one write per session, not one per stanza. */
+	uint64_t *corked;
+	size_t n_corked, corked_cap;
+	struct event *flush_ev;
 	uint8_t *rbuf;                /* shared read buffer */
 	size_t rbuf_cap;
 	int stopping;
@@ -173,12 +180,17 @@ extern struct sig *sig_global;
 int sig_sess_listen(struct sig *g);
 void sig_sess_stop_listening(struct sig *g);
 void sig_sess_tick(struct sig *g);
-/* Write a MessageScheme (already encoded) to a session as a binary frame. */
+/* Write a MessageScheme (already encoded) to a session as a binary frame,
+ * after what was queued before; the bytes go to the socket at the end of
+ * the loop turn with everything else queued for the session meanwhile. */
 int sig_sess_send(struct sig *g, struct sig_sess *s, const uint8_t *p, size_t n);
 void sig_sess_close(struct sig *g, struct sig_sess *s, int code, const char *reason);
 struct sig_sess *sig_sess_find(struct sig *g, const char *eid, const char *device);
 void sig_sess_close_all(struct sig *g, int code, const char *reason);
 void sig_sess_reap(struct sig *g);
+/* Write every session's corked output now (also run at the end of each
+ * loop turn that corked some). */
+void sig_sess_flush(struct sig *g);
 /* Every few seconds: close sessions whose token expired (when configured)
  * and sessions whose output made no progress for timeouts.write. */
 void sig_sess_expire(struct sig *g);
