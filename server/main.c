@@ -471,6 +471,7 @@ out:
 	 * answers; then nothing may send any more. */
 	if (s->q && bm_queue_sync(s->q))
 		bm_err("server", "final sync of the queue failed");
+	srv_pump_flush(s);
 	srv_snapshot_wait(s);
 	if (s->q && !rc && srv_snapshot_now(s))
 		bm_err("server", "final state snapshot failed");
@@ -483,6 +484,7 @@ out:
 		bm_err("server", "the queue did not close cleanly");
 		rc = 1;
 	}
+	srv_pump_release(s);
 	srv_state_close(s);
 	bm_jwt_keyring_free(s->ring);
 	bm_jwt_key_free(s->key);

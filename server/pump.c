@@ -18,6 +18,7 @@
 #include "bm_queue.h"
 #include "bm_time.h"
 
+#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,50 @@ struct append_ctx {
 	void *ud;
 };
 
+void srv_pump_flush(struct srv *s)
+{
+	while (s->pump_list) {
+		struct srv_user *u = s->pump_list;
+
+		s->pump_list = u->pump_next;
+		u->pump_next = NULL;
+		u->pump_queued = 0;
+		srv_pump_user(s, u);
+	}
+}
+
+static void on_pump_ev(evutil_socket_t fd, short what, void *arg)
+{
+	srv_pump_flush(arg);
+}
+
+void srv_pump_release(struct srv *s)
+{
+	if (s->pump_ev)
+		event_free(s->pump_ev);
+	s->pump_ev = NULL;
+	s->pump_list = NULL;
+}
+
+/* The user's stream grew: pump it once at the end of this loop turn, after
+ * every completion of the poll ran. */
+static void pump_later(struct srv *s, struct srv_user *u)
+{
+	if (u->pump_queued)
+		return;
+	if (!s->pump_ev)
+		s->pump_ev = event_new(s->base, -1, 0, on_pump_ev, s);
+	if (!s->pump_ev) {
+		srv_pump_user(s, u);
+		return;
+	}
+	if (!s->pump_list)
+		event_active(s->pump_ev, 0, 0);
+	u->pump_queued = 1;
+	u->pump_next = s->pump_list;
+	s->pump_list = u;
+}
+
 static void on_appended(void *ud, int status, uint64_t offset)
 {
 	struct append_ctx *c = ud;
@@ -39,7 +84,7 @@ static void on_appended(void *ud, int status, uint64_t offset)
 	if (c->cb)
 		c->cb(c->ud, status, offset);
 	if (!status)
-		srv_pump_user(c->s, c->u);
+		pump_later(c->s, c->u);
 	free(c);
 }
 

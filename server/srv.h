@@ -138,6 +138,8 @@ struct srv_user {
 	int gone;                    /* handed to its new owner, which took it:
 					this copy is stale and not handed again
 					(handoff.c; cleared when it comes back) */
+	int pump_queued;             /* in srv.pump_next: appends completed */
+	struct srv_user *pump_next;
 };
 
 struct srv_chat {
@@ -228,6 +230,8 @@ struct srv {
 	struct bm_map signals;            /* signal node id -> its boot id (strdup) */
 	int replaying;                    /* state rebuild: no side effects */
 	int pump_stalled;                 /* a push met a full queue: retry */
+	struct srv_user *pump_list;       /* users to pump at the end of the turn */
+	struct event *pump_ev;
 	uint64_t snap_records;            /* state records since the snapshot */
 	int snap_pid;                     /* background snapshot writer, or 0 */
 	uint64_t snap_offset;
@@ -349,6 +353,12 @@ void srv_awareness_changed(struct srv *s, struct srv_user *u);
 /* pump.c */
 void srv_pump(struct srv *s, struct srv_dev *d);
 void srv_pump_user(struct srv *s, struct srv_user *u);
+/* Pump now every user whose appends completed since the last turn (the
+ * completions of one poll only mark their users, so each device's pushes
+ * for a whole group commit go out together).  Call after bm_queue_sync()
+ * outside the loop; srv_pump_release() at exit. */
+void srv_pump_flush(struct srv *s);
+void srv_pump_release(struct srv *s);
 void srv_cache_trim(struct srv_user *u);
 /* Append a record to a user stream; cb when durable.  The stored envelope is
  * env[0..env_len) when env is given (m still describes it), else m encoded. */
