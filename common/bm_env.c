@@ -71,7 +71,10 @@ int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 	pb_istream_t in;
 	const char *why;
 
-	memset(out, 0, sizeof(*out));
+	/* No memset of the ~17 KiB envelope: pb_decode sets every field to its
+	 * default and clears the submessage of the oneof member it decodes. */
+	out->route = 0;
+	out->which_payload = 0;
 	if (n > BM_ENV_MAX_BYTES)
 		return fail(err, BM_ETOOBIG, 413, 0,
 			    "message of %zu bytes exceeds the limit of %d bytes",
@@ -145,6 +148,70 @@ int bm_env_encode_buf(bimip_MessageScheme *m, struct bm_buf *out)
 	out->len += len;
 	out->data[out->len] = 0;
 	return 0;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
+	while (v > 0x7f) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t)v;
+	return p;
+}
+
+/* A proto3 string field (omitted when empty), cut to a field of cap bytes. */
+static uint8_t *put_string(uint8_t *p, unsigned field, const char *s, size_t cap)
+{
+	size_t n = strnlen(s, cap - 1);
+
+	if (!n)
+		return p;
+	*p++ = (uint8_t)(field << 3 | 2);
+	p = put_varint(p, n);
+	memcpy(p, s, n);
+	return p + n;
+}
+
+/* A proto3 varint field (omitted when 0); int32/int64 alike, negatives as
+ * ten bytes. */
+static uint8_t *put_int(uint8_t *p, unsigned field, int64_t v)
+{
+	if (!v)
+		return p;
+	*p++ = (uint8_t)(field << 3);
+	return put_varint(p, (uint64_t)v);
+}
+
+size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
+			     const char *device, const char *message_id,
+			     const char *message_id_local, const char *chat_id,
+			     int64_t version, int64_t timestamp)
+{
+	uint8_t to[bimip_Identity_size], vu[bimip_VersionUpdate_size], *t = to, *v = vu, *o;
+	const bimip_VersionUpdate *f = NULL;
+
+	/* Field order as nanopb writes it: by field number. */
+	t = put_string(t, 1, eid, sizeof(f->to.eid));
+	t = put_string(t, 2, device, sizeof(f->to.connection_resource_id));
+	*v++ = 1 << 3 | 2;                       /* to: set even when empty */
+	v = put_varint(v, (uint64_t)(t - to));
+	memcpy(v, to, (size_t)(t - to));
+	v += t - to;
+	v = put_string(v, 2, message_id, sizeof(f->message_id));
+	v = put_string(v, 3, message_id_local, sizeof(f->message_id_local));
+	v = put_int(v, 4, 1);                    /* type: REQUEST */
+	v = put_int(v, 5, timestamp);
+	v = put_int(v, 6, 1);                    /* status: sent */
+	v = put_int(v, 7, version);
+	v = put_string(v, 8, chat_id, sizeof(f->chat_id));
+	if (cap < (size_t)(v - vu) + 8)
+		return 0;
+	o = put_int(out, 1, bimip_MessageScheme_version_update_tag);    /* route */
+	o = put_varint(o, bimip_MessageScheme_version_update_tag << 3 | 2);
+	o = put_varint(o, (uint64_t)(v - vu));
+	memcpy(o, vu, (size_t)(v - vu));
+	return (size_t)(o - out) + (size_t)(v - vu);
 }
 
 void bm_env_strset(char *dst, size_t cap, const char *src)

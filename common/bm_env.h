@@ -30,7 +30,8 @@ struct bm_env_err {
 	char text[200];
 };
 
-/* Decode n bytes into *out (fully overwritten).  Returns 0, or
+/* Decode n bytes into *out (every field set; of the payload union only the
+ * member decoded is written).  Returns 0, or
  *   BM_ETOOBIG     n exceeds BM_ENV_MAX_BYTES, or a string/array field exceeds
  *                  its bound (code 413)
  *   BM_EDECODE     not a valid protobuf encoding of MessageScheme (400)
@@ -48,6 +49,17 @@ int bm_env_encode(bimip_MessageScheme *m, uint8_t *out, size_t cap, size_t *len)
 /* Same, appending to a growable buffer. */
 int bm_env_encode_buf(bimip_MessageScheme *m, struct bm_buf *out);
 
+/* The VersionUpdate answering a chat message, encoded without nanopb (it is
+ * on every message's path): the same bytes bm_env_encode gives for
+ * MessageScheme{version_update{to{eid, device}, message_id,
+ * message_id_local, type 1, timestamp, status 1, version, chat_id}}, with
+ * strings cut to their bounds as BM_SET_STR does.  Returns the length, or
+ * 0 if cap is too small (BM_ENV_VU_MAX always suffices). */
+#define BM_ENV_VU_MAX (bimip_VersionUpdate_size + 8)
+size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
+			     const char *device, const char *message_id,
+			     const char *message_id_local, const char *chat_id,
+			     int64_t version, int64_t timestamp);
 /* Stanza name of a route ("chat_message"), or NULL if unknown. */
 const char *bm_env_route_name(int64_t route);
 

@@ -33,13 +33,22 @@
 #include <string.h>
 #include <zmq.h>
 
+/* snprintf(dst, cap, "%s", src) without the formatting: on every push. */
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
 static void fill_hdr(struct srv *s, struct bm_ipc_hdr *h, int kind,
 		     uint64_t session)
 {
 	memset(h, 0, sizeof(*h));
 	h->kind = (uint8_t)kind;
 	h->session = session;
-	snprintf(h->origin, sizeof(h->origin), "%s", s->cfg.node_id);
+	copy_str(h->origin, sizeof(h->origin), s->cfg.node_id);
 }
 
 /* The offset travels inside the MessageScheme as field 99 (varint), appended
@@ -75,8 +84,8 @@ int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
 		len += put_offset(buf + n, offset);
 	fill_hdr(s, &h, BM_IPC_PUSH, d->session);
 	h.offset = offset;
-	snprintf(h.eid, sizeof(h.eid), "%s", d->user->eid);
-	snprintf(h.device, sizeof(h.device), "%s", d->device);
+	copy_str(h.eid, sizeof(h.eid), d->user->eid);
+	copy_str(h.device, sizeof(h.device), d->device);
 	rc = bm_zsock_send(s->router, d->rid, d->rid_len, &h, buf, len);
 	if (!rc)
 		(*s->m.stanzas_out)++;

@@ -88,9 +88,6 @@ static void on_appended(void *ud, int status, uint64_t offset)
 	free(c);
 }
 
-static void version_update_of(const bimip_ChatMessage *c, const char *eid,
-			      const char *device, bimip_MessageScheme *out);
-
 static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 		      const uint8_t *rec, size_t len, const bimip_MessageScheme *m,
 		      const char *origin)
@@ -124,12 +121,14 @@ static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 	e->alt_len = 0;
 	if (rec[1] == SRV_REC_SENDER_COPY &&
 	    m->which_payload == bimip_MessageScheme_chat_message_tag) {
-		static bimip_MessageScheme vu;
-		static uint8_t buf[1024];
-		size_t n;
+		const bimip_ChatMessage *cm = &m->payload.chat_message;
+		static uint8_t buf[BM_ENV_VU_MAX];
+		size_t n = bm_env_version_update(buf, sizeof(buf), u->eid, origin,
+						 cm->message_id, cm->message_id_local,
+						 cm->chat_id, cm->version,
+						 cm->server_received_at);
 
-		version_update_of(&m->payload.chat_message, u->eid, origin, &vu);
-		if (!bm_env_encode(&vu, buf, sizeof(buf), &n) && (e->alt = malloc(n))) {
+		if (n && (e->alt = malloc(n))) {
 			memcpy(e->alt, buf, n);
 			e->alt_len = (uint32_t)n;
 		}
@@ -222,36 +221,23 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	return 0;
 }
 
-/* The origin device sees its own message as the VersionUpdate answering it. */
-static void version_update_of(const bimip_ChatMessage *c, const char *eid,
-			      const char *device, bimip_MessageScheme *out)
-{
-	bimip_VersionUpdate *v = &out->payload.version_update;
-
-	memset(out, 0, sizeof(*out));
-	out->which_payload = bimip_MessageScheme_version_update_tag;
-	v->has_to = true;
-	BM_SET_STR(v->to.eid, eid);
-	BM_SET_STR(v->to.connection_resource_id, device);
-	BM_SET_STR(v->message_id, c->message_id);
-	BM_SET_STR(v->message_id_local, c->message_id_local);
-	BM_SET_STR(v->chat_id, c->chat_id);
-	v->type = 1;
-	v->status = 1;
-	v->version = c->version;
-	v->timestamp = c->server_received_at;
-}
-
 static int push_version_update(struct srv *s, struct srv_dev *d,
 			       const uint8_t *p, size_t n, int64_t offset)
 {
-	static bimip_MessageScheme in, out;
+	static bimip_MessageScheme in;
+	static uint8_t buf[BM_ENV_VU_MAX];
+	const bimip_ChatMessage *c = &in.payload.chat_message;
+	size_t vn;
 
+	/* The origin device sees its own message as the VersionUpdate
+	 * answering it. */
 	if (bm_env_decode(p, n, &in, NULL) ||
 	    in.which_payload != bimip_MessageScheme_chat_message_tag)
 		return srv_push_raw(s, d, p, n, offset);
-	version_update_of(&in.payload.chat_message, d->user->eid, d->device, &out);
-	return srv_push(s, d, &out, offset);
+	vn = bm_env_version_update(buf, sizeof(buf), d->user->eid, d->device,
+				   c->message_id, c->message_id_local, c->chat_id,
+				   c->version, c->server_received_at);
+	return vn ? srv_push_raw(s, d, buf, vn, offset) : BM_ETOOBIG;
 }
 
 struct pump_ctx {

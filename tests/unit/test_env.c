@@ -131,6 +131,47 @@ static void test_make_error(void **state)
 	assert_null(bm_env_route_name(-1));
 }
 
+/* The hand-written VersionUpdate encoder writes nanopb's bytes. */
+static void check_vu(const char *eid, const char *dev, const char *id, const char *local,
+		     const char *chat, int64_t version, int64_t ts)
+{
+	static uint8_t mine[BM_ENV_VU_MAX];
+	bimip_VersionUpdate *v = &m.payload.version_update;
+	size_t n, k;
+
+	memset(&m, 0, sizeof(m));
+	m.which_payload = bimip_MessageScheme_version_update_tag;
+	v->has_to = true;
+	BM_SET_STR(v->to.eid, eid);
+	BM_SET_STR(v->to.connection_resource_id, dev);
+	BM_SET_STR(v->message_id, id);
+	BM_SET_STR(v->message_id_local, local);
+	BM_SET_STR(v->chat_id, chat);
+	v->type = 1;
+	v->status = 1;
+	v->version = version;
+	v->timestamp = ts;
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
+	k = bm_env_version_update(mine, sizeof(mine), eid, dev, id, local, chat, version, ts);
+	assert_int_equal(k, n);
+	assert_memory_equal(mine, buf, n);
+	assert_int_equal(bm_env_version_update(mine, n - 1, eid, dev, id, local, chat,
+					       version, ts), 0);
+}
+
+static void test_version_update(void **state)
+{
+	static char big[400];
+
+	memset(big, 'x', sizeof(big) - 1);
+	check_vu("alice@example.com", "phone", "0123456789abcdef0123456789abcdef.42", "m-1",
+		 "0123456789abcdef0123456789abcdef", 42, 1795000000000);
+	check_vu("", "", "", "", "", 0, 0);
+	check_vu("a", "", "id", "", "c", 1, -5);
+	check_vu(big, big, big, big, big, INT64_MAX, INT64_MIN);
+	check_vu("b\"q", "d\x01", "x.300", "local with spaces", "c", 300, 127);
+}
+
 static void test_ipc(void **state)
 {
 	struct bm_ipc_hdr h, back;
@@ -176,6 +217,7 @@ int main(void)
 		cmocka_unit_test(test_no_payload_and_unknown_route),
 		cmocka_unit_test(test_garbage_and_bounds),
 		cmocka_unit_test(test_make_error),
+		cmocka_unit_test(test_version_update),
 		cmocka_unit_test(test_ipc),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
