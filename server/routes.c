@@ -731,8 +731,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		return;
 	}
 	ctx->s = s;
-	snprintf(ctx->idem_key, sizeof(ctx->idem_key), "%s\x1f%s\x1f%s", a->eid,
-		 r->device, local);
+	srv_join(ctx->idem_key, sizeof(ctx->idem_key), a->eid, r->device, local);
 	memcpy(ctx->rid, r->rid, r->rid_len);
 	ctx->rid_len = r->rid_len;
 	ctx->session = r->session;

@@ -142,7 +142,7 @@ struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int c
 	int lo_first = strcmp(a, b) < 0;
 
 	/* The pair index spares a SHA-256 per message. */
-	snprintf(pair, sizeof(pair), "%s\x1f%s", lo_first ? a : b, lo_first ? b : a);
+	srv_join(pair, sizeof(pair), lo_first ? a : b, lo_first ? b : a, NULL);
 	c = bm_map_get(&s->chat_pairs, pair);
 	if (c)
 		return c;
@@ -168,10 +168,23 @@ struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int c
 	return c;
 }
 
+void srv_join(char *out, size_t cap, const char *a, const char *b, const char *c)
+{
+	const char *part[5] = { a, "\x1f", b, "\x1f", c };
+	size_t o = 0;
+
+	for (int i = 0; i < (c ? 5 : 3) && o < cap - 1; i++) {
+		size_t n = strnlen(part[i], cap - 1 - o);
+		memcpy(out + o, part[i], n);
+		o += n;
+	}
+	out[o] = 0;
+}
+
 static void idem_key(char *out, size_t cap, const char *eid, const char *dev,
 		     const char *local)
 {
-	snprintf(out, cap, "%s\x1f%s\x1f%s", eid, dev, local);
+	srv_join(out, cap, eid, dev, local);
 }
 
 int srv_idem_parts(const struct srv_idem *e, char eid[SRV_EID_MAX + 1],
@@ -347,11 +360,11 @@ static int set_flag(struct bm_map *m, const char *k, int on)
 
 /* A chat message was accepted: the chat's version, the stream offsets its
  * state record names (for the repair at start-up), the resend key. */
-static int apply_msg(struct srv *s, const char *a, const char *b, int64_t v,
-		     const char *sender, const char *dev, const char *local,
+static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const char *b,
+		     int64_t v, const char *sender, const char *dev, const char *local,
 		     uint64_t ro, uint64_t so)
 {
-	struct srv_chat *c = srv_chat_get(s, a, b, 1);
+	struct srv_chat *c = known ? known : srv_chat_get(s, a, b, 1);
 	/* Offsets are named only when the copies were appended here. */
 	struct srv_user *sa = so ? srv_user_get(s, sender, 1) : NULL;
 	struct srv_user *rb = ro ? srv_user_get(s, strcmp(sender, a) ? a : b, 1) : NULL;
@@ -449,7 +462,7 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		return rc;
 	}
 	s->snap_records++;
-	if (apply_msg(s, c->a, c->b, v, sender, dev, local, ro, so))
+	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so))
 		bm_err("state", "cannot apply state record '%s'", buf);
 	return 0;
 }
@@ -532,7 +545,7 @@ int srv_state_apply(struct srv *s, void *obj)
 		return 0;
 	}
 	if (!strcmp(t, "msg"))
-		return apply_msg(s, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
+		return apply_msg(s, NULL, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
 				 str(o, "d"), str(o, "l"), (uint64_t)num(o, "ro"),
 				 (uint64_t)num(o, "so"));
 	if (!strcmp(t, "seen")) {
