@@ -3,6 +3,7 @@
 #include "bm_log.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -332,6 +333,8 @@ int bm_zsock_curve_client(struct bm_zsock *z, const char *server_public_z85,
 void *bm_zmq_ctx_new(void)
 {
 	void *ctx = zmq_ctx_new();
+
+	mallopt(M_TRIM_THRESHOLD, 8 << 20);
 
 	/* Before the first socket: the threads start with it.  Best effort
 	 * (a libzmq without the option keeps the default policy). */
