@@ -334,9 +334,10 @@ static void on_cluster(struct bm_admin_req *req, const json_t *body, void *ud)
 		int rc = srv_leave(s, &down);
 
 		if (rc == BM_EAGAIN) {
-			bm_admin_reply_error(req, 409, "server '%s' is down: a leave now would move "
-					     "its users without their data; start it again, or "
-					     "`cluster remove` it if it is gone for good", down);
+			bm_admin_reply_error(req, 409, "server '%s' is down or suspect: a leave now "
+					     "would move its users without their data; start it "
+					     "again, or `cluster remove` it if it is gone for good",
+					     down);
 			return;
 		}
 		if (rc) {

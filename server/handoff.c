@@ -720,7 +720,7 @@ int srv_leave(struct srv *s, const char **down)
 	 * one whose owner is down would move without its data. */
 	for (int i = 0; !s->leaving && i < s->n_peers; i++) {
 		const struct srv_peer *p = &s->peers[i];
-		if (!p->self && srv_peer_owner_set(s, p) && p->state >= BM_SWIM_DEAD) {
+		if (!p->self && srv_peer_owner_set(s, p) && p->state != BM_SWIM_ALIVE) {
 			*down = p->id;
 			return BM_EAGAIN;
 		}

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 #include <jansson.h>
 
@@ -393,15 +394,15 @@ static void test_kill_server_and_signal(void **state)
 	/* Every client is on the surviving signal now. */
 	for (int k = 0; k < USERS; k++)
 		assert_int_equal(users[k].sig, !victim_sig);
-	/* No server may leave while another is down (its users would move
-	 * without their data): 409 naming it, once gossip has it dead. */
+	/* No server may leave while another is down or suspect (its users
+	 * would move without their data): 409 naming it. */
 	{
 		static char out[4096];
 		uint64_t t0 = bm_mono_ms();
 		int st;
 
-		while (strcmp(member_state(&s[0], s[victim_srv].name), "dead") &&
-		       bm_mono_ms() - t0 < 20000)
+		while (!strcmp(member_state(&s[2], s[victim_srv].name), "alive") &&
+		       bm_mono_ms() - t0 < 60000)
 			poll(NULL, 0, 50);
 		st = bm_h_http(s[2].admin, "POST", "/v1/cluster/leave", BM_H_ADMIN_KEY, "{}", out,
 			       sizeof(out));
@@ -645,7 +646,7 @@ static void test_graceful_leave(void **state)
 				assert_int_equal(bm_h_stop(&s[3], SIGKILL), 128 + SIGKILL);
 				t0 = bm_mono_ms();
 				while (strcmp(member_state(&s[0], fifth), "dead") &&
-				       bm_mono_ms() - t0 < 20000)
+				       bm_mono_ms() - t0 < 60000)
 					poll(NULL, 0, 50);
 				assert_string_equal(member_state(&s[0], fifth), "dead");
 				snprintf(cmd, sizeof(cmd), "%.3000s/bimipctl --admin %.63s --key %s "
@@ -692,9 +693,20 @@ static void test_graceful_leave(void **state)
 						      "history; new messages reach them\n", fifth,
 						      n_moved);
 				}
-				assert_int_equal(bm_h_restart(&s[3]), 0);
-				t0 = bm_mono_ms();
-				assert_int_equal(bm_h_stop(&s[3], 0), 78);
+				/* It may exit before or after its ready file: run it
+				 * to its end instead of through the harness. */
+				{
+					const char *bin = getenv("BIMIP_BIN");
+					int ex;
+
+					snprintf(cmd, sizeof(cmd), "timeout 60 %.3000s/bimip-server -c %.400s "
+						 ">> %.400s 2>&1", bin ? bin : "build/bin", s[3].cfg,
+						 s[3].log);
+					t0 = bm_mono_ms();
+					ex = system(cmd);
+					assert_true(WIFEXITED(ex));
+					assert_int_equal(WEXITSTATUS(ex), 78);
+				}
 				assert_true(bm_h_log_has(&s[3], "was removed from the cluster"));
 				print_message("%s removed while dead; chat went on; back with its "
 					      "data it stopped by itself (exit 78) in %llu ms\n",
