@@ -245,6 +245,15 @@ static int flush_out(struct sig *g, struct sig_sess *s)
 	return 0;
 }
 
+/* More output queued than limits.max_output allows: cut the session. */
+static void slow_consumer(struct sig *g, struct sig_sess *s)
+{
+	(*g->m.slow_consumers)++;
+	bm_info("sess", "closing slow consumer eid=%s device=%s: %u bytes unsent",
+		s->eid ? s->eid : "-", s->device ? s->device : "-", s->out_len);
+	kill_sess(g, s);
+}
+
 /* Send header + payload, directly when nothing is queued. */
 static int send_raw(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t hn,
 		    const uint8_t *p, size_t n)
@@ -273,10 +282,7 @@ static int send_raw(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t 
 		rc = out_append(g, s, p + (done - hn), n - (done - hn));
 	}
 	if (rc) {
-		(*g->m.slow_consumers)++;
-		bm_info("sess", "closing slow consumer eid=%s device=%s: %u bytes unsent",
-			s->eid ? s->eid : "-", s->device ? s->device : "-", s->out_len);
-		kill_sess(g, s);
+		slow_consumer(g, s);
 		return rc;
 	}
 	flush_out(g, s);
@@ -333,10 +339,7 @@ static int send_corked(struct sig *g, struct sig_sess *s, const uint8_t *h, size
 	if (!rc)
 		rc = out_append(g, s, p, n);
 	if (rc) {
-		(*g->m.slow_consumers)++;
-		bm_info("sess", "closing slow consumer eid=%s device=%s: %u bytes unsent",
-			s->eid ? s->eid : "-", s->device ? s->device : "-", s->out_len);
-		kill_sess(g, s);
+		slow_consumer(g, s);
 	}
 	return rc;
 }
