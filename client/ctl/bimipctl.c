@@ -7,6 +7,7 @@
 
 #include <getopt.h>
 #include <jansson.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,11 +43,25 @@ static void usage(FILE *f)
 		"                          takes a dead server out for good (its data is lost)\n");
 }
 
+/* One admin request; a user's state answers 503 for a moment while users
+ * move between servers (a join or leave): asked again for up to 5 s. */
+static int request(const char *method, const char *path, const char *body, char *buf,
+		   size_t cap)
+{
+	int st = bm_httpc_request(admin, method, path, key, body, buf, cap, 10000);
+
+	for (int i = 0; st == 503 && !strncmp(path, "/v1/users/", 10) && i < 20; i++) {
+		poll(NULL, 0, 250);
+		st = bm_httpc_request(admin, method, path, key, body, buf, cap, 10000);
+	}
+	return st;
+}
+
 static int call(const char *method, const char *path, const char *body, json_t **out)
 {
 	static char buf[1 << 20];
 	static char owner_admin[128];
-	int st = bm_httpc_request(admin, method, path, key, body, buf, sizeof(buf), 10000);
+	int st = request(method, path, body, buf, sizeof(buf));
 
 	if (st == 421) {
 		/* A user's state lives on the server that owns it: ask that one
@@ -57,8 +72,7 @@ static int call(const char *method, const char *path, const char *body, json_t *
 		if (a && *a && strcmp(a, admin)) {
 			snprintf(owner_admin, sizeof(owner_admin), "%s", a);
 			admin = owner_admin;
-			st = bm_httpc_request(admin, method, path, key, body, buf, sizeof(buf),
-					      10000);
+			st = request(method, path, body, buf, sizeof(buf));
 		}
 		json_decref(e);
 	}
