@@ -36,14 +36,7 @@ static json_t *members(const struct bm_h_node *n)
 /* State of member id in n's view ("" when unknown). */
 static const char *state_of(const struct bm_h_node *n, const char *id, char *buf, size_t cap)
 {
-	json_t *m = members(n), *e;
-	size_t i;
-
-	snprintf(buf, cap, "%s", "");
-	json_array_foreach(json_object_get(m, "members"), i, e)
-		if (!strcmp(json_string_value(json_object_get(e, "id")), id))
-			snprintf(buf, cap, "%s", json_string_value(json_object_get(e, "state")));
-	json_decref(m);
+	bm_h_member(n, id, buf, cap, NULL, 0);
 	return buf;
 }
 

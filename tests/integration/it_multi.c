@@ -81,55 +81,21 @@ static long metric_sum(const char *name)
 	return t;
 }
 
-static int servers_up(const struct bm_h_node *sig)
-{
-	char out[65536];
-	json_t *st, *e;
-	size_t k;
-	int up = 0;
-
-	if (bm_h_http(sig->admin, "GET", "/v1/status", BM_H_ADMIN_KEY, NULL, out,
-		      sizeof(out)) != 200)
-		return -1;
-	st = json_loads(out, 0, NULL);
-	json_array_foreach(json_object_get(st, "servers"), k, e)
-		up += json_is_true(json_object_get(e, "up"));
-	json_decref(st);
-	return up;
-}
-
 /* The state of member id as n sees it ("alive", "dead", ...; "" if unknown). */
 static const char *member_state(const struct bm_h_node *n, const char *id)
 {
-	static char out[65536], st[16];
-	json_t *o, *e;
-	size_t k;
+	static char st[16];
 
-	st[0] = 0;
-	if (bm_h_http(n->admin, "GET", "/v1/cluster/members", BM_H_ADMIN_KEY, NULL, out,
-		      sizeof(out)) != 200)
-		return st;
-	o = json_loads(out, 0, NULL);
-	json_array_foreach(json_object_get(o, "members"), k, e)
-		if (!strcmp(json_string_value(json_object_get(e, "id")) ?: "", id))
-			snprintf(st, sizeof(st), "%s",
-				 json_string_value(json_object_get(e, "state")) ?: "");
-	json_decref(o);
+	bm_h_member(n, id, st, sizeof(st), NULL, 0);
 	return st;
 }
 
 static void wait_servers_up(int want)
 {
 	for (int i = 0; i < 2; i++) {
-		uint64_t deadline = bm_mono_ms() + 20000;
-		if (g[i].pid <= 0)
-			continue;
-		while (servers_up(&g[i]) != want) {
-			if (bm_mono_ms() > deadline)
-				fail_msg("%s has %d servers up, not %d", g[i].name,
-					 servers_up(&g[i]), want);
-			poll(NULL, 0, 20);
-		}
+		int up = g[i].pid > 0 ? bm_h_wait_servers_up(&g[i], want, 20000) : want;
+		if (up != want)
+			fail_msg("%s has %d servers up, not %d", g[i].name, up, want);
 	}
 }
 

@@ -263,70 +263,13 @@ static void pick_users(void)
 
 /* --- cluster and clients (as it_multi) ----------------------------------------- */
 
-static int servers_up(const struct bm_h_node *sig)
-{
-	char out[65536];
-	json_t *st, *e;
-	size_t k;
-	int up = 0;
-
-	if (bm_h_http(sig->admin, "GET", "/v1/status", BM_H_ADMIN_KEY, NULL, out,
-		      sizeof(out)) != 200)
-		return -1;
-	st = json_loads(out, 0, NULL);
-	json_array_foreach(json_object_get(st, "servers"), k, e)
-		up += json_is_true(json_object_get(e, "up"));
-	json_decref(st);
-	return up;
-}
-
 static void wait_servers_up(int want, int timeout_ms)
 {
 	for (int i = 0; i < 2; i++) {
-		uint64_t deadline = bm_mono_ms() + (uint64_t)timeout_ms;
-
-		while (servers_up(&g[i]) != want) {
-			if (bm_mono_ms() > deadline)
-				fail_msg("%s has %d servers up, not %d", g[i].name,
-					 servers_up(&g[i]), want);
-			poll(NULL, 0, 20);
-		}
+		int up = bm_h_wait_servers_up(&g[i], want, timeout_ms);
+		if (up != want)
+			fail_msg("%s has %d servers up, not %d", g[i].name, up, want);
 	}
-}
-
-/* The state ("alive", "suspect", "dead", ...) of member id in the view of
- * node n, into st, and the admin address it advertises into admin (may be
- * NULL, else 64 bytes); -1 when n does not answer. */
-static int member_info(const struct bm_h_node *n, const char *id, char *st, size_t cap,
-		       char *admin)
-{
-	static char out[65536];
-	json_t *j, *e;
-	size_t k;
-
-	st[0] = 0;
-	if (bm_h_http(n->admin, "GET", "/v1/cluster/members", BM_H_ADMIN_KEY, NULL, out,
-		      sizeof(out)) != 200)
-		return -1;
-	j = json_loads(out, 0, NULL);
-	json_array_foreach(json_object_get(j, "members"), k, e) {
-		const char *v = json_string_value(json_object_get(e, "id"));
-		const char *state = json_string_value(json_object_get(e, "state"));
-
-		if (v && state && !strcmp(v, id)) {
-			snprintf(st, cap, "%s", state);
-			if (admin)
-				snprintf(admin, 64, "%s",
-					 json_string_value(json_object_get(e, "admin")));
-		}
-	}
-	json_decref(j);
-	return 0;
-}
-
-static int member_state(const struct bm_h_node *n, const char *id, char *st, size_t cap)
-{
-	return member_info(n, id, st, cap, NULL);
 }
 
 static void start_cluster(void)
@@ -372,7 +315,7 @@ static void start_cluster(void)
 	{
 		char st[32], admin[64];
 
-		assert_int_equal(member_info(&s[0], s[CUT].name, st, sizeof(st), admin), 0);
+		assert_int_equal(bm_h_member(&s[0], s[CUT].name, st, sizeof(st), admin, sizeof(admin)), 0);
 		assert_string_equal(admin, s[CUT].admin);
 	}
 }
@@ -625,7 +568,7 @@ static void test_partition_link_down(void **state)
 			new_msg(a, (a + 1 + round % (USERS - 1)) % USERS);
 		pump(100);
 		now = (int64_t)bm_mono_ms();
-		if (member_state(&s[0], s[CUT].name, st, sizeof(st)))
+		if (bm_h_member(&s[0], s[CUT].name, st, sizeof(st), NULL, 0))
 			fail_msg("%s does not answer during the partition", s[0].name);
 		if (suspect_ms < 0 && (!strcmp(st, "suspect") || !strcmp(st, "dead")))
 			suspect_ms = now - t_cut;
@@ -660,7 +603,7 @@ static void test_partition_link_down(void **state)
 		if (msgs[i].cut)
 			assert_int_equal(msgs[i].received, 0);
 	/* The reachable servers stay alive for each other. */
-	if (member_state(&s[0], s[1].name, st, sizeof(st)) || strcmp(st, "alive"))
+	if (bm_h_member(&s[0], s[1].name, st, sizeof(st), NULL, 0) || strcmp(st, "alive"))
 		fail_msg("%s is '%s' in the view of %s during the partition", s[1].name, st,
 			 s[0].name);
 }
@@ -688,10 +631,10 @@ static void test_heal(void **state)
 
 			pump(20);
 			now = (int64_t)bm_mono_ms();
-			if (alive_ms < 0 && !member_state(&s[0], s[CUT].name, st, sizeof(st)) &&
+			if (alive_ms < 0 && !bm_h_member(&s[0], s[CUT].name, st, sizeof(st), NULL, 0) &&
 			    !strcmp(st, "alive"))
 				alive_ms = now - t_heal;
-			if (back_ms < 0 && !member_state(&s[CUT], s[0].name, st2, sizeof(st2)) &&
+			if (back_ms < 0 && !bm_h_member(&s[CUT], s[0].name, st2, sizeof(st2), NULL, 0) &&
 			    !strcmp(st2, "alive"))
 				back_ms = now - t_heal;
 			for (int i = 0; i < n_msgs; i++)

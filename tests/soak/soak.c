@@ -283,23 +283,6 @@ static int left_ms(uint64_t deadline)
 	return now >= deadline ? 0 : (int)(deadline - now);
 }
 
-/* Servers a signal has up, per its /v1/status; -1 when it does not answer. */
-static int servers_up(const struct bm_h_node *g)
-{
-	static _Thread_local char out[8192];
-	json_t *st, *e;
-	size_t i;
-	int up = 0;
-
-	if (bm_h_http(g->admin, "GET", "/v1/status", BM_H_ADMIN_KEY, NULL, out, sizeof(out)) != 200)
-		return -1;
-	st = json_loads(out, 0, NULL);
-	json_array_foreach(json_object_get(st, "servers"), i, e)
-		up += json_is_true(json_object_get(e, "up"));
-	json_decref(st);
-	return up;
-}
-
 /* Signals a server has heard from since it started, per its /v1/status. */
 static int signals_known(const struct bm_h_node *n)
 {
@@ -332,10 +315,10 @@ static int wait_cluster(struct soak *s, int timeout_ms)
 			poll(NULL, 0, 20);
 		}
 	for (int i = 0; i < SOAK_SIGNALS; i++) {
-		while (servers_up(&s->sig[i]) < s->o.servers) {
+		while (bm_h_servers_up(&s->sig[i]) < s->o.servers) {
 			if (bm_mono_ms() > deadline) {
 				fail(s, "%s sees %d of %d servers up after %d ms", s->sig[i].name,
-				     servers_up(&s->sig[i]), s->o.servers, timeout_ms);
+				     bm_h_servers_up(&s->sig[i]), s->o.servers, timeout_ms);
 				return -1;
 			}
 			poll(NULL, 0, 20);

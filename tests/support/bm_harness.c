@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -299,6 +300,66 @@ int bm_h_http(const char *hostport, const char *method, const char *path,
 	      const char *key, const char *body, char *out, size_t cap)
 {
 	return bm_httpc_request(hostport, method, path, key, body, out, cap, 5000);
+}
+
+/* GET path from n's admin API as JSON (NULL when it does not answer 200). */
+static json_t *admin_json(const struct bm_h_node *n, const char *path)
+{
+	size_t cap = 1 << 16;
+	char *out = malloc(cap);
+	json_t *j = NULL;
+
+	if (out && bm_h_http(n->admin, "GET", path, BM_H_ADMIN_KEY, NULL, out, cap) == 200)
+		j = json_loads(out, 0, NULL);
+	free(out);
+	return j;
+}
+
+int bm_h_servers_up(const struct bm_h_node *sig)
+{
+	json_t *st = admin_json(sig, "/v1/status"), *e;
+	size_t i;
+	int up = 0;
+
+	if (!st)
+		return -1;
+	json_array_foreach(json_object_get(st, "servers"), i, e)
+		up += json_is_true(json_object_get(e, "up"));
+	json_decref(st);
+	return up;
+}
+
+int bm_h_wait_servers_up(const struct bm_h_node *sig, int want, int timeout_ms)
+{
+	uint64_t deadline = bm_mono_ms() + (uint64_t)timeout_ms;
+	int up;
+
+	while ((up = bm_h_servers_up(sig)) != want && bm_mono_ms() < deadline)
+		poll(NULL, 0, 20);
+	return up;
+}
+
+int bm_h_member(const struct bm_h_node *n, const char *id, char *state, size_t cap,
+		char *admin, size_t admin_cap)
+{
+	json_t *m = admin_json(n, "/v1/cluster/members"), *e;
+	size_t i;
+
+	snprintf(state, cap, "%s", "");
+	if (admin)
+		snprintf(admin, admin_cap, "%s", "");
+	if (!m)
+		return -1;
+	json_array_foreach(json_object_get(m, "members"), i, e) {
+		if (strcmp(json_string_value(json_object_get(e, "id")) ?: "", id))
+			continue;
+		snprintf(state, cap, "%s", json_string_value(json_object_get(e, "state")) ?: "");
+		if (admin)
+			snprintf(admin, admin_cap, "%s",
+				 json_string_value(json_object_get(e, "admin")) ?: "");
+	}
+	json_decref(m);
+	return 0;
 }
 
 int bm_h_wait_readyz(struct bm_h_node *n, int timeout_ms)

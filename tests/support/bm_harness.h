@@ -64,6 +64,19 @@ char *bm_h_token(const struct bm_h_node *server, const char *eid,
 int bm_h_http(const char *hostport, const char *method, const char *path,
 	      const char *key, const char *body, char *out, size_t cap);
 
+/* Servers a signal reports up (GET /v1/status); -1 when it does not answer.
+ * Thread-safe. */
+int bm_h_servers_up(const struct bm_h_node *sig);
+/* Polls until sig reports exactly want servers up, or timeout_ms passes;
+ * returns the last count (want on success). */
+int bm_h_wait_servers_up(const struct bm_h_node *sig, int want, int timeout_ms);
+/* Member id as n's gossip sees it (GET /v1/cluster/members): its state
+ * ("alive", "suspect", "dead", "left"; "" when n does not know it) into
+ * state, and its advertised admin address into admin (may be NULL).
+ * Returns 0, or -1 when n does not answer. */
+int bm_h_member(const struct bm_h_node *n, const char *id, char *state, size_t cap,
+		char *admin, size_t admin_cap);
+
 /* 1 if the node's log contains needle. */
 int bm_h_log_has(const struct bm_h_node *n, const char *needle);
 /* 0 when no log under the root shows a sanitizer report. */
