@@ -80,6 +80,16 @@ wait_file() {
 	done
 }
 
+# launch DAEMON DIR NAME: DAEMON (bimip-server, bimip-signal) on the broker
+# core with DIR/config.json, logging to DIR/log; waits for DIR/ready and
+# leaves the pid in $LAUNCHED (added to PIDS for the clean-up).
+launch() {
+	$PIN_B "$BIN/$1" -c "$2/config.json" -r "$2/ready" > "$2/log" 2>&1 &
+	LAUNCHED=$!
+	PIDS="$PIDS $LAUNCHED"
+	wait_file "$2/ready" $LAUNCHED "$3" || { cat "$2/log" >&2; exit 1; }
+}
+
 # cpu_ticks PID...: user+system clock ticks the processes have used so far.
 cpu_ticks() {
 	t=0
@@ -126,11 +136,8 @@ cat > "$TMP/server/config.json" <<JSON
   "log": { "level": "warn" }
 }
 JSON
-$PIN_B "$BIN/bimip-server" -c "$TMP/server/config.json" -r "$TMP/server/ready" \
-	> "$TMP/server/log" 2>&1 &
-SRV=$!
-PIDS="$SRV"
-wait_file "$TMP/server/ready" $SRV bimip-server || { cat "$TMP/server/log" >&2; exit 1; }
+launch bimip-server "$TMP/server" bimip-server
+SRV=$LAUNCHED
 ZMQ=$(json_field "$TMP/server/ready" zmq)
 cat > "$TMP/signal/config.json" <<JSON
 {
@@ -142,11 +149,8 @@ cat > "$TMP/signal/config.json" <<JSON
   "log": { "level": "warn" }
 }
 JSON
-$PIN_B "$BIN/bimip-signal" -c "$TMP/signal/config.json" -r "$TMP/signal/ready" \
-	> "$TMP/signal/log" 2>&1 &
-SIG=$!
-PIDS="$SIG $PIDS"
-wait_file "$TMP/signal/ready" $SIG bimip-signal || { cat "$TMP/signal/log" >&2; exit 1; }
+launch bimip-signal "$TMP/signal" bimip-signal
+SIG=$LAUNCHED
 URL="ws://$(json_field "$TMP/signal/ready" ws)/"
 KEY="$TMP/server/data/token.key"
 echo "# bimip-server pid $SRV, bimip-signal pid $SIG at $URL"
@@ -269,11 +273,8 @@ if ! skip cluster && ! skip pairs; then
   "log": { "level": "warn" }
 }
 JSON
-		$PIN_B "$BIN/bimip-server" -c "$d/config.json" -r "$d/ready" > "$d/log" 2>&1 &
-		p=$!
-		CPIDS="$CPIDS $p"
-		PIDS="$PIDS $p"
-		wait_file "$d/ready" $p "bimip-server bench-s$n" || { cat "$d/log" >&2; exit 1; }
+		launch bimip-server "$d" "bimip-server bench-s$n"
+		CPIDS="$CPIDS $LAUNCHED"
 		[ -z "$SEED" ] && SEED=", \"seeds\": [ \"$(json_field "$d/ready" gossip)\" ]"
 	done
 	CURLS=""
@@ -291,11 +292,8 @@ JSON
   "log": { "level": "warn" }
 }
 JSON
-		$PIN_B "$BIN/bimip-signal" -c "$d/config.json" -r "$d/ready" > "$d/log" 2>&1 &
-		p=$!
-		CPIDS="$CPIDS $p"
-		PIDS="$PIDS $p"
-		wait_file "$d/ready" $p "bimip-signal bench-g$n" || { cat "$d/log" >&2; exit 1; }
+		launch bimip-signal "$d" "bimip-signal bench-g$n"
+		CPIDS="$CPIDS $LAUNCHED"
 		CURLS="$CURLS ws://$(json_field "$d/ready" ws)/"
 	done
 	# Ready when both signals have the three servers up and the servers have
