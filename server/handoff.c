@@ -100,7 +100,6 @@ void srv_handoff_forget(struct srv *s)
 	bm_map_init(&s->handoff_wait);
 	bm_map_release(&s->handoff_sent);
 	bm_map_init(&s->handoff_sent);
-	s->handoff_outstanding = 0;
 	s->sweep_more = 0;
 	s->sweep_chats_done = 0;
 }
@@ -147,7 +146,6 @@ static int send_handoff(struct srv *s, const char *to_key, const char *what,
 		json_decref(bm_map_del(&s->handoff_wait, seq));
 		return BM_EUNAVAIL;
 	}
-	s->handoff_outstanding = s->handoff_wait.count;
 	return 0;
 }
 
@@ -494,36 +492,29 @@ static int take_user(struct srv *s, const struct bm_ipc_hdr *h, json_t *o,
 {
 	char name[SRV_EID_MAX + 8];
 	json_t *devs = json_object_get(o, "devs"), *v, *rec;
+	int fields = !!json_object_get(o, "subs") + !!json_object_get(o, "blk") +
+		     !!json_object_get(o, "seen");
 	const char *dev;
 	struct srv_user *u;
 	int rc;
 
-	if (!json_is_object(devs) && devs)
+	/* Either the whole state, or none (the previous owner had none). */
+	if ((devs && !json_is_object(devs)) || (fields && fields != 3))
 		return BM_EINVAL;
-	if (!json_object_get(o, "subs") && !json_object_get(o, "blk") &&
-	    !json_object_get(o, "seen")) {
-		/* Only device offsets: the previous owner had no state. */
-		srv_stream_name(h->eid, name, sizeof(name));
-		json_object_foreach(devs, dev, v)
-			bm_queue_commit_offset(s->q, name, dev,
-					       (uint64_t)json_integer_value(v), NULL, NULL);
+	srv_stream_name(h->eid, name, sizeof(name));
+	json_object_foreach(devs, dev, v)
+		bm_queue_commit_offset(s->q, name, dev, (uint64_t)json_integer_value(v), NULL,
+				       NULL);
+	if (!fields)
 		return srv_state_log(s, json_pack("{s:s, s:s}", "t", "uback", "e", h->eid),
 				     on_stored, c);
-	}
-	if (!json_object_get(o, "subs") || !json_object_get(o, "blk") ||
-	    !json_object_get(o, "seen"))
-		return BM_EINVAL;
-	/* The body is the record, less the device offsets applied below. */
+	/* The body is the record, less the device offsets applied above. */
 	rec = json_deep_copy(o);
 	if (!rec)
 		return BM_ENOMEM;
 	json_object_del(rec, "devs");
 	json_object_set_new(rec, "t", json_string("uimp"));
 	json_object_set_new(rec, "e", json_string(h->eid));
-	srv_stream_name(h->eid, name, sizeof(name));
-	json_object_foreach(devs, dev, v)
-		bm_queue_commit_offset(s->q, name, dev, (uint64_t)json_integer_value(v), NULL,
-				       NULL);
 	rc = srv_state_log(s, rec, on_stored, c);
 	u = srv_user_get(s, h->eid, 0);
 	if (u && !bm_queue_stream_head(s->q, name, &u->durable, NULL))
@@ -598,7 +589,6 @@ void srv_handoff_msg(struct srv *s, const struct bm_ipc_hdr *h, const uint8_t *b
 		taken = bm_map_del(&s->handoff_wait, txt);
 		if (!taken)
 			break;   /* of a sweep given up on */
-		s->handoff_outstanding = s->handoff_wait.count;
 		s->sweep_started_ms = bm_mono_ms();   /* progress */
 		if (n && body[0] != '0') {
 			bm_warn("handoff", "'%s' did not take a hand-off: %.*s", h->origin,
@@ -639,9 +629,9 @@ void srv_handoff_tick(struct srv *s)
 		return;
 	fp = srv_owner_fingerprint(s);
 	/* sweep_started_ms: the start of a round, then each answer. */
-	if (s->handoff_outstanding && !s->swept_fp && now - s->sweep_started_ms > 5000) {
-		bm_warn("handoff", "%" PRIu64 " hand-offs not answered in 5 s: again",
-			s->handoff_outstanding);
+	if (s->handoff_wait.count && !s->swept_fp && now - s->sweep_started_ms > 5000) {
+		bm_warn("handoff", "%zu hand-offs not answered in 5 s: again",
+			s->handoff_wait.count);
 		s->handoff_failed = 1;
 		srv_handoff_forget(s);
 	}
@@ -675,7 +665,7 @@ void srv_handoff_tick(struct srv *s)
 			s->sweep_retry_ms = now + 1000;
 		}
 	}
-	if (!s->swept_fp && !s->handoff_outstanding && !s->handoff_failed && !s->sweep_more) {
+	if (!s->swept_fp && !s->handoff_wait.count && !s->handoff_failed && !s->sweep_more) {
 		s->swept_fp = fp;
 		bm_info("handoff", "hand-off done for this owner set (%" PRIu64 " users so far)",
 			*s->m.handoff_users);

@@ -250,9 +250,9 @@ struct srv {
 	size_t seen_head, seen_count;
 	struct bm_map settled_by;         /* peer id -> fingerprint it is SETTLED for */
 	uint64_t sweep_fp, swept_fp;      /* owner set swept for / done for */
-	uint64_t handoff_outstanding;     /* HANDOFFs not yet acknowledged */
-	struct bm_map handoff_wait;       /* their seq -> state record (json_t *) to
-					     log once taken, or json_null() */
+	struct bm_map handoff_wait;       /* HANDOFFs not yet answered: their seq ->
+					     state record (json_t *) to log once
+					     taken, or json_null() */
 	struct bm_map handoff_sent;       /* eid -> (records sent << 1 | user sent) + 1,
 					     this round (a sweep resumes there) */
 	int sweep_more;                   /* window was full: resume the sweep */
