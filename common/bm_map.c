@@ -26,14 +26,24 @@ void bm_map_init(struct bm_map *m)
 {
 	m->slots = NULL;
 	m->cap = m->count = 0;
+	m->borrowed = 0;
+}
+
+void bm_map_init_borrowed(struct bm_map *m)
+{
+	bm_map_init(m);
+	m->borrowed = 1;
 }
 
 void bm_map_release(struct bm_map *m)
 {
-	for (size_t i = 0; i < m->cap; i++)
+	int borrowed = m->borrowed;
+
+	for (size_t i = 0; i < m->cap && !borrowed; i++)
 		free(m->slots[i].key);
 	free(m->slots);
 	bm_map_init(m);
+	m->borrowed = borrowed;
 }
 
 static size_t find(const struct bm_map *m, const char *key, uint64_t h)
@@ -97,7 +107,7 @@ int bm_map_put(struct bm_map *m, const char *key, void *val, void **old)
 		m->slots[i].val = val;
 		return 0;
 	}
-	k = strdup(key);
+	k = m->borrowed ? (char *)key : strdup(key);
 	if (!k)
 		return BM_ENOMEM;
 	m->slots[i].key = k;
@@ -118,7 +128,8 @@ void *bm_map_del(struct bm_map *m, const char *key)
 	if (!m->slots[i].key)
 		return NULL;
 	val = m->slots[i].val;
-	free(m->slots[i].key);
+	if (!m->borrowed)
+		free(m->slots[i].key);
 	m->slots[i].key = NULL;
 	m->count--;
 	/* Backward-shift the cluster that follows so probes stay unbroken. */

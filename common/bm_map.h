@@ -1,7 +1,9 @@
 /*
  * bm_map.h - a string-keyed hash map (open addressing, linear probing).
  *
- * Keys are copied into the map; values are borrowed pointers the caller owns.
+ * Keys are copied into the map (or, for a map made by bm_map_init_borrowed,
+ * borrowed: the caller keeps each key alive and unchanged while it is in the
+ * map, which saves a copy per insert); values are pointers the caller owns.
  * Lookups and inserts are O(1) on average; the table doubles at 3/4 load and
  * never shrinks below its initial size.  Deleting uses backward-shift, so no
  * tombstones accumulate.  Not thread-safe.
@@ -22,10 +24,12 @@ struct bm_map {
 	struct bm_map_slot *slots;
 	size_t cap;       /* power of two, or 0 before first insert */
 	size_t count;
+	int borrowed;     /* keys are the caller's (bm_map_init_borrowed) */
 };
 
 void bm_map_init(struct bm_map *m);
-/* Frees the keys and the table; values are the caller's. */
+void bm_map_init_borrowed(struct bm_map *m);
+/* Frees the keys (unless borrowed) and the table; values are the caller's. */
 void bm_map_release(struct bm_map *m);
 void *bm_map_get(const struct bm_map *m, const char *key);
 /* Insert or replace.  *old (may be NULL) gets the replaced value or NULL.

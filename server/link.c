@@ -103,25 +103,31 @@ int srv_push(struct srv *s, struct srv_dev *d, bimip_MessageScheme *m, int64_t o
 	return rc ? rc : srv_push_raw(s, d, buf, n, offset);
 }
 
-int srv_reply(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
-	      bimip_MessageScheme *m)
+int srv_reply_raw(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
+		  const uint8_t *env, size_t n)
 {
-	static uint8_t buf[BM_ENV_MAX_BYTES];
 	struct bm_ipc_hdr h;
-	size_t n;
-	int rc = bm_env_encode(m, buf, sizeof(buf), &n);
+	int rc;
 
-	if (rc)
-		return rc;
 	if (!s->router)
 		return BM_ECLOSED;
 	fill_hdr(s, &h, BM_IPC_PUSH, session);
-	rc = bm_zsock_send(s->router, rid, rid_len, &h, buf, n);
+	rc = bm_zsock_send(s->router, rid, rid_len, &h, env, n);
 	if (!rc)
 		(*s->m.stanzas_out)++;
 	else
 		(*s->m.push_failed)++;
 	return rc;
+}
+
+int srv_reply(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
+	      bimip_MessageScheme *m)
+{
+	static uint8_t buf[BM_ENV_MAX_BYTES];
+	size_t n;
+	int rc = bm_env_encode(m, buf, sizeof(buf), &n);
+
+	return rc ? rc : srv_reply_raw(s, rid, rid_len, session, buf, n);
 }
 
 void srv_reply_error(struct srv *s, const uint8_t *rid, size_t rid_len,

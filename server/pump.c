@@ -15,6 +15,7 @@
 #include "bm_env.h"
 #include "bm_err.h"
 #include "bm_log.h"
+#include "bm_pool.h"
 #include "bm_queue.h"
 #include "bm_time.h"
 
@@ -30,6 +31,9 @@ struct append_ctx {
 	srv_done_fn *cb;
 	void *ud;
 };
+
+/* One per append, freed at its completion: reused, not malloc'ed. */
+static struct bm_pool append_pool = BM_POOL_INIT(struct append_ctx, 8192);
 
 void srv_pump_flush(struct srv *s)
 {
@@ -85,7 +89,7 @@ static void on_appended(void *ud, int status, uint64_t offset)
 		c->cb(c->ud, status, offset);
 	if (!status)
 		pump_later(c->s, c->u);
-	free(c);
+	bm_pool_put(&append_pool, c);
 }
 
 static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
@@ -201,7 +205,7 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 		if (rc)
 			return rc;
 	}
-	c = malloc(sizeof(*c));
+	c = bm_pool_get(&append_pool);
 	if (!c)
 		return BM_ENOMEM;
 	c->s = s;
@@ -211,7 +215,7 @@ int srv_stream_append(struct srv *s, struct srv_user *u, int kind,
 	srv_stream_name(u->eid, name, sizeof(name));
 	rc = bm_queue_append(s->q, name, rec, 3 + dl + n, &off, on_appended, c);
 	if (rc) {
-		free(c);
+		bm_pool_put(&append_pool, c);
 		return rc;
 	}
 	if (offset)

@@ -13,6 +13,7 @@
 #include "bm_err.h"
 #include "bm_log.h"
 #include "bm_metrics.h"
+#include "bm_pool.h"
 #include "bm_queue.h"
 #include "bm_time.h"
 #include "bm_ws.h"
@@ -54,20 +55,27 @@ static void reply(struct srv *s, struct srv_req *r, bimip_MessageScheme *m)
 	srv_reply(s, r->rid, r->rid_len, r->session, m);
 }
 
-/* A response held until a record is durable. */
+/* A response held until a record is durable: kept encoded (a few hundred
+ * bytes), not as the ~17 KiB envelope it was built in. */
 struct deferred {
 	struct srv *s;
 	uint8_t rid[BM_IPC_ORIGIN_MAX];
 	size_t rid_len;
 	uint64_t session;
 	int64_t route;
-	bimip_MessageScheme m;
+	size_t len;
+	uint8_t bytes[];
 };
 
 static struct deferred *defer(struct srv *s, struct srv_req *r, bimip_MessageScheme *m)
 {
-	struct deferred *d = malloc(sizeof(*d));
+	static uint8_t buf[BM_ENV_MAX_BYTES];
+	struct deferred *d;
+	size_t n;
 
+	if (bm_env_encode(m, buf, sizeof(buf), &n))
+		return NULL;
+	d = malloc(sizeof(*d) + n);
 	if (!d)
 		return NULL;
 	d->s = s;
@@ -75,7 +83,8 @@ static struct deferred *defer(struct srv *s, struct srv_req *r, bimip_MessageSch
 	d->rid_len = r->rid_len;
 	d->session = r->session;
 	d->route = r->m->route;
-	d->m = *m;
+	d->len = n;
+	memcpy(d->bytes, buf, n);
 	return d;
 }
 
@@ -87,7 +96,7 @@ static void on_durable_reply(void *ud, int status, uint64_t offset)
 		srv_reply_error(d->s, d->rid, d->rid_len, d->session, 503, d->route,
 				"not stored: %s", bm_strerror(status));
 	else
-		srv_reply(d->s, d->rid, d->rid_len, d->session, &d->m);
+		srv_reply_raw(d->s, d->rid, d->rid_len, d->session, d->bytes, d->len);
 	free(d);
 }
 
@@ -592,6 +601,9 @@ struct chat_ctx {
 	int64_t route;
 };
 
+/* One per chat message, freed when it is durable: reused. */
+static struct bm_pool chat_pool = BM_POOL_INIT(struct chat_ctx, 4096);
+
 static void on_chat_stored(void *ud, int status, uint64_t offset)
 {
 	struct chat_ctx *c = ud;
@@ -603,7 +615,7 @@ static void on_chat_stored(void *ud, int status, uint64_t offset)
 	} else if (e) {
 		e->durable = 1;
 	}
-	free(c);
+	bm_pool_put(&chat_pool, c);
 }
 
 /* MessageScheme{route 13, chat_message = core + author + acknowledgment}. */
@@ -725,7 +737,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		return;
 	}
 	v = chat->version + 1;
-	ctx = calloc(1, sizeof(*ctx));
+	ctx = bm_pool_get(&chat_pool);
 	if (!ctx) {
 		ERR(s, r, 500, "out of memory");
 		return;
@@ -784,11 +796,11 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		c->acknowledgment = 0;
 		if (!pb_encode(&os, bimip_ChatMessage_fields, c)) {
 			ERR(s, r, 500, "cannot encode the message");
-			free(ctx);
+			bm_pool_put(&chat_pool, ctx);
 			return;
 		}
 		if (!all_here) {
-			free(ctx);
+			bm_pool_put(&chat_pool, ctx);
 			rc = srv_pending_start(s, chat->id, v, a->eid, to[0].eid, r->device,
 					       local, r->rid, r->rid_len, r->session,
 					       r->m->route, core, os.bytes_written);
@@ -817,7 +829,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 				       on_chat_stored, ctx);
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "message not stored: %s", bm_strerror(rc));
-		free(ctx);
+		bm_pool_put(&chat_pool, ctx);
 		return;
 	}
 	(*s->m.chats)++;

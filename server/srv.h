@@ -293,7 +293,11 @@ void srv_user_load(struct srv_user *u, json_t *o);
  * NULL; it runs once the record is durable. */
 typedef void srv_done_fn(void *ud, int status, uint64_t offset);
 int srv_state_log(struct srv *s, void *json_obj, srv_done_fn *cb, void *ud);
-/* The "msg" record of an accepted chat message (hot path; no jansson). */
+/* Copies in to out escaped for a JSON string (no quotes; out needs 6x the
+ * length); returns the end of what it wrote.  in must be valid UTF-8. */
+char *srv_json_escape(char *out, const char *in);
+/* The "msg" record of an accepted chat message (hot path; no jansson).
+ * cb (not NULL) runs once the record is durable or the queue failed. */
 int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
 		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud);
@@ -318,9 +322,11 @@ void srv_link_close(struct srv *s);
 int srv_push(struct srv *s, struct srv_dev *d, bimip_MessageScheme *m, int64_t offset);
 int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
 		 int64_t offset);
-/* Reply to the session a stanza came from. */
+/* Reply to the session a stanza came from; _raw with the envelope encoded. */
 int srv_reply(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
 	      bimip_MessageScheme *m);
+int srv_reply_raw(struct srv *s, const uint8_t *rid, size_t rid_len, uint64_t session,
+		  const uint8_t *env, size_t n);
 void srv_reply_error(struct srv *s, const uint8_t *rid, size_t rid_len,
 		     uint64_t session, int code, int64_t route, const char *fmt, ...)
 	__attribute__((format(printf, 7, 8)));

@@ -262,6 +262,13 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 	size_t cap = (size_t)s->cfg.idem_max, slot;
 
 	idem_key(key, sizeof(key), eid, dev, local);
+	/* Known already (a repeated record): one entry, one ring slot. */
+	e = bm_map_get(&s->idem, key);
+	if (e) {
+		snprintf(e->chat_id, sizeof(e->chat_id), "%s", chat_id);
+		e->version = version;
+		return e;
+	}
 	e = calloc(1, sizeof(*e) + strlen(key) + 1);
 	if (!e)
 		return NULL;
@@ -276,7 +283,8 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 		s->idem_head = (s->idem_head + 1) % cap;
 		s->idem_count--;
 	}
-	if (bm_map_put(&s->idem, key, e, NULL)) {
+	/* The map borrows e->key: one allocation per resend key. */
+	if (bm_map_put(&s->idem, e->key, e, NULL)) {
 		free(e);
 		return NULL;
 	}
@@ -391,7 +399,7 @@ static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const
 }
 
 /* JSON string body of in (no quotes) into out; returns the end. */
-static char *json_str(char *out, const char *in)
+char *srv_json_escape(char *out, const char *in)
 {
 	static const char hex[] = "0123456789abcdef";
 
@@ -431,36 +439,29 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 {
 	/* Worst case every byte escaped as \u00XX: 6x the bounded strings. */
 	static char buf[64 + 6 * (3 * SRV_EID_MAX + SRV_DEV_MAX + 64) + 3 * SRV_CHAT_ID_LEN];
-	struct log_ctx *lc = malloc(sizeof(*lc));
 	char *p = buf;
 	int rc;
 
 	/* Replay parses this with jansson, which wants valid UTF-8. */
-	if (!utf8(c->a) || !utf8(c->b) || !utf8(sender) || !utf8(dev) || !utf8(local)) {
-		free(lc);
+	if (!utf8(c->a) || !utf8(c->b) || !utf8(sender) || !utf8(dev) || !utf8(local))
 		return BM_EINVAL;
-	}
-	if (!lc)
-		return BM_ENOMEM;
 	p += sprintf(p, "{\"t\":\"msg\",\"c\":\"%s\",\"a\":\"", c->id);
-	p = json_str(p, c->a);
+	p = srv_json_escape(p, c->a);
 	p = stpcpy(p, "\",\"b\":\"");
-	p = json_str(p, c->b);
+	p = srv_json_escape(p, c->b);
 	p += sprintf(p, "\",\"v\":%lld,\"e\":\"", (long long)v);
-	p = json_str(p, sender);
+	p = srv_json_escape(p, sender);
 	p = stpcpy(p, "\",\"d\":\"");
-	p = json_str(p, dev);
+	p = srv_json_escape(p, dev);
 	p = stpcpy(p, "\",\"l\":\"");
-	p = json_str(p, local);
+	p = srv_json_escape(p, local);
 	p += sprintf(p, "\",\"ro\":%llu,\"so\":%llu}", (unsigned long long)ro,
 		     (unsigned long long)so);
-	lc->cb = cb;
-	lc->ud = ud;
-	rc = bm_queue_append(s->q, STATE_STREAM, buf, (size_t)(p - buf), NULL, on_logged, lc);
-	if (rc) {
-		free(lc);
+	/* cb straight to the queue (no wrapper to allocate per message): a
+	 * record that is not durable means the queue failed, which it logs. */
+	rc = bm_queue_append(s->q, STATE_STREAM, buf, (size_t)(p - buf), NULL, cb, ud);
+	if (rc)
 		return rc;
-	}
 	s->snap_records++;
 	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so))
 		bm_err("state", "cannot apply state record '%s'", buf);
@@ -766,7 +767,7 @@ static int maps_init(struct srv *s)
 	bm_map_init(&s->users);
 	bm_map_init(&s->chats);
 	bm_map_init(&s->chat_pairs);
-	bm_map_init(&s->idem);
+	bm_map_init_borrowed(&s->idem);
 	bm_map_init(&s->revoked_jti);
 	bm_map_init(&s->revoked_before);
 	bm_map_init(&s->rpcs);

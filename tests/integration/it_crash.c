@@ -67,7 +67,9 @@ static void send_msg(struct bm_client *a, int i)
 {
 	char local[32], text[64];
 
-	snprintf(local, sizeof(local), "m-%d", i);
+	/* A quote, a backslash and a two-byte character: the resend key goes
+	 * through the state records and the snapshot escaped. */
+	snprintf(local, sizeof(local), "m-%d\"\\\xc3\xa9", i);
 	snprintf(text, sizeof(text), "message %d", i);
 	msgs[i].sent_ms = (int64_t)bm_mono_ms();
 	bm_client_send_text(a, "rcv@crash", text, local);  /* errors: retried later */

@@ -51,10 +51,43 @@ static void test_map_model(void **state)
 	bm_map_release(&m);
 }
 
+static void test_map_borrowed(void **state)
+{
+	/* Borrowed keys: the map stores the caller's pointer, and neither
+	 * delete nor release frees it (ASan would report a double free). */
+	enum { N = 500 };
+	static char keys[N][24];
+	struct bm_map m;
+	const char *k;
+	void *v;
+	size_t it = 0;
+
+	bm_map_init_borrowed(&m);
+	for (int i = 0; i < N; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "a\x1f" "dev\x1f%d", i);
+		assert_int_equal(bm_map_put(&m, keys[i], (void *)(long)(i + 1), NULL), 0);
+	}
+	assert_true(bm_map_next(&m, &it, &k, &v));
+	assert_ptr_equal(k, keys[(long)v - 1]);
+	for (int i = 0; i < N; i += 2)
+		assert_int_equal((long)bm_map_del(&m, keys[i]), i + 1);
+	for (int i = 0; i < N; i++) {
+		char probe[24];
+		snprintf(probe, sizeof(probe), "a\x1f" "dev\x1f%d", i);
+		assert_int_equal((long)bm_map_get(&m, probe), i % 2 ? i + 1 : 0);
+	}
+	assert_int_equal(m.count, N / 2);
+	bm_map_release(&m);
+	assert_int_equal(m.borrowed, 1);
+	assert_int_equal(bm_map_put(&m, keys[0], (void *)1L, NULL), 0);
+	bm_map_release(&m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_map_model),
+		cmocka_unit_test(test_map_borrowed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
