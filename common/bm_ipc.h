@@ -2,7 +2,8 @@
  * bm_ipc.h - the internal frame header between BIMIP processes.
  *
  * Signal <-> server and server <-> server talk over ZeroMQ (DEALER -> ROUTER).
- * Every message is two ZeroMQ frames:
+ * Every message is two ZeroMQ frames (or one entry of a batch frame between
+ * a signal and a server that both read them; bm_zmq.h):
  *
  *   frame 1: header, encoded by bm_ipc_encode (below), at most BM_IPC_HDR_MAX
  *   frame 2: body: for STANZA/PUSH the client's MessageScheme bytes unchanged

@@ -12,11 +12,24 @@
 #include <event2/event.h>
 #include <zmq.h>
 
+/* A destination that reads batches: what is sent to it in one loop turn
+ * goes as one ZeroMQ message (see bm_zsock_batch_peer). */
+struct zdest {
+	uint8_t rid[256];
+	size_t rid_len;
+	int on;              /* the peer reads batches */
+	uint8_t *buf;        /* batch frame being filled; len 0 = empty */
+	size_t len, cap;
+};
+
 struct bm_zsock {
 	void *sock;
 	int type;
 	struct event *ev;
 	struct event *kick;
+	struct event *flush;  /* end of turn: send the batches */
+	struct zdest *dests;
+	size_t n_dests;
 	bm_zsock_msg_fn *on_msg;
 	void *ud;
 	uint64_t dropped, received, sent;
@@ -30,10 +43,20 @@ struct bm_zsock {
 };
 
 static void drain(struct bm_zsock *z);
+static void flush_all(struct bm_zsock *z);
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
-	drain(arg);
+	struct bm_zsock *z = arg;
+
+	/* ZMQ_FD also wakes when the socket can take output again. */
+	flush_all(z);
+	drain(z);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	flush_all(arg);
 }
 
 static int has_input(struct bm_zsock *z)
@@ -72,6 +95,40 @@ static int recv_parts(void *sock, zmq_msg_t *parts, int max)
 	}
 }
 
+/* One batch frame: BM_ZBATCH_MAGIC, version 1, then entries
+ * [u16 header length][u32 body length][header][body], little-endian.  A
+ * malformed entry drops it and the rest of the frame. */
+static void on_batch(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
+		     const uint8_t *p, size_t n)
+{
+	struct bm_ipc_hdr h;
+	size_t o = 2;
+
+	if (n < 2 || p[1] != 1) {
+		z->dropped++;
+		return;
+	}
+	while (o < n) {
+		size_t hl, bl;
+
+		if (n - o < 6) {
+			z->dropped++;
+			return;
+		}
+		hl = (size_t)p[o] | (size_t)p[o + 1] << 8;
+		bl = (size_t)p[o + 2] | (size_t)p[o + 3] << 8 | (size_t)p[o + 4] << 16 |
+		     (size_t)p[o + 5] << 24;
+		o += 6;
+		if (hl > n - o || bl > n - o - hl || bm_ipc_decode(p + o, hl, &h)) {
+			z->dropped++;
+			return;
+		}
+		z->received++;
+		z->on_msg(z, rid, rid_len, &h, p + o + hl, bl, z->ud);
+		o += hl + bl;
+	}
+}
+
 static void drain(struct bm_zsock *z)
 {
 	zmq_msg_t parts[3];
@@ -83,6 +140,13 @@ static void drain(struct bm_zsock *z)
 
 		if (n == 0)
 			return;
+		if (n == want - 1 && zmq_msg_size(&parts[n - 1]) > 0 &&
+		    *(const uint8_t *)zmq_msg_data(&parts[n - 1]) == BM_ZBATCH_MAGIC) {
+			on_batch(z, want == 3 ? zmq_msg_data(&parts[0]) : NULL,
+				 want == 3 ? zmq_msg_size(&parts[0]) : 0,
+				 zmq_msg_data(&parts[n - 1]), zmq_msg_size(&parts[n - 1]));
+			goto next;
+		}
 		if (n != want) {
 			z->dropped++;
 			goto next;
@@ -143,7 +207,8 @@ struct bm_zsock *bm_zsock_new(struct event_base *base, void *zctx, int type,
 		goto out_close;
 	z->ev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, z);
 	z->kick = event_new(base, -1, 0, on_readable, z);
-	if (!z->ev || !z->kick || event_add(z->ev, NULL) == -1)
+	z->flush = event_new(base, -1, 0, on_flush, z);
+	if (!z->ev || !z->kick || !z->flush || event_add(z->ev, NULL) == -1)
 		goto out_close;
 	return z;
 out_close:
@@ -151,6 +216,8 @@ out_close:
 		event_free(z->ev);
 	if (z->kick)
 		event_free(z->kick);
+	if (z->flush)
+		event_free(z->flush);
 	zmq_close(z->sock);
 out_free:
 	free(z);
@@ -161,8 +228,13 @@ void bm_zsock_free(struct bm_zsock *z)
 {
 	if (!z)
 		return;
+	flush_all(z);     /* best effort, as a direct send would have been */
 	event_free(z->ev);
 	event_free(z->kick);
+	event_free(z->flush);
+	for (size_t i = 0; i < z->n_dests; i++)
+		free(z->dests[i].buf);
+	free(z->dests);
 	if (z->zap_ev)
 		event_free(z->zap_ev);
 	if (z->zap)
@@ -212,14 +284,144 @@ int bm_zsock_disconnect(struct bm_zsock *z, const char *endpoint)
 	return zmq_disconnect(z->sock, endpoint) == -1 ? BM_ESYS : 0;
 }
 
+static struct zdest *dest_find(struct bm_zsock *z, const uint8_t *rid, size_t rid_len)
+{
+	for (size_t i = 0; i < z->n_dests; i++)
+		if (z->dests[i].rid_len == rid_len && !memcmp(z->dests[i].rid, rid, rid_len))
+			return &z->dests[i];
+	return NULL;
+}
+
+static int errno_rc(void)
+{
+	return errno == EHOSTUNREACH ? BM_ENOENT : errno == EAGAIN ? BM_EAGAIN : BM_ESYS;
+}
+
+/* Send d's batch: 0 (sent, or dropped because the peer is gone), or
+ * BM_EAGAIN (kept for the next try). */
+static int flush_dest(struct bm_zsock *z, struct zdest *d)
+{
+	int rc = 0;
+
+	if (!d->len)
+		return 0;
+	if (z->type == ZMQ_ROUTER &&
+	    zmq_send(z->sock, d->rid, d->rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+		rc = errno_rc();
+	else if (zmq_send(z->sock, d->buf, d->len, ZMQ_DONTWAIT) == -1)
+		rc = errno_rc();
+	if (rc == BM_EAGAIN) {
+		/* ZMQ_FD wakes the loop when the queue drains; a timer too, in
+		 * case that edge was taken by a receive. */
+		struct timeval tv = { 0, 5000 };
+		event_add(z->flush, &tv);
+		return rc;
+	}
+	if (rc)
+		z->dropped++;
+	d->len = 0;
+	/* Memory back after a burst. */
+	if (d->cap > BM_ZBATCH_FLUSH) {
+		free(d->buf);
+		d->buf = NULL;
+		d->cap = 0;
+	}
+	return 0;
+}
+
+static void flush_all(struct bm_zsock *z)
+{
+	int sent = 0;
+
+	for (size_t i = 0; i < z->n_dests; i++) {
+		sent |= z->dests[i].len > 0;
+		flush_dest(z, &z->dests[i]);
+	}
+	/* Sending may have consumed the edge that announced pending input. */
+	if (sent)
+		event_active(z->kick, EV_READ, 0);
+}
+
+int bm_zsock_batch_peer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len, int on)
+{
+	struct zdest *d;
+
+	if (rid_len > sizeof(d->rid) || (z->type != ZMQ_ROUTER && rid_len))
+		return BM_EINVAL;
+	d = dest_find(z, rid, rid_len);
+	if (!d && !on)
+		return 0;
+	if (!d) {
+		struct zdest *v = realloc(z->dests, (z->n_dests + 1) * sizeof(*v));
+		if (!v)
+			return BM_ENOMEM;
+		z->dests = v;
+		d = &v[z->n_dests++];
+		memset(d, 0, sizeof(*d));
+		memcpy(d->rid, rid, rid_len);
+		d->rid_len = rid_len;
+	}
+	if (!on)
+		flush_dest(z, d);     /* what is queued keeps its order */
+	d->on = on;
+	return 0;
+}
+
+/* Append one message to d's batch frame. */
+static int batch_add(struct bm_zsock *z, struct zdest *d, const uint8_t *hdr, size_t hn,
+		     const void *body, size_t body_len)
+{
+	size_t need = 6 + hn + body_len;
+	uint8_t *p;
+
+	/* Full: send it first; a peer that takes nothing holds the caller back. */
+	if (d->len && d->len + need > BM_ZBATCH_FLUSH && flush_dest(z, d))
+		return BM_EAGAIN;
+	if (d->len + need + 2 > d->cap) {
+		size_t cap = d->cap ? d->cap : 4096;
+		while (cap < d->len + need + 2)
+			cap *= 2;
+		p = realloc(d->buf, cap);
+		if (!p)
+			return BM_ENOMEM;
+		d->buf = p;
+		d->cap = cap;
+	}
+	if (!d->len) {
+		d->buf[0] = BM_ZBATCH_MAGIC;
+		d->buf[1] = 1;
+		d->len = 2;
+		event_active(z->flush, EV_WRITE, 0);
+	}
+	p = d->buf + d->len;
+	p[0] = (uint8_t)hn;
+	p[1] = (uint8_t)(hn >> 8);
+	p[2] = (uint8_t)body_len;
+	p[3] = (uint8_t)(body_len >> 8);
+	p[4] = (uint8_t)(body_len >> 16);
+	p[5] = (uint8_t)(body_len >> 24);
+	memcpy(p + 6, hdr, hn);
+	if (body_len)
+		memcpy(p + 6 + hn, body, body_len);
+	d->len += need;
+	return 0;
+}
+
 int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 		  const struct bm_ipc_hdr *h, const void *body, size_t body_len)
 {
 	uint8_t hdr[BM_IPC_HDR_MAX];
 	int hn = bm_ipc_encode(h, hdr, sizeof(hdr)), rc = 0;
+	struct zdest *d;
 
 	if (hn < 0)
 		return BM_EPROTO;
+	if (z->n_dests && (d = dest_find(z, rid, rid_len)) && d->on) {
+		rc = body_len > UINT32_MAX ? BM_ETOOBIG : batch_add(z, d, hdr, (size_t)hn, body, body_len);
+		if (!rc)
+			z->sent++;
+		return rc;
+	}
 	if (z->type == ZMQ_ROUTER &&
 	    zmq_send(z->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
 		goto fail;
@@ -230,7 +432,7 @@ int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 	z->sent++;
 	goto out;
 fail:
-	rc = errno == EHOSTUNREACH ? BM_ENOENT : errno == EAGAIN ? BM_EAGAIN : BM_ESYS;
+	rc = errno_rc();
 out:
 	/* Sending may have consumed the edge that announced pending input. */
 	event_active(z->kick, EV_READ, 0);

@@ -2,7 +2,7 @@
  * bm_zmq.h - ZeroMQ sockets on a libevent loop, carrying bm_ipc messages.
  *
  * A message is [routing id (ROUTER only)] [bm_ipc header] [body] (see
- * bm_ipc.h).  ZMQ_FD is edge-triggered, so on every wake-up and after every
+ * bm_ipc.h), or [routing id] [batch frame] of several (below).  ZMQ_FD is edge-triggered, so on every wake-up and after every
  * send the socket is drained while ZMQ_EVENTS says there is input; at most
  * BM_ZSOCK_BATCH messages are handled per turn, then the loop is re-armed so
  * one busy peer cannot starve the others.  Malformed messages (wrong frame
@@ -58,6 +58,21 @@ int bm_zsock_curve_client(struct bm_zsock *z, const char *server_public_z85,
  * ROUTER has no such peer, BM_EPROTO if the header does not encode. */
 int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 		  const struct bm_ipc_hdr *h, const void *body, size_t body_len);
+
+/* Batches.  A peer that reads them (it says so in its HELLO or WELCOME)
+ * is marked with on = 1: whatever is sent to it is then appended to one
+ * frame (BM_ZBATCH_MAGIC, version 1, then [u16 header length][u32 body
+ * length][header][body] per message) that goes at the end of the loop turn,
+ * or when it reaches BM_ZBATCH_FLUSH bytes: one ZeroMQ message and one
+ * wake-up of each side's I/O thread for a turn's worth of stanzas instead
+ * of one per stanza.  Order is kept.  rid is the peer's routing id on a
+ * ROUTER, NULL/0 on a DEALER.  Receiving takes both forms always.
+ * bm_zsock_send to a batching peer returns BM_EAGAIN only when a full batch
+ * cannot be handed to ZeroMQ (the peer's queue is at its high-water mark);
+ * a peer that is gone drops its batch (counted in dropped). */
+#define BM_ZBATCH_MAGIC 0xB2
+#define BM_ZBATCH_FLUSH (32 * 1024)
+int bm_zsock_batch_peer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len, int on);
 
 /* Counters. */
 uint64_t bm_zsock_dropped(const struct bm_zsock *z);

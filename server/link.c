@@ -8,8 +8,9 @@
  * all its sessions, so a restarted server learns who is online.
  *
  * Control bodies are JSON:
- *   HELLO    {"boot":"<hex>"} (the signal's boot id)
- *   WELCOME  {"node":"s1","boot":"<hex>"}
+ *   HELLO    {"boot":"<hex>","batch":true} (the signal's boot id; batch: it
+ *            reads batch frames, bm_zmq.h)
+ *   WELCOME  {"node":"s1","boot":"<hex>","batch":true}
  *   KEYS     {"keys":[{"kid":"..","alg":"RS256","pem":"-----BEGIN.."}]}
  *   REVOKE   {"jti":{"<jti>":exp,..},"before":{"<eid>[\x1f<device>]":s,..}}
  *   SESSION_OPEN body {"iat":s,"exp":s}; header aux = jti
@@ -213,8 +214,13 @@ static void on_hello(struct srv *s, const uint8_t *rid, size_t rid_len,
 	}
 	memcpy(id, rid, rid_len);
 	id[rid_len] = 0;
+	/* A signal that reads batches gets a loop turn's pushes in one
+	 * ZeroMQ message (bm_zmq.h); an older one, one message per push. */
+	bm_zsock_batch_peer(s->router, rid, rid_len,
+			    o && json_is_true(json_object_get(o, "batch")));
 	fill_hdr(s, &h, BM_IPC_WELCOME, 0);
-	bm_buf_addf(&b, "{\"node\":\"%s\",\"boot\":\"%s\"}", s->cfg.node_id, s->boot_id);
+	bm_buf_addf(&b, "{\"node\":\"%s\",\"boot\":\"%s\",\"batch\":true}", s->cfg.node_id,
+		    s->boot_id);
 	bm_zsock_send(s->router, rid, rid_len, &h, b.data, b.len);
 	known = bm_map_get(&s->signals, id);
 	if (known && boot && !strcmp(known, boot))

@@ -784,7 +784,7 @@ static void finish(struct srv *s, struct srv_pending *p)
 	snprintf(c->local, sizeof(c->local), "%s", p->local);
 	/* Applying the record drops (frees) p. */
 	rc = srv_state_log_msg(s, chat, p->version, p->sender, p->dev, p->local, 0, 0,
-			       on_msg_logged, c);
+			       on_msg_logged, c, NULL);
 	if (rc) {
 		free(c);
 		retry_later(s, p);

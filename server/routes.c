@@ -594,7 +594,8 @@ static void version_update_reply(struct srv *s, struct srv_req *r, const char *l
 
 struct chat_ctx {
 	struct srv *s;
-	char idem_key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+	struct srv_idem *idem;   /* the resend key, while idem_seq is not evicted */
+	uint64_t idem_seq;
 	uint8_t rid[BM_IPC_ORIGIN_MAX];
 	size_t rid_len;
 	uint64_t session;
@@ -607,13 +608,13 @@ static struct bm_pool chat_pool = BM_POOL_INIT(struct chat_ctx, 4096);
 static void on_chat_stored(void *ud, int status, uint64_t offset)
 {
 	struct chat_ctx *c = ud;
-	struct srv_idem *e = bm_map_get(&c->s->idem, c->idem_key);
 
 	if (status) {
 		srv_reply_error(c->s, c->rid, c->rid_len, c->session, 503, c->route,
 				"message not stored: %s", bm_strerror(status));
-	} else if (e) {
-		e->durable = 1;
+	} else if (c->idem && c->idem_seq >= c->s->idem_evicted) {
+		/* Still remembered (the ring forgets oldest first): no lookup. */
+		c->idem->durable = 1;
 	}
 	bm_pool_put(&chat_pool, c);
 }
@@ -743,7 +744,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		return;
 	}
 	ctx->s = s;
-	srv_join(ctx->idem_key, sizeof(ctx->idem_key), a->eid, r->device, local);
+	ctx->idem = NULL;
 	memcpy(ctx->rid, r->rid, r->rid_len);
 	ctx->rid_len = r->rid_len;
 	ctx->session = r->session;
@@ -826,7 +827,9 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	}
 	if (!rc)
 		rc = srv_state_log_msg(s, chat, v, a->eid, r->device, local, ro, so,
-				       on_chat_stored, ctx);
+				       on_chat_stored, ctx, &ctx->idem);
+	if (!rc && ctx->idem)
+		ctx->idem_seq = ctx->idem->seq;
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "message not stored: %s", bm_strerror(rc));
 		bm_pool_put(&chat_pool, ctx);

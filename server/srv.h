@@ -154,6 +154,7 @@ struct srv_idem {
 	char chat_id[SRV_CHAT_ID_LEN + 1];
 	int64_t version;
 	int durable;
+	uint64_t seq;                /* n-th key added; freed once idem_evicted > seq */
 	char key[];                  /* "eid\x1fdevice\x1flocal" */
 };
 
@@ -225,6 +226,7 @@ struct srv {
 	struct bm_map idem;               /* key -> struct srv_idem */
 	char **idem_ring;                 /* FIFO of idem keys, bounds memory */
 	size_t idem_head, idem_count;
+	uint64_t idem_added, idem_evicted;    /* keys ever added, ever forgotten */
 	struct bm_map revoked_jti;        /* jti -> (void *)(intptr_t)exp */
 	struct bm_map revoked_before;     /* "eid" or "eid\x1fdevice" -> iat bound */
 	struct bm_map signals;            /* signal node id -> its boot id (strdup) */
@@ -297,10 +299,13 @@ int srv_state_log(struct srv *s, void *json_obj, srv_done_fn *cb, void *ud);
  * length); returns the end of what it wrote.  in must be valid UTF-8. */
 char *srv_json_escape(char *out, const char *in);
 /* The "msg" record of an accepted chat message (hot path; no jansson).
- * cb (not NULL) runs once the record is durable or the queue failed. */
+ * cb (not NULL) runs once the record is durable or the queue failed.
+ * *idem (may be NULL) gets the message's resend key entry, or NULL when it
+ * has none; it stays valid while its seq >= s->idem_evicted. */
 int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
-		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud);
+		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud,
+		      struct srv_idem **idem);
 /* Apply a state record (also used by the replay at start). */
 int srv_state_apply(struct srv *s, void *json_obj);
 int srv_revoked(struct srv *s, const char *eid, const char *device,

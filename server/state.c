@@ -262,13 +262,11 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 	size_t cap = (size_t)s->cfg.idem_max, slot;
 
 	idem_key(key, sizeof(key), eid, dev, local);
-	/* Known already (a repeated record): one entry, one ring slot. */
+	/* Known already (a repeated record): the first entry stays, one ring
+	 * slot per key. */
 	e = bm_map_get(&s->idem, key);
-	if (e) {
-		snprintf(e->chat_id, sizeof(e->chat_id), "%s", chat_id);
-		e->version = version;
+	if (e)
 		return e;
-	}
 	e = calloc(1, sizeof(*e) + strlen(key) + 1);
 	if (!e)
 		return NULL;
@@ -282,6 +280,7 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 		s->idem_ring[slot] = NULL;
 		s->idem_head = (s->idem_head + 1) % cap;
 		s->idem_count--;
+		s->idem_evicted++;
 	}
 	/* The map borrows e->key: one allocation per resend key. */
 	if (bm_map_put(&s->idem, e->key, e, NULL)) {
@@ -291,6 +290,7 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 	slot = (s->idem_head + s->idem_count) % cap;
 	s->idem_ring[slot] = e->key;
 	s->idem_count++;
+	e->seq = s->idem_added++;
 	return e;
 }
 
@@ -370,7 +370,7 @@ static int set_flag(struct bm_map *m, const char *k, int on)
  * state record names (for the repair at start-up), the resend key. */
 static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const char *b,
 		     int64_t v, const char *sender, const char *dev, const char *local,
-		     uint64_t ro, uint64_t so)
+		     uint64_t ro, uint64_t so, struct srv_idem **idem)
 {
 	struct srv_chat *c = known ? known : srv_chat_get(s, a, b, 1);
 	/* Offsets are named only when the copies were appended here. */
@@ -387,11 +387,12 @@ static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const
 	if (rb && ro > rb->ref_offset)
 		rb->ref_offset = ro;
 	if (*local) {
-		e = srv_idem_find(s, sender, dev, local);
-		if (!e)
-			e = srv_idem_add(s, sender, dev, local, c->id, v);
+		/* One lookup: an existing key comes back as it is. */
+		e = srv_idem_add(s, sender, dev, local, c->id, v);
 		if (e && s->replaying)
 			e->durable = 1;
+		if (idem)
+			*idem = e;
 	}
 	/* Last: the strings may be the pending message's own (peer.c finish). */
 	srv_pending_done(s, c->id, v);
@@ -435,7 +436,8 @@ struct log_ctx {
  * through jansson, and applied directly. */
 int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
-		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud)
+		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud,
+		      struct srv_idem **idem)
 {
 	/* Worst case every byte escaped as \u00XX: 6x the bounded strings. */
 	static char buf[64 + 6 * (3 * SRV_EID_MAX + SRV_DEV_MAX + 64) + 3 * SRV_CHAT_ID_LEN];
@@ -463,7 +465,9 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 	if (rc)
 		return rc;
 	s->snap_records++;
-	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so))
+	if (idem)
+		*idem = NULL;
+	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so, idem))
 		bm_err("state", "cannot apply state record '%s'", buf);
 	return 0;
 }
@@ -548,7 +552,7 @@ int srv_state_apply(struct srv *s, void *obj)
 	if (!strcmp(t, "msg"))
 		return apply_msg(s, NULL, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
 				 str(o, "d"), str(o, "l"), (uint64_t)num(o, "ro"),
-				 (uint64_t)num(o, "so"));
+				 (uint64_t)num(o, "so"), NULL);
 	if (!strcmp(t, "seen")) {
 		u = srv_user_get(s, str(o, "e"), 1);
 		if (!u)

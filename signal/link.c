@@ -155,6 +155,9 @@ static void on_welcome(struct sig *g, int idx, const uint8_t *body, size_t n)
 
 	if (node && boot) {
 		int restarted = sv->boot[0] && strcmp(sv->boot, boot);
+		/* A server that reads batches gets a loop turn's stanzas in one
+		 * ZeroMQ message (bm_zmq.h). */
+		bm_zsock_batch_peer(sv->z, NULL, 0, json_is_true(json_object_get(o, "batch")));
 		set_node(sv, node);
 		snprintf(sv->boot, sizeof(sv->boot), "%s", boot);
 		sv->up = 1;
@@ -235,8 +238,9 @@ void sig_link_tick(struct sig *g)
 	for (int i = 0; i < g->n_servers; i++) {
 		struct sig_server *sv = &g->servers[i];
 		struct bm_ipc_hdr h;
-		char body[64];
-		int n = snprintf(body, sizeof(body), "{\"boot\":\"%s\"}", g->boot_id);
+		char body[96];
+		int n = snprintf(body, sizeof(body), "{\"boot\":\"%s\",\"batch\":true}",
+				 g->boot_id);
 
 		if (sv->up && now - sv->last_welcome_ms > DOWN_AFTER_MS) {
 			sv->up = 0;

@@ -105,6 +105,70 @@ static void test_router_dealer(void **state)
 	event_base_free(c.base);
 }
 
+/* Batching peers: one ZeroMQ message per loop turn, in order (on_dealer
+ * checks the sessions come back 42, 43, ...), more than one frame's worth
+ * (BM_ZBATCH_FLUSH) per turn; malformed batch frames are dropped. */
+static void test_batch(void **state)
+{
+	void *zctx = zmq_ctx_new();
+	struct ctx c = { .base = event_base_new() };
+	char ep[128];
+	struct bm_zsock *r = bm_zsock_new(c.base, zctx, ZMQ_ROUTER, "srv", on_router, &c);
+	struct bm_zsock *d = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "sig-1", on_dealer, &c);
+	void *raw;
+	uint64_t dropped;
+
+	assert_non_null(r);
+	assert_non_null(d);
+	assert_int_equal(bm_zsock_bind(r, "tcp://127.0.0.1:0", ep, sizeof(ep)), 0);
+	assert_int_equal(bm_zsock_connect(d, ep), 0);
+	assert_int_equal(bm_zsock_batch_peer(d, NULL, 0, 1), 0);
+	assert_int_equal(bm_zsock_batch_peer(r, (const uint8_t *)"sig-1", 5, 1), 0);
+	assert_int_equal(bm_zsock_batch_peer(d, (const uint8_t *)"x", 1, 1), BM_EINVAL);
+	exchange(&c, d, 3000);   /* ~150 KiB: several batch frames in one turn */
+	assert_int_equal(c.got_dealer, 3000);
+	assert_int_equal(c.got_router, 3000);
+	assert_int_equal(bm_zsock_dropped(r), 0);
+	assert_int_equal(bm_zsock_dropped(d), 0);
+	/* Back to one message per send: still in order, still received. */
+	assert_int_equal(bm_zsock_batch_peer(d, NULL, 0, 0), 0);
+	c.got_dealer = 0;
+	exchange(&c, d, 10);
+	assert_int_equal(c.got_dealer, 10);
+
+	/* Malformed batches from a raw peer: dropped and counted, no crash. */
+	raw = zmq_socket(zctx, ZMQ_DEALER);
+	assert_non_null(raw);
+	assert_int_equal(zmq_connect(raw, ep), 0);
+	{
+		static const uint8_t bad[][12] = {
+			{ BM_ZBATCH_MAGIC },                                  /* no version */
+			{ BM_ZBATCH_MAGIC, 2 },                               /* version 2 */
+			{ BM_ZBATCH_MAGIC, 1, 5, 0 },                         /* short entry */
+			{ BM_ZBATCH_MAGIC, 1, 200, 0, 0, 0, 0, 0, 1, 2 },    /* header too long */
+			{ BM_ZBATCH_MAGIC, 1, 1, 0, 255, 255, 255, 255, 1 }, /* body too long */
+			{ BM_ZBATCH_MAGIC, 1, 2, 0, 0, 0, 0, 0, 0xB1, 1 },   /* bad header */
+		};
+		static const size_t len[] = { 1, 2, 4, 10, 9, 10 };
+		size_t n = sizeof(len) / sizeof(len[0]);
+
+		dropped = bm_zsock_dropped(r);
+		for (size_t i = 0; i < n; i++)
+			assert_int_equal(zmq_send(raw, bad[i], len[i], 0), (int)len[i]);
+		for (int i = 0; i < 5000 && bm_zsock_dropped(r) < dropped + n; i++) {
+			struct timeval tv = { 0, 1000 };
+			event_base_loopexit(c.base, &tv);
+			event_base_dispatch(c.base);
+		}
+		assert_int_equal(bm_zsock_dropped(r), dropped + n);
+	}
+	zmq_close(raw);
+	bm_zsock_free(d);
+	bm_zsock_free(r);
+	zmq_ctx_term(zctx);
+	event_base_free(c.base);
+}
+
 static void test_curve(void **state)
 {
 	void *zctx = zmq_ctx_new();
@@ -210,6 +274,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_router_dealer),
+		cmocka_unit_test(test_batch),
 		cmocka_unit_test(test_curve),
 		cmocka_unit_test(test_same_id_reconnect),
 	};
