@@ -49,6 +49,12 @@ int bm_env_encode(bimip_MessageScheme *m, uint8_t *out, size_t cap, size_t *len)
 /* Same, appending to a growable buffer. */
 int bm_env_encode_buf(bimip_MessageScheme *m, struct bm_buf *out);
 
+/* A ChatMessage (not the envelope) encoded without nanopb, the same bytes
+ * pb_encode writes for it (field order, defaults left out, strings cut at
+ * their bounds); on every chat message's path.  Returns the length, or 0
+ * if cap < bimip_ChatMessage_size. */
+size_t bm_env_chat_message(uint8_t *out, size_t cap, const bimip_ChatMessage *c);
+
 /* The VersionUpdate answering a chat message, encoded without nanopb (it is
  * on every message's path): the same bytes bm_env_encode gives for
  * MessageScheme{version_update{to{eid, device}, message_id,

@@ -19,7 +19,6 @@
 #include "bm_ws.h"
 
 #include <inttypes.h>
-#include <pb_encode.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -644,6 +643,30 @@ size_t srv_chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
 	return o;
 }
 
+/* "<chat_id>.<version>", as snprintf "%s.%lld" would (on every message). */
+static void message_id(char *dst, size_t cap, const char *chat, int64_t v)
+{
+	char digits[24];
+	size_t n = strnlen(chat, cap - 1), d = 0;
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+	memcpy(dst, chat, n);
+	do {
+		digits[d++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		digits[d++] = '-';
+	if (n + 1 + d >= cap) {
+		snprintf(dst, cap, "%s.%" PRId64, chat, v);
+		return;
+	}
+	dst[n++] = '.';
+	while (d)
+		dst[n++] = digits[--d];
+	dst[n] = 0;
+}
+
 static void h_chat(struct srv *s, struct srv_req *r)
 {
 	static bimip_MessageScheme cm;
@@ -755,7 +778,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	cm.offset = 0;
 	memset(c, 0, sizeof(*c));
 	cm.which_payload = bimip_MessageScheme_chat_message_tag;
-	snprintf(c->message_id, sizeof(c->message_id), "%s.%" PRId64, chat->id, v);
+	message_id(c->message_id, sizeof(c->message_id), chat->id, v);
 	BM_SET_STR(c->message_id_local, local);
 	c->version = v;
 	BM_SET_STR(c->chat_id, chat->id);
@@ -790,21 +813,16 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	 * in any order). */
 	{
 		static uint8_t core[bimip_ChatMessage_size], env[bimip_ChatMessage_size + 32];
-		pb_ostream_t os = pb_ostream_from_buffer(core, sizeof(core));
-		size_t n;
+		size_t n, core_len;
 
 		c->author[0] = 0;
 		c->acknowledgment = 0;
-		if (!pb_encode(&os, bimip_ChatMessage_fields, c)) {
-			ERR(s, r, 500, "cannot encode the message");
-			bm_pool_put(&chat_pool, ctx);
-			return;
-		}
+		core_len = bm_env_chat_message(core, sizeof(core), c);
 		if (!all_here) {
 			bm_pool_put(&chat_pool, ctx);
 			rc = srv_pending_start(s, chat->id, v, a->eid, to[0].eid, r->device,
 					       local, r->rid, r->rid_len, r->session,
-					       r->m->route, core, os.bytes_written);
+					       r->m->route, core, core_len);
 			if (rc)
 				ERR(s, r, bm_err_http(rc), "message not stored: %s",
 				    bm_strerror(rc));
@@ -812,13 +830,13 @@ static void h_chat(struct srv *s, struct srv_req *r)
 				(*s->m.chats)++;
 			return;
 		}
-		n = srv_chat_envelope(env, core, os.bytes_written, "receiver", 1);
+		n = srv_chat_envelope(env, core, core_len, "receiver", 1);
 		BM_SET_STR(c->author, "receiver");
 		c->acknowledgment = 1;
 		rc = srv_stream_append(s, b, SRV_REC_PLAIN, r->device, &cm, env, n, &ro,
 				       NULL, NULL);
 		if (!rc) {
-			n = srv_chat_envelope(env, core, os.bytes_written, "sender", 4);
+			n = srv_chat_envelope(env, core, core_len, "sender", 4);
 			BM_SET_STR(c->author, "sender");
 			c->acknowledgment = 4;
 			rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, env, n,

@@ -2,6 +2,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -45,6 +46,48 @@ static void test_roundtrip(void **state)
 	assert_int_equal(b.len, n);
 	assert_memory_equal(b.data, buf, n);
 	bm_buf_release(&b);
+}
+
+/* Decoding into a target that held another message leaves nothing of it:
+ * bm_env_decode does not walk the defaults (PB_DECODE_NOINIT), it resets
+ * the fields outside the oneof itself. */
+static void test_decode_over_previous(void **state)
+{
+	static bimip_MessageScheme text;
+	bimip_TextPayloadRequest *t = &text.payload.text_payload_request;
+	size_t n;
+
+	/* A text request with every field, and offset, first. */
+	text.route = text.which_payload = bimip_MessageScheme_text_payload_request_tag;
+	text.offset = 77;
+	t->has_from = true;
+	strcpy(t->from.eid, "a@x");
+	t->to_count = 2;
+	strcpy(t->to[0].eid, "b@x");
+	strcpy(t->to[1].eid, "c@x");
+	strcpy(t->content, "hello");
+	strcpy(t->message_id_local, "m1");
+	strcpy(t->text_size_count, "5");
+	t->created_at = 5;
+	assert_int_equal(bm_env_encode(&text, buf, sizeof(buf), &n), 0);
+	assert_int_equal(bm_env_decode(buf, n, &out, NULL), 0);
+	assert_int_equal(out.offset, 77);
+	/* Then a bare one of the same route: nothing of the first remains. */
+	memset(&text, 0, sizeof(text));
+	text.route = text.which_payload = bimip_MessageScheme_text_payload_request_tag;
+	strcpy(text.payload.text_payload_request.content, "x");
+	assert_int_equal(bm_env_encode(&text, buf, sizeof(buf), &n), 0);
+	assert_int_equal(bm_env_decode(buf, n, &out, NULL), 0);
+	assert_int_equal(out.offset, 0);
+	assert_memory_equal(&out, &text, sizeof(out));
+	/* And a ping after it: route and payload are the ping's. */
+	make_ping(&m);
+	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
+	assert_int_equal(bm_env_decode(buf, n, &out, NULL), 0);
+	assert_int_equal(out.route, 6);
+	assert_int_equal(out.offset, 0);
+	assert_memory_equal(&out.payload.pingpong_message, &m.payload.pingpong_message,
+			    sizeof(m.payload.pingpong_message));
 }
 
 static void test_route_mismatch(void **state)
@@ -172,6 +215,83 @@ static void test_version_update(void **state)
 	check_vu("b\"q", "d\x01", "x.300", "local with spaces", "c", 300, 127);
 }
 
+/* bm_env_chat_message writes the bytes pb_encode writes, for random
+ * messages: every field empty or set, long strings cut at their bounds,
+ * negative numbers, 0..4 receivers, text or media or no payload. */
+static void rand_str(unsigned *seed, char *dst, size_t cap)
+{
+	size_t n;
+	unsigned r = (unsigned)rand_r(seed);
+
+	n = r % 4 == 0 ? 0 : r % 4 == 1 ? cap - 1 : (size_t)rand_r(seed) % cap;
+	for (size_t i = 0; i < n; i++)
+		dst[i] = (char)(1 + rand_r(seed) % 255);
+	dst[n] = 0;
+}
+
+static int64_t rand_num(unsigned *seed)
+{
+	switch (rand_r(seed) % 5) {
+	case 0: return 0;
+	case 1: return -(int64_t)(rand_r(seed) % 1000) - 1;
+	case 2: return INT64_MAX - rand_r(seed) % 3;
+	case 3: return INT64_MIN + rand_r(seed) % 3;
+	default: return rand_r(seed);
+	}
+}
+
+static void test_chat_message_encoder(void **state)
+{
+	static bimip_ChatMessage c;
+	static uint8_t want[bimip_ChatMessage_size], got[bimip_ChatMessage_size];
+	unsigned seed = 7;
+
+	for (int t = 0; t < 3000; t++) {
+		pb_ostream_t os = pb_ostream_from_buffer(want, sizeof(want));
+		size_t n;
+
+		memset(&c, 0, sizeof(c));
+		rand_str(&seed, c.message_id, sizeof(c.message_id));
+		rand_str(&seed, c.message_id_local, sizeof(c.message_id_local));
+		c.version = rand_num(&seed);
+		rand_str(&seed, c.chat_id, sizeof(c.chat_id));
+		c.has_from = rand_r(&seed) % 2;
+		rand_str(&seed, c.from.eid, sizeof(c.from.eid));
+		rand_str(&seed, c.from.connection_resource_id, sizeof(c.from.connection_resource_id));
+		rand_str(&seed, c.from.node, sizeof(c.from.node));
+		c.to_count = (pb_size_t)(rand_r(&seed) % 5);
+		for (int i = 0; i < c.to_count; i++) {
+			rand_str(&seed, c.to[i].eid, sizeof(c.to[i].eid));
+			rand_str(&seed, c.to[i].connection_resource_id,
+				 sizeof(c.to[i].connection_resource_id));
+		}
+		rand_str(&seed, c.author, sizeof(c.author));
+		switch (rand_r(&seed) % 3) {
+		case 0:
+			c.which_payload = bimip_ChatMessage_text_tag;
+			rand_str(&seed, c.payload.text, sizeof(c.payload.text));
+			break;
+		case 1:
+			c.which_payload = bimip_ChatMessage_media_url_tag;
+			rand_str(&seed, c.payload.media_url, sizeof(c.payload.media_url));
+			break;
+		}
+		c.acknowledgment = (int32_t)rand_num(&seed);
+		c.acknowledgment_timestamp = rand_num(&seed);
+		c.created_at = rand_num(&seed);
+		c.server_received_at = rand_num(&seed);
+		c.media_type = (int32_t)rand_num(&seed);
+		rand_str(&seed, c.caption, sizeof(c.caption));
+		rand_str(&seed, c.thumbnail_url, sizeof(c.thumbnail_url));
+		c.media_size_bytes = rand_num(&seed);
+		assert_true(pb_encode(&os, bimip_ChatMessage_fields, &c));
+		n = bm_env_chat_message(got, sizeof(got), &c);
+		assert_int_equal(n, os.bytes_written);
+		assert_memory_equal(got, want, n);
+	}
+	assert_int_equal(bm_env_chat_message(got, sizeof(got) - 1, &c), 0);
+}
+
 static void test_ipc(void **state)
 {
 	struct bm_ipc_hdr h, back;
@@ -213,11 +333,13 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip),
+		cmocka_unit_test(test_decode_over_previous),
 		cmocka_unit_test(test_route_mismatch),
 		cmocka_unit_test(test_no_payload_and_unknown_route),
 		cmocka_unit_test(test_garbage_and_bounds),
 		cmocka_unit_test(test_make_error),
 		cmocka_unit_test(test_version_update),
+		cmocka_unit_test(test_chat_message_encoder),
 		cmocka_unit_test(test_ipc),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
