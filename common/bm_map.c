@@ -68,9 +68,24 @@ void *bm_map_get(const struct bm_map *m, const char *key)
 	return m->slots[i].key ? m->slots[i].val : NULL;
 }
 
+static int resize(struct bm_map *m, size_t ncap);
+
 static int grow(struct bm_map *m)
 {
-	size_t ncap = m->cap ? m->cap * 2 : 16;
+	return resize(m, m->cap ? m->cap * 2 : 16);
+}
+
+int bm_map_reserve(struct bm_map *m, size_t n)
+{
+	size_t cap = m->cap ? m->cap : 16;
+
+	while (n * 4 > cap * 3)
+		cap *= 2;
+	return cap > m->cap ? resize(m, cap) : 0;
+}
+
+static int resize(struct bm_map *m, size_t ncap)
+{
 	struct bm_map_slot *ns = calloc(ncap, sizeof(*ns)), *old = m->slots;
 	size_t ocap = m->cap;
 

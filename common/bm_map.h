@@ -32,6 +32,10 @@ void bm_map_init_borrowed(struct bm_map *m);
 /* Frees the keys (unless borrowed) and the table; values are the caller's. */
 void bm_map_release(struct bm_map *m);
 void *bm_map_get(const struct bm_map *m, const char *key);
+/* Size the table for n keys now, so that no insert up to n rehashes (a
+ * rehash of a large table is one long stall).  The table is calloc'ed: its
+ * pages cost memory as keys land on them.  Returns 0 or BM_ENOMEM. */
+int bm_map_reserve(struct bm_map *m, size_t n);
 /* Insert or replace.  *old (may be NULL) gets the replaced value or NULL.
  * Returns 0 or BM_ENOMEM. */
 int bm_map_put(struct bm_map *m, const char *key, void *val, void **old);

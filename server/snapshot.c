@@ -220,7 +220,7 @@ int srv_snapshot_now(struct srv *s)
 
 void srv_snapshot_maybe(struct srv *s)
 {
-	uint64_t head;
+	uint64_t head, t0, t1;
 	pid_t pid;
 	int status;
 
@@ -242,8 +242,10 @@ void srv_snapshot_maybe(struct srv *s)
 	if (s->snap_last_ms && bm_mono_ms() - s->snap_last_ms < (uint64_t)s->cfg.snapshot_interval_ms)
 		return;
 	/* Only durable state may go into a snapshot: sync, then fork. */
+	t0 = (bm_mono_ns() / 1000);
 	if (bm_queue_sync(s->q) || state_head(s, &head))
 		return;
+	t1 = (bm_mono_ns() / 1000);
 	pid = fork();
 	if (pid == -1) {
 		bm_err("state", "cannot fork for the snapshot: %s", strerror(errno));
@@ -259,6 +261,10 @@ void srv_snapshot_maybe(struct srv *s)
 				strerror(errno));
 		_exit(write_snapshot(s, head) ? 1 : 0);
 	}
+	/* The loop stood still this long (sync, then the page tables copied). */
+	bm_info("state", "snapshot at state offset %llu: the loop paused %.1f ms to sync "
+		"and %.1f ms to fork", (unsigned long long)head, (double)(t1 - t0) / 1000,
+		(double)((bm_mono_ns() / 1000) - t1) / 1000);
 	s->snap_pid = pid;
 	s->snap_offset = head;
 	s->snap_records = 0;

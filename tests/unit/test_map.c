@@ -83,11 +83,34 @@ static void test_map_borrowed(void **state)
 	bm_map_release(&m);
 }
 
+static void test_map_reserve(void **state)
+{
+	/* Reserved for n keys: n inserts never rehash (cap stays). */
+	struct bm_map m;
+	char key[32];
+	size_t cap;
+
+	bm_map_init(&m);
+	assert_int_equal(bm_map_reserve(&m, 1000), 0);
+	cap = m.cap;
+	assert_true(cap * 3 >= 1000 * 4);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_int_equal(bm_map_put(&m, key, (void *)(long)(i + 1), NULL), 0);
+	}
+	assert_int_equal(m.cap, cap);
+	assert_int_equal((long)bm_map_get(&m, "k999"), 1000);
+	assert_int_equal(bm_map_reserve(&m, 10), 0);     /* never shrinks */
+	assert_int_equal(m.cap, cap);
+	bm_map_release(&m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_map_model),
 		cmocka_unit_test(test_map_borrowed),
+		cmocka_unit_test(test_map_reserve),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
