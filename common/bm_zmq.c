@@ -287,7 +287,8 @@ int bm_zsock_disconnect(struct bm_zsock *z, const char *endpoint)
 static struct zdest *dest_find(struct bm_zsock *z, const uint8_t *rid, size_t rid_len)
 {
 	for (size_t i = 0; i < z->n_dests; i++)
-		if (z->dests[i].rid_len == rid_len && !memcmp(z->dests[i].rid, rid, rid_len))
+		if (z->dests[i].rid_len == rid_len &&
+		    (!rid_len || !memcmp(z->dests[i].rid, rid, rid_len)))
 			return &z->dests[i];
 	return NULL;
 }
@@ -358,7 +359,8 @@ int bm_zsock_batch_peer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len, 
 		z->dests = v;
 		d = &v[z->n_dests++];
 		memset(d, 0, sizeof(*d));
-		memcpy(d->rid, rid, rid_len);
+		if (rid_len)
+			memcpy(d->rid, rid, rid_len);
 		d->rid_len = rid_len;
 	}
 	if (!on)
