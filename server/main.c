@@ -66,7 +66,7 @@ static const struct bm_config_key keys[] = {
 	  .reloadable = 1, .help = "stanzas pushed to a device before it must commit" },
 	{ "handoff.window", BM_CFG_INT, F(handoff_window), .def = "64", .min = 1,
 	  .max = 4096, .help = "hand-off messages (stream batches, users, chats) sent to "
-	  "a new owner and not yet answered, at most (bounds memory when users move)" },
+	  "a new owner and not yet answered, at most (bounds memory when users move; docs/cluster.md)" },
 	{ "handoff.batch", BM_CFG_INT, F(handoff_batch), .def = "256", .min = 1,
 	  .max = 65536, .help = "stream records per hand-off message (and at most 256 KiB)" },
 	{ "delivery.cache", BM_CFG_INT, F(cache_records), .def = "256", .min = 0,
@@ -75,7 +75,8 @@ static const struct bm_config_key keys[] = {
 	{ "limits.max_contacts", BM_CFG_INT, F(max_contacts), .def = "10000", .min = 1,
 	  .max = 1000000, .reloadable = 1, .help = "subscribers per user" },
 	{ "limits.resend_memory", BM_CFG_INT, F(idem_max), .def = "1000000", .min = 1024,
-	  .max = 100000000, .help = "message_id_local values remembered for resends" },
+	  .max = 100000000,
+	  .help = "message_id_local values remembered for resends (their lookup table is reserved at start: 24 B x 2^k slots, 48 MiB of address space at 1000000, in memory as it fills)" },
 	{ "limits.awareness_interval", BM_CFG_DURATION, F(awareness_min_interval_ms),
 	  .def = "200ms", .min = 0, .max = 60000, .reloadable = 1,
 	  .help = "minimum time between explicit awareness changes of a user" },
