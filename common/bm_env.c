@@ -165,35 +165,12 @@ static uint8_t *put_varint(uint8_t *p, uint64_t v)
 	return p;
 }
 
-/* A proto3 string field (omitted when empty), cut to a field of cap bytes. */
-static uint8_t *put_string(uint8_t *p, unsigned field, const char *s, size_t cap)
-{
-	size_t n = strnlen(s, cap - 1);
-
-	if (!n)
-		return p;
-	*p++ = (uint8_t)(field << 3 | 2);
-	p = put_varint(p, n);
-	memcpy(p, s, n);
-	return p + n;
-}
-
-/* A proto3 varint field (omitted when 0); int32/int64 alike, negatives as
- * ten bytes. */
-static uint8_t *put_int(uint8_t *p, unsigned field, int64_t v)
-{
-	if (!v)
-		return p;
-	*p++ = (uint8_t)(field << 3);
-	return put_varint(p, (uint64_t)v);
-}
-
 static uint8_t *put_tag(uint8_t *p, unsigned field, unsigned wire)
 {
 	return put_varint(p, (uint64_t)(field << 3 | wire));
 }
 
-/* put_string for any field number. */
+/* A proto3 string field (omitted when empty), cut to a field of cap bytes. */
 static uint8_t *put_str(uint8_t *p, unsigned field, const char *s, size_t cap)
 {
 	size_t n = strnlen(s, cap - 1);
@@ -206,6 +183,8 @@ static uint8_t *put_str(uint8_t *p, unsigned field, const char *s, size_t cap)
 	return p + n;
 }
 
+/* A proto3 varint field (omitted when 0); int32/int64 alike, negatives as
+ * ten bytes. */
 static uint8_t *put_i64(uint8_t *p, unsigned field, int64_t v)
 {
 	if (!v)
@@ -277,22 +256,22 @@ size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
 	const bimip_VersionUpdate *f = NULL;
 
 	/* Field order as nanopb writes it: by field number. */
-	t = put_string(t, 1, eid, sizeof(f->to.eid));
-	t = put_string(t, 2, device, sizeof(f->to.connection_resource_id));
+	t = put_str(t, 1, eid, sizeof(f->to.eid));
+	t = put_str(t, 2, device, sizeof(f->to.connection_resource_id));
 	*v++ = 1 << 3 | 2;                       /* to: set even when empty */
 	v = put_varint(v, (uint64_t)(t - to));
 	memcpy(v, to, (size_t)(t - to));
 	v += t - to;
-	v = put_string(v, 2, message_id, sizeof(f->message_id));
-	v = put_string(v, 3, message_id_local, sizeof(f->message_id_local));
-	v = put_int(v, 4, 1);                    /* type: REQUEST */
-	v = put_int(v, 5, timestamp);
-	v = put_int(v, 6, 1);                    /* status: sent */
-	v = put_int(v, 7, version);
-	v = put_string(v, 8, chat_id, sizeof(f->chat_id));
+	v = put_str(v, 2, message_id, sizeof(f->message_id));
+	v = put_str(v, 3, message_id_local, sizeof(f->message_id_local));
+	v = put_i64(v, 4, 1);                    /* type: REQUEST */
+	v = put_i64(v, 5, timestamp);
+	v = put_i64(v, 6, 1);                    /* status: sent */
+	v = put_i64(v, 7, version);
+	v = put_str(v, 8, chat_id, sizeof(f->chat_id));
 	if (cap < (size_t)(v - vu) + 8)
 		return 0;
-	o = put_int(out, 1, bimip_MessageScheme_version_update_tag);    /* route */
+	o = put_i64(out, 1, bimip_MessageScheme_version_update_tag);    /* route */
 	o = put_varint(o, bimip_MessageScheme_version_update_tag << 3 | 2);
 	o = put_varint(o, (uint64_t)(v - vu));
 	memcpy(o, vu, (size_t)(v - vu));
