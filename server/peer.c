@@ -655,11 +655,6 @@ static void pending_free(struct srv_pending *p)
 	}
 }
 
-static void key_of(char *out, size_t cap, const char *chat, int64_t v)
-{
-	snprintf(out, cap, "%s.%" PRId64, chat, v);
-}
-
 static void str_in(json_t *o, const char *k, char *out, size_t cap)
 {
 	const char *v = json_string_value(json_object_get(o, k));
@@ -690,7 +685,7 @@ int srv_pending_apply(struct srv *s, void *obj)
 	p->version = (int64_t)json_integer_value(json_object_get(o, "v"));
 	p->session = (uint64_t)json_integer_value(json_object_get(o, "ss"));
 	p->route = (int64_t)json_integer_value(json_object_get(o, "rt"));
-	key_of(p->key, sizeof(p->key), p->chat, p->version);
+	srv_message_id(p->key, sizeof(p->key), p->chat, p->version);
 	if (!b64 || !p->sender[0] || !p->receiver[0] || p->version < 1 ||
 	    mbedtls_base64_decode(NULL, 0, &bl, (const unsigned char *)b64, strlen(b64)) !=
 		    MBEDTLS_ERR_BASE64_BUFFER_TOO_SMALL ||
@@ -708,10 +703,10 @@ int srv_pending_apply(struct srv *s, void *obj)
 	if (p->version > chat->version)
 		chat->version = p->version;
 	if (p->local[0]) {
-		e = srv_idem_find(s, p->sender, p->dev, p->local);
-		if (!e)
-			e = srv_idem_add(s, p->sender, p->dev, p->local, chat->id, p->version);
-		else if (e->durable < 0) {
+		/* A new key is made with durable 0; one refused before
+		 * (durable -1) is being sent again. */
+		e = srv_idem_add(s, p->sender, p->dev, p->local, chat->id, p->version);
+		if (e && e->durable < 0) {
 			e->version = p->version;
 			e->durable = 0;
 		}
@@ -729,7 +724,7 @@ void srv_pending_done(struct srv *s, const char *chat, int64_t v)
 
 	if (!s->pending.count)
 		return;
-	key_of(key, sizeof(key), chat, v);
+	srv_message_id(key, sizeof(key), chat, v);
 	pending_free(bm_map_del(&s->pending, key));
 }
 
@@ -919,7 +914,7 @@ int srv_pending_start(struct srv *s, const char *chat, int64_t v, const char *se
 		return BM_ENOMEM;
 	}
 	c->s = s;
-	key_of(c->key, sizeof(c->key), chat, v);
+	srv_message_id(c->key, sizeof(c->key), chat, v);
 	c->stage = 0;
 	return srv_state_log(s, rec, on_pending_logged, c);
 }

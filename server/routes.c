@@ -581,7 +581,7 @@ static void version_update_reply(struct srv *s, struct srv_req *r, const char *l
 
 	v->has_to = true;
 	ident(&v->to, r->user->eid, r->device);
-	snprintf(v->message_id, sizeof(v->message_id), "%s.%" PRId64, chat_id, version);
+	srv_message_id(v->message_id, sizeof(v->message_id), chat_id, version);
 	BM_SET_STR(v->message_id_local, local);
 	BM_SET_STR(v->chat_id, chat_id);
 	v->version = version;
@@ -641,30 +641,6 @@ size_t srv_chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
 	dst[o++] = bimip_ChatMessage_acknowledgment_tag << 3;   /* varint */
 	dst[o++] = (uint8_t)ack;
 	return o;
-}
-
-/* "<chat_id>.<version>", as snprintf "%s.%lld" would (on every message). */
-static void message_id(char *dst, size_t cap, const char *chat, int64_t v)
-{
-	char digits[24];
-	size_t n = strnlen(chat, cap - 1), d = 0;
-	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-
-	memcpy(dst, chat, n);
-	do {
-		digits[d++] = (char)('0' + u % 10);
-		u /= 10;
-	} while (u);
-	if (v < 0)
-		digits[d++] = '-';
-	if (n + 1 + d >= cap) {
-		snprintf(dst, cap, "%s.%" PRId64, chat, v);
-		return;
-	}
-	dst[n++] = '.';
-	while (d)
-		dst[n++] = digits[--d];
-	dst[n] = 0;
 }
 
 static void h_chat(struct srv *s, struct srv_req *r)
@@ -778,7 +754,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	cm.offset = 0;
 	memset(c, 0, sizeof(*c));
 	cm.which_payload = bimip_MessageScheme_chat_message_tag;
-	message_id(c->message_id, sizeof(c->message_id), chat->id, v);
+	srv_message_id(c->message_id, sizeof(c->message_id), chat->id, v);
 	BM_SET_STR(c->message_id_local, local);
 	c->version = v;
 	BM_SET_STR(c->chat_id, chat->id);

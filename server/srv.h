@@ -279,8 +279,13 @@ struct srv_user *srv_user_get(struct srv *s, const char *eid, int create);
 struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int create);
 struct srv_chat *srv_chat_find(struct srv *s, const char *chat_id);
 void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1]);
+/* "<chat_id>.<version>": a message's id, also the key of a pending one;
+ * as snprintf "%s.%lld" writes it, without the formatting (every message). */
+void srv_message_id(char *dst, size_t cap, const char *chat, int64_t v);
 struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local);
+/* The entry for the key, made (durable 0) when it is new; a key already
+ * known comes back as it is, chat and version unchanged.  NULL: no memory. */
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version);
 /* Resend key e split into its sender, device and message_id_local. */

@@ -48,6 +48,7 @@
 #include "bm_time.h"
 #include "bm_ws.h"
 
+#include <inttypes.h>
 #include <jansson.h>
 #include <stddef.h>
 #include <mbedtls/sha256.h>
@@ -128,6 +129,29 @@ void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1])
 	for (int i = 0; i < SRV_CHAT_ID_LEN / 2; i++)
 		sprintf(out + 2 * i, "%02x", h[i]);
 	out[SRV_CHAT_ID_LEN] = 0;
+}
+
+void srv_message_id(char *dst, size_t cap, const char *chat, int64_t v)
+{
+	char digits[24];
+	size_t n = strnlen(chat, cap - 1), d = 0;
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+	memcpy(dst, chat, n);
+	do {
+		digits[d++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		digits[d++] = '-';
+	if (n + 1 + d >= cap) {
+		snprintf(dst, cap, "%s.%" PRId64, chat, v);
+		return;
+	}
+	dst[n++] = '.';
+	while (d)
+		dst[n++] = digits[--d];
+	dst[n] = 0;
 }
 
 struct srv_chat *srv_chat_find(struct srv *s, const char *chat_id)
@@ -530,11 +554,9 @@ int srv_state_apply(struct srv *s, void *obj)
 		return 0;
 	}
 	if (!strcmp(t, "idem")) {
-		struct srv_idem *e = srv_idem_find(s, str(o, "e"), str(o, "d"), str(o, "l"));
+		struct srv_idem *e = srv_idem_add(s, str(o, "e"), str(o, "d"), str(o, "l"),
+						  str(o, "c"), num(o, "v"));
 
-		if (!e)
-			e = srv_idem_add(s, str(o, "e"), str(o, "d"), str(o, "l"), str(o, "c"),
-					 num(o, "v"));
 		if (!e)
 			return BM_ENOMEM;
 		e->durable = 1;
