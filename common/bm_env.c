@@ -170,17 +170,21 @@ static uint8_t *put_tag(uint8_t *p, unsigned field, unsigned wire)
 	return put_varint(p, (uint64_t)(field << 3 | wire));
 }
 
+/* A length-delimited field, written even when empty. */
+static uint8_t *put_bytes(uint8_t *p, unsigned field, const void *data, size_t n)
+{
+	p = put_tag(p, field, 2);
+	p = put_varint(p, n);
+	memcpy(p, data, n);
+	return p + n;
+}
+
 /* A proto3 string field (omitted when empty), cut to a field of cap bytes. */
 static uint8_t *put_str(uint8_t *p, unsigned field, const char *s, size_t cap)
 {
 	size_t n = strnlen(s, cap - 1);
 
-	if (!n)
-		return p;
-	p = put_tag(p, field, 2);
-	p = put_varint(p, n);
-	memcpy(p, s, n);
-	return p + n;
+	return n ? put_bytes(p, field, s, n) : p;
 }
 
 /* A proto3 varint field (omitted when 0); int32/int64 alike, negatives as
@@ -192,18 +196,18 @@ static uint8_t *put_i64(uint8_t *p, unsigned field, int64_t v)
 	return put_varint(put_tag(p, field, 0), (uint64_t)v);
 }
 
-/* A submessage field: Identity, always written (has_ or a repeated entry). */
-static uint8_t *put_identity(uint8_t *p, unsigned field, const bimip_Identity *id)
+/* An Identity submessage field, written even when empty (has_, or a
+ * repeated entry). */
+static uint8_t *put_identity(uint8_t *p, unsigned field, const char *eid, const char *device,
+			     const char *node)
 {
 	uint8_t b[bimip_Identity_size], *e = b;
+	const bimip_Identity *f = NULL;
 
-	e = put_str(e, 1, id->eid, sizeof(id->eid));
-	e = put_str(e, 2, id->connection_resource_id, sizeof(id->connection_resource_id));
-	e = put_str(e, 3, id->node, sizeof(id->node));
-	p = put_tag(p, field, 2);
-	p = put_varint(p, (uint64_t)(e - b));
-	memcpy(p, b, (size_t)(e - b));
-	return p + (e - b);
+	e = put_str(e, 1, eid, sizeof(f->eid));
+	e = put_str(e, 2, device, sizeof(f->connection_resource_id));
+	e = put_str(e, 3, node, sizeof(f->node));
+	return put_bytes(p, field, b, (size_t)(e - b));
 }
 
 size_t bm_env_chat_message(uint8_t *out, size_t cap, const bimip_ChatMessage *c)
@@ -218,9 +222,10 @@ size_t bm_env_chat_message(uint8_t *out, size_t cap, const bimip_ChatMessage *c)
 	p = put_i64(p, 3, c->version);
 	p = put_str(p, 4, c->chat_id, sizeof(c->chat_id));
 	if (c->has_from)
-		p = put_identity(p, 5, &c->from);
+		p = put_identity(p, 5, c->from.eid, c->from.connection_resource_id, c->from.node);
 	for (pb_size_t i = 0; i < c->to_count && i < sizeof(c->to) / sizeof(c->to[0]); i++)
-		p = put_identity(p, 6, &c->to[i]);
+		p = put_identity(p, 6, c->to[i].eid, c->to[i].connection_resource_id,
+				 c->to[i].node);
 	p = put_str(p, 7, c->author, sizeof(c->author));
 	/* A oneof member is written when chosen, even empty. */
 	if (c->which_payload == bimip_ChatMessage_text_tag ||
@@ -231,10 +236,7 @@ size_t bm_env_chat_message(uint8_t *out, size_t cap, const bimip_ChatMessage *c)
 					      ? sizeof(c->payload.text)
 					      : sizeof(c->payload.media_url));
 
-		p = put_tag(p, c->which_payload, 2);
-		p = put_varint(p, n);
-		memcpy(p, v, n);
-		p += n;
+		p = put_bytes(p, c->which_payload, v, n);
 	}
 	p = put_i64(p, 10, c->acknowledgment);
 	p = put_i64(p, 11, c->acknowledgment_timestamp);
@@ -252,16 +254,11 @@ size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
 			     const char *message_id_local, const char *chat_id,
 			     int64_t version, int64_t timestamp)
 {
-	uint8_t to[bimip_Identity_size], vu[bimip_VersionUpdate_size], *t = to, *v = vu, *o;
+	uint8_t vu[bimip_VersionUpdate_size], *v = vu, *o;
 	const bimip_VersionUpdate *f = NULL;
 
 	/* Field order as nanopb writes it: by field number. */
-	t = put_str(t, 1, eid, sizeof(f->to.eid));
-	t = put_str(t, 2, device, sizeof(f->to.connection_resource_id));
-	*v++ = 1 << 3 | 2;                       /* to: set even when empty */
-	v = put_varint(v, (uint64_t)(t - to));
-	memcpy(v, to, (size_t)(t - to));
-	v += t - to;
+	v = put_identity(v, 1, eid, device, "");     /* to: set even when empty */
 	v = put_str(v, 2, message_id, sizeof(f->message_id));
 	v = put_str(v, 3, message_id_local, sizeof(f->message_id_local));
 	v = put_i64(v, 4, 1);                    /* type: REQUEST */
@@ -272,10 +269,8 @@ size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
 	if (cap < (size_t)(v - vu) + 8)
 		return 0;
 	o = put_i64(out, 1, bimip_MessageScheme_version_update_tag);    /* route */
-	o = put_varint(o, bimip_MessageScheme_version_update_tag << 3 | 2);
-	o = put_varint(o, (uint64_t)(v - vu));
-	memcpy(o, vu, (size_t)(v - vu));
-	return (size_t)(o - out) + (size_t)(v - vu);
+	o = put_bytes(o, bimip_MessageScheme_version_update_tag, vu, (size_t)(v - vu));
+	return (size_t)(o - out);
 }
 
 void bm_env_strset(char *dst, size_t cap, const char *src)
