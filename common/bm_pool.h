@@ -56,15 +56,4 @@ static inline void bm_pool_put(struct bm_pool *p, void *o)
 	free(o);
 }
 
-/* Frees what the pool holds (at exit, so leak checkers stay quiet). */
-static inline void bm_pool_drain(struct bm_pool *p)
-{
-	while (p->free) {
-		void *o = p->free;
-		p->free = *(void **)o;
-		free(o);
-	}
-	p->n = 0;
-}
-
 #endif

@@ -363,8 +363,11 @@ int bm_zsock_batch_peer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len, 
 			memcpy(d->rid, rid, rid_len);
 		d->rid_len = rid_len;
 	}
+	/* What is queued goes first if ZeroMQ takes it; a batch held at the
+	 * high-water mark goes later, after direct sends (a peer that stopped
+	 * reading batches drops it anyway). */
 	if (!on)
-		flush_dest(z, d);     /* what is queued keeps its order */
+		flush_dest(z, d);
 	d->on = on;
 	return 0;
 }
