@@ -47,6 +47,7 @@
 #include "bm_buf.h"
 #include "bm_err.h"
 #include "bm_jwt.h"
+#include "rsa_testutil.h"
 
 #define NOW   1800000000
 #define K_MAX 512
@@ -459,23 +460,6 @@ static void fuzz_raw(struct rd *r)
 	mbedtls_rsa_free(&rsa);
 }
 
-/* 00 01 FF..FF 00 DigestInfo(SHA-256) hash, k >= 62. */
-static void em_encode(unsigned char *em, size_t k, const unsigned char hash[32])
-{
-	static const unsigned char di[19] = {
-		0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-		0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
-	};
-	size_t ps = k - 3 - sizeof(di) - 32;
-
-	em[0] = 0;
-	em[1] = 1;
-	memset(em + 2, 0xff, ps);
-	em[2 + ps] = 0;
-	memcpy(em + 3 + ps, di, sizeof(di));
-	memcpy(em + 3 + ps + sizeof(di), hash, 32);
-}
-
 /* The signing input "HEADER.PAYLOAD" of a token carrying up to 16 input
  * bytes in its jti, and its hash. */
 static void token_start(struct rd *r, struct bm_buf *tok, unsigned char hash[32])
@@ -538,7 +522,7 @@ static void fuzz_key(struct rd *r, int mode, struct key *K)
 	struct bm_buf tok;
 
 	token_start(r, &tok, hash);
-	em_encode(orig, k, hash);
+	rt_em_encode(orig, k, hash);
 	memcpy(em, orig, k);
 	if (mode == 2) {
 		int edits = rd_byte(r) % 8;

@@ -24,6 +24,7 @@
 #include "bm_buf.h"
 #include "bm_err.h"
 #include "bm_jwt.h"
+#include "rsa_testutil.h"
 #include "bm_time.h"
 
 #define NOW ((int64_t)1800000000)
@@ -1091,25 +1092,6 @@ static void test_rsa_sizes(void **state)
 
 /* --- the fast RSA arithmetic held against mbedTLS ----------------------------- */
 
-static const unsigned char sha256_digest_info[19] = {
-	0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
-	0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
-};
-
-/* em (k bytes) = 00 01 FF..FF 00 DigestInfo(SHA-256) hash, k >= 54 (the
- * padding string may be shorter than RFC 8017's 8 bytes: tests want that). */
-static void em_encode(unsigned char *em, size_t k, const unsigned char hash[32])
-{
-	size_t ps = k - 3 - sizeof(sha256_digest_info) - 32;
-
-	em[0] = 0;
-	em[1] = 1;
-	memset(em + 2, 0xff, ps);
-	em[2 + ps] = 0;
-	memcpy(em + 3 + ps, sha256_digest_info, sizeof(sha256_digest_info));
-	memcpy(em + 3 + ps + sizeof(sha256_digest_info), hash, 32);
-}
-
 /* N (big-endian, *k bytes) and e of an RSA context. */
 static uint64_t rsa_ne(mbedtls_rsa_context *rsa, unsigned char *n, size_t *k)
 {
@@ -1163,7 +1145,7 @@ static void test_rsa_short_modulus(void **state)
 		if (k >= 54) {
 			/* 00 01, 0..7 bytes of FF, 00, DigestInfo, hash: signed
 			 * exactly, so only the length rule can refuse it. */
-			em_encode(em, k, hash);
+			rt_em_encode(em, k, hash);
 			assert_int_equal(mbedtls_rsa_private(&rsa, mbedtls_ctr_drbg_random,
 							     &drbg, em, sig), 0);
 		} else {
@@ -1200,10 +1182,10 @@ static void test_rsa_block_exact(void **state)
 	mbedtls_rsa_init(&rsa, MBEDTLS_RSA_PKCS_V15, 0);
 	assert_int_equal(mbedtls_rsa_gen_key(&rsa, mbedtls_ctr_drbg_random, &drbg, 1024, 3), 0);
 	e = rsa_ne(&rsa, n, &k);
-	ps = k - 3 - sizeof(sha256_digest_info) - 32;
+	ps = k - 3 - sizeof(rt_sha256_digest_info) - 32;
 	memset(hash, 0xa5, sizeof(hash));
 	for (int v = 0; v < 9; v++) {
-		em_encode(em, k, hash);
+		rt_em_encode(em, k, hash);
 		switch (v) {
 		case 1: em[1] = 2; break;                      /* block type */
 		case 2: em[2] = 0xfe; break;                   /* padding byte */
@@ -1504,10 +1486,10 @@ static void test_rsa_e3_forgeries(void **state)
 		assert_int_equal(bm_b64url_encode_buf(&in, pay, strlen(pay)), 0);
 		assert_int_equal(mbedtls_sha256_ret(in.data, in.len, hash, 0), 0);
 	} while (!(hash[31] & 1));
-	em_encode(em, k, hash);
+	rt_em_encode(em, k, hash);
 
 	/* Bleichenbacher 2006: s = floor(cbrt(prefix || FF..FF)). */
-	em_encode(prefix, sizeof(prefix), hash);
+	rt_em_encode(prefix, sizeof(prefix), hash);
 	memcpy(cube, prefix, sizeof(prefix));
 	memset(cube + sizeof(prefix), 0xff, k - sizeof(prefix));
 	assert_int_equal(mbedtls_mpi_read_binary(&T, cube, k), 0);
