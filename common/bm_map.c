@@ -3,6 +3,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+/* Tables this big get their own mapping (huge pages, MADV_DONTFORK). */
+#define BM_MAP_MMAP_MIN ((size_t)2 << 20)
 
 /* FNV-1a with a murmur3 finalizer: fast on short keys (EIDs), well mixed. */
 uint64_t bm_map_hash(const void *p, size_t n, uint64_t seed)
@@ -26,7 +30,7 @@ void bm_map_init(struct bm_map *m)
 {
 	m->slots = NULL;
 	m->cap = m->count = 0;
-	m->borrowed = 0;
+	m->borrowed = m->nofork = m->mapped = 0;
 }
 
 void bm_map_init_borrowed(struct bm_map *m)
@@ -35,15 +39,51 @@ void bm_map_init_borrowed(struct bm_map *m)
 	m->borrowed = 1;
 }
 
+void bm_map_nofork(struct bm_map *m)
+{
+	m->nofork = 1;
+}
+
+static struct bm_map_slot *table_alloc(const struct bm_map *m, size_t cap, int *mapped)
+{
+	size_t bytes = cap * sizeof(struct bm_map_slot);
+	void *p;
+
+	*mapped = 0;
+	if (bytes < BM_MAP_MMAP_MIN)
+		return calloc(cap, sizeof(struct bm_map_slot));
+	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Both are advice: a kernel without them still gives a working table. */
+#ifdef MADV_HUGEPAGE
+	(void)madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+	if (m->nofork)
+		(void)madvise(p, bytes, MADV_DONTFORK);
+	*mapped = 1;
+	return p;
+}
+
+static void table_free(struct bm_map_slot *t, size_t cap, int mapped)
+{
+	if (mapped)
+		munmap(t, cap * sizeof(*t));
+	else
+		free(t);
+}
+
 void bm_map_release(struct bm_map *m)
 {
-	int borrowed = m->borrowed;
+	int borrowed = m->borrowed, nofork = m->nofork;
 
 	for (size_t i = 0; i < m->cap && !borrowed; i++)
 		free(m->slots[i].key);
-	free(m->slots);
+	if (m->slots)
+		table_free(m->slots, m->cap, m->mapped);
 	bm_map_init(m);
 	m->borrowed = borrowed;
+	m->nofork = nofork;
 }
 
 static size_t find(const struct bm_map *m, const char *key, uint64_t h)
@@ -86,13 +126,15 @@ int bm_map_reserve(struct bm_map *m, size_t n)
 
 static int resize(struct bm_map *m, size_t ncap)
 {
-	struct bm_map_slot *ns = calloc(ncap, sizeof(*ns)), *old = m->slots;
+	int mapped, omapped = m->mapped;
+	struct bm_map_slot *ns = table_alloc(m, ncap, &mapped), *old = m->slots;
 	size_t ocap = m->cap;
 
 	if (!ns)
 		return BM_ENOMEM;
 	m->slots = ns;
 	m->cap = ncap;
+	m->mapped = mapped;
 	for (size_t i = 0; i < ocap; i++) {
 		if (old[i].key) {
 			size_t j = old[i].hash & (ncap - 1);
@@ -101,7 +143,8 @@ static int resize(struct bm_map *m, size_t ncap)
 			ns[j] = old[i];
 		}
 	}
-	free(old);
+	if (old)
+		table_free(old, ocap, omapped);
 	return 0;
 }
 

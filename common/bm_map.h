@@ -25,6 +25,8 @@ struct bm_map {
 	size_t cap;       /* power of two, or 0 before first insert */
 	size_t count;
 	int borrowed;     /* keys are the caller's (bm_map_init_borrowed) */
+	int nofork;       /* a large table is not inherited by fork() */
+	int mapped;       /* slots came from mmap (large tables), not calloc */
 };
 
 void bm_map_init(struct bm_map *m);
@@ -33,9 +35,17 @@ void bm_map_init_borrowed(struct bm_map *m);
 void bm_map_release(struct bm_map *m);
 void *bm_map_get(const struct bm_map *m, const char *key);
 /* Size the table for n keys now, so that no insert up to n rehashes (a
- * rehash of a large table is one long stall).  The table is calloc'ed: its
- * pages cost memory as keys land on them.  Returns 0 or BM_ENOMEM. */
+ * rehash of a large table is one long stall).  The table is zero pages until
+ * written: its pages cost memory as keys land on them.  A table of 2 MiB or
+ * more is mapped on its own and asks for transparent huge pages (a random
+ * probe into a big table otherwise costs a TLB miss and, the first time, a
+ * page fault per 4 KiB).  Returns 0 or BM_ENOMEM. */
 int bm_map_reserve(struct bm_map *m, size_t n);
+/* Keep the map's table out of any child fork() makes (MADV_DONTFORK on a
+ * large table): the child must not read this map at all, and in return the
+ * parent takes no copy-on-write fault per slot it writes while the child
+ * lives.  Call before the first insert or reserve. */
+void bm_map_nofork(struct bm_map *m);
 /* Insert or replace.  *old (may be NULL) gets the replaced value or NULL.
  * Returns 0 or BM_ENOMEM. */
 int bm_map_put(struct bm_map *m, const char *key, void *val, void **old);

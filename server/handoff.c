@@ -340,8 +340,7 @@ static int sweep(struct srv *s)
 			continue;
 		idem = json_array();
 		for (size_t i = 0; i < s->idem_count; i++) {
-			const char *key = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
-			struct srv_idem *e = key ? bm_map_get(&s->idem, key) : NULL;
+			struct srv_idem *e = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
 			char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
 			const char *local;
 

@@ -147,8 +147,7 @@ static int write_snapshot(struct srv *s, uint64_t state_offset)
 	}
 	/* Resend keys oldest first, so the bounded ring keeps its order. */
 	for (size_t i = 0; ok && i < s->idem_count; i++) {
-		const char *key = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
-		struct srv_idem *e = key ? bm_map_get(&s->idem, key) : NULL;
+		struct srv_idem *e = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
 		char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
 		const char *local;
 

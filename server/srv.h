@@ -224,7 +224,7 @@ struct srv {
 	struct bm_map chats;              /* chat id -> struct srv_chat */
 	struct bm_map chat_pairs;         /* "lo\x1fhi" eids -> the same chats */
 	struct bm_map idem;               /* key -> struct srv_idem */
-	char **idem_ring;                 /* FIFO of idem keys, bounds memory */
+	struct srv_idem **idem_ring;      /* FIFO of resend keys, bounds memory */
 	size_t idem_head, idem_count;
 	uint64_t idem_added, idem_evicted;    /* keys ever added, ever forgotten */
 	struct bm_map revoked_jti;        /* jti -> (void *)(intptr_t)exp */

@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include "bm_map.h"
@@ -105,12 +109,64 @@ static void test_map_reserve(void **state)
 	bm_map_release(&m);
 }
 
+/* In a child of fork(): is the page at p mapped? (mincore says ENOMEM
+ * for an address with no mapping.) */
+static int child_sees(const void *p)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	unsigned char vec;
+	pid_t pid = fork();
+	int st;
+
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(mincore((void *)((uintptr_t)p & ~(uintptr_t)(pg - 1)), (size_t)pg, &vec) == 0 ? 0
+		      : errno == ENOMEM ? 1 : 2);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_not_equal(WEXITSTATUS(st), 2);
+	return WEXITSTATUS(st) == 0;
+}
+
+static void test_map_large(void **state)
+{
+	/* A table of 2 MiB or more is mapped on its own; with bm_map_nofork a
+	 * child of fork() has no such mapping, without it the child has. It
+	 * still grows (mapped to mapped) and works as a map. */
+	struct bm_map a, b;
+	char key[32];
+
+	bm_map_init(&a);
+	bm_map_init(&b);
+	bm_map_nofork(&a);
+	assert_int_equal(bm_map_reserve(&a, 100000), 0);
+	assert_int_equal(bm_map_reserve(&b, 100000), 0);
+	assert_true(a.mapped && b.mapped);
+	for (int i = 0; i < 300000; i++) {     /* past the reserve: grows */
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_int_equal(bm_map_put(&a, key, (void *)(long)(i + 1), NULL), 0);
+		if (i < 1000)
+			assert_int_equal(bm_map_put(&b, key, (void *)(long)(i + 1), NULL), 0);
+	}
+	assert_true(a.mapped && a.cap * 3 >= 300000 * 4);
+	assert_int_equal(a.count, 300000);
+	assert_int_equal((long)bm_map_get(&a, "k299999"), 300000);
+	assert_int_equal((long)bm_map_del(&a, "k7"), 8);
+	assert_null(bm_map_get(&a, "k7"));
+	assert_false(child_sees(a.slots));
+	assert_true(child_sees(b.slots));
+	bm_map_release(&a);
+	bm_map_release(&b);
+	assert_int_equal(a.nofork, 1);     /* kept across release, as borrowed */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_map_model),
 		cmocka_unit_test(test_map_borrowed),
 		cmocka_unit_test(test_map_reserve),
+		cmocka_unit_test(test_map_large),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
