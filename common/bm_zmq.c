@@ -4,13 +4,48 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <zmq.h>
+
+/* libzmq calls getpid() on every mailbox signal and wait, to notice a fork
+ * (four calls per chat message at low load).  glibc no longer caches the
+ * pid, so each is a system call, and on a paravirtualised VM a system call
+ * is a few microseconds.  This definition in the executable takes the place
+ * of libc's for libzmq (the dynamic linker binds libzmq's reference to it);
+ * it returns the same value, read once per process and again in the child
+ * of every fork() (pthread_atfork).  A child made by a raw clone() without
+ * fork() would see its parent's pid: nothing in bimip does that. */
+static pid_t bm_pid_cached;
+
+static void bm_pid_reset(void)
+{
+	__atomic_store_n(&bm_pid_cached, (pid_t)syscall(SYS_getpid), __ATOMIC_RELAXED);
+}
+
+__attribute__((constructor)) static void bm_pid_init(void)
+{
+	bm_pid_reset();
+	(void)pthread_atfork(NULL, NULL, bm_pid_reset);
+}
+
+pid_t getpid(void)
+{
+	pid_t p = __atomic_load_n(&bm_pid_cached, __ATOMIC_RELAXED);
+
+	if (p <= 0) {
+		bm_pid_reset();
+		p = __atomic_load_n(&bm_pid_cached, __ATOMIC_RELAXED);
+	}
+	return p;
+}
 
 /* A destination that reads batches: what is sent to it in one loop turn
  * goes as one ZeroMQ message (see bm_zsock_batch_peer). */

@@ -3,6 +3,9 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include <event2/event.h>
@@ -270,9 +273,29 @@ static void test_same_id_reconnect(void **state)
 	event_base_free(base);
 }
 
+/* bm_zmq.c answers getpid() from a cache (libzmq calls it on every mailbox
+ * operation): the answer must be the kernel's, in the parent and in the
+ * child of a fork, and libzmq must be bound to it. */
+static void test_getpid_cache(void **state)
+{
+	pid_t pid;
+	int st;
+
+	assert_int_equal(getpid(), (pid_t)syscall(SYS_getpid));
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(getpid() == (pid_t)syscall(SYS_getpid) && getpid() != getppid() ? 0 : 1);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_int_equal(getpid(), (pid_t)syscall(SYS_getpid));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_getpid_cache),
 		cmocka_unit_test(test_router_dealer),
 		cmocka_unit_test(test_batch),
 		cmocka_unit_test(test_curve),
