@@ -37,9 +37,8 @@ void *bm_map_get(const struct bm_map *m, const char *key);
 /* Size the table for n keys now, so that no insert up to n rehashes (a
  * rehash of a large table is one long stall).  The table is zero pages until
  * written: its pages cost memory as keys land on them.  A table of 2 MiB or
- * more is mapped on its own and asks for transparent huge pages (a random
- * probe into a big table otherwise costs a TLB miss and, the first time, a
- * page fault per 4 KiB).  Returns 0 or BM_ENOMEM. */
+ * more is mapped on its own (munmap'ed when it is freed; bm_map_nofork
+ * applies to it).  Returns 0 or BM_ENOMEM. */
 int bm_map_reserve(struct bm_map *m, size_t n);
 /* Keep the map's table out of any child fork() makes (MADV_DONTFORK on a
  * large table): the child must not read this map at all, and in return the
