@@ -305,6 +305,7 @@ struct bm_queue {
 	uint64_t wbuf_pos;
 	struct bm_buf sbuf;       /* io_mu: the sync thread's swapped-out buffer */
 	uint64_t pending_since_ns;
+	uint64_t synced_at_ns;    /* when the last group sync ended (0 = never) */
 	int failed;
 	int ev_armed;
 
@@ -774,7 +775,14 @@ static void *sync_main(void *arg)
 			continue;
 		}
 		now = mono_ns();
-		deadline = q->pending_since_ns + (uint64_t)q->o.group_window_us * 1000u;
+		/* The window gathers appends into one sync.  An append that finds
+		 * the disk idle for a whole window gathers nothing by waiting: it
+		 * is synced now.  Syncs still start at least a window after the
+		 * previous one ended, so this adds none under load. */
+		deadline = q->pending_since_ns;
+		if (q->synced_at_ns &&
+		    q->pending_since_ns < q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u)
+			deadline += (uint64_t)q->o.group_window_us * 1000u;
 		if (!q->stop && now < deadline &&
 		    q->appended_pos - q->taken_pos < q->o.group_bytes) {
 			struct timespec ts = {
@@ -822,6 +830,7 @@ static void *sync_main(void *arg)
 		pthread_mutex_lock(&q->mu);
 		if (fd != -1 && !err)
 			record_sync(q, sync_ns);
+		q->synced_at_ns = mono_ns();
 		if (err) {
 			set_failed(q, fd != -1 ? "fdatasync" : "write", err);
 		} else {

@@ -383,6 +383,48 @@ static void test_policies(void **state)
 	}
 }
 
+/* Group commit: an append that finds the disk idle for a whole window is
+ * synced at once; one that comes while the last sync is less than a window
+ * old waits for the window.  A 3 s window keeps the two apart by seconds. */
+static void test_group_idle_disk(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	uint64_t off, t0;
+
+	f->o.sync = BM_QUEUE_SYNC_GROUP;
+	f->o.group_window_us = 3000000;
+	reset_done();
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	t0 = bm_mono_ms();
+	assert_int_equal(bm_queue_append(q, "a", "one", 3, &off, on_done, (void *)1), 0);
+	while (done_count < 1 && bm_mono_ms() - t0 < 10000) {
+		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
+		poll(&p, 1, 10);
+		bm_queue_poll(q);
+	}
+	assert_int_equal(done_count, 1);
+	/* Idle disk: not held for the 3 s window. */
+	assert_true(bm_mono_ms() - t0 < 2000);
+	/* Right after that sync: gathered for the window, not synced at once. */
+	assert_int_equal(bm_queue_append(q, "a", "two", 3, &off, on_done, (void *)2), 0);
+	t0 = bm_mono_ms();
+	while (bm_mono_ms() - t0 < 300) {
+		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
+		poll(&p, 1, 10);
+		bm_queue_poll(q);
+	}
+	assert_int_equal(done_count, 1);
+	bm_queue_stats(q, &st);
+	assert_true(st.durable_pos < st.appended_pos);
+	wait_done(q, 2);
+	assert_true(done_order_ok);
+	assert_int_equal(bm_queue_close(q), 0);
+	f->o.group_window_us = 1000;
+	qt_rmtree(f->dir);
+}
+
 static void test_rotation_and_size_retention(void **state)
 {
 	struct fx *f = *state;
@@ -948,6 +990,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_streams_and_offsets, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_idle_disk, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_and_size_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_age_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
