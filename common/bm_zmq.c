@@ -53,6 +53,7 @@ struct zdest {
 	uint8_t rid[256];
 	size_t rid_len;
 	int on;              /* the peer reads batches */
+	int held;            /* ZeroMQ refused the frame in buf; retried */
 	uint8_t *buf;        /* batch frame being filled; len 0 = empty */
 	size_t len, cap;
 };
@@ -68,6 +69,8 @@ struct bm_zsock {
 	bm_zsock_msg_fn *on_msg;
 	void *ud;
 	uint64_t dropped, received, sent;
+	int in_batch;         /* on_msg runs for an entry of a batch frame */
+	uint64_t wakeups;     /* on_readable calls (ZMQ_FD and kicks) */
 	/* ZAP handler (CURVE server with an allow list). */
 	void *zctx;
 	struct event_base *base;
@@ -84,6 +87,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
 	struct bm_zsock *z = arg;
 
+	z->wakeups++;
 	/* ZMQ_FD also wakes when the socket can take output again. */
 	flush_all(z);
 	drain(z);
@@ -159,7 +163,9 @@ static void on_batch(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 			return;
 		}
 		z->received++;
+		z->in_batch = 1;
 		z->on_msg(z, rid, rid_len, &h, p + o + hl, bl, z->ud);
+		z->in_batch = 0;
 		o += hl + bl;
 	}
 }
@@ -351,8 +357,10 @@ static int flush_dest(struct bm_zsock *z, struct zdest *d)
 		 * case that edge was taken by a receive. */
 		struct timeval tv = { 0, 5000 };
 		event_add(z->flush, &tv);
+		d->held = 1;
 		return rc;
 	}
+	d->held = 0;
 	if (rc)
 		z->dropped++;
 	d->len = 0;
@@ -369,10 +377,12 @@ static void flush_all(struct bm_zsock *z)
 {
 	int sent = 0;
 
-	for (size_t i = 0; i < z->n_dests; i++) {
-		sent |= z->dests[i].len > 0;
-		flush_dest(z, &z->dests[i]);
-	}
+	/* Only a frame ZeroMQ took counts: kicking after a refused one (a
+	 * batch held at the high-water mark, or for a DEALER peer that is not
+	 * connected) would come back here at once, a busy loop. */
+	for (size_t i = 0; i < z->n_dests; i++)
+		if (z->dests[i].len && !flush_dest(z, &z->dests[i]))
+			sent = 1;
 	/* Sending may have consumed the edge that announced pending input. */
 	if (sent)
 		event_active(z->kick, EV_READ, 0);
@@ -592,6 +602,15 @@ int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41])
 }
 
 uint64_t bm_zsock_dropped(const struct bm_zsock *z) { return z->dropped; }
+int bm_zsock_in_batch(const struct bm_zsock *z) { return z->in_batch; }
+
+int bm_zsock_held(struct bm_zsock *z, const uint8_t *rid, size_t rid_len)
+{
+	struct zdest *d = z->n_dests ? dest_find(z, rid, rid_len) : NULL;
+
+	return d && d->held;
+}
+uint64_t bm_zsock_wakeups(const struct bm_zsock *z) { return z->wakeups; }
 uint64_t bm_zsock_received(const struct bm_zsock *z) { return z->received; }
 uint64_t bm_zsock_sent(const struct bm_zsock *z) { return z->sent; }
 void *bm_zsock_raw(struct bm_zsock *z) { return z->sock; }

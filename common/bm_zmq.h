@@ -73,11 +73,19 @@ int bm_zsock_send(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 #define BM_ZBATCH_MAGIC 0xB2
 #define BM_ZBATCH_FLUSH (32 * 1024)
 int bm_zsock_batch_peer(struct bm_zsock *z, const uint8_t *rid, size_t rid_len, int on);
+/* 1 while a batch frame for that peer is held because ZeroMQ refused it
+ * (high-water mark, or a DEALER with ZMQ_IMMEDIATE and no connection):
+ * callers that must know at once that a peer is unreachable check this
+ * before sending, as a plain send would have failed. */
+int bm_zsock_held(struct bm_zsock *z, const uint8_t *rid, size_t rid_len);
+/* In an on_msg callback: 1 when the message came in a batch frame. */
+int bm_zsock_in_batch(const struct bm_zsock *z);
 
 /* Counters. */
 uint64_t bm_zsock_dropped(const struct bm_zsock *z);
 uint64_t bm_zsock_received(const struct bm_zsock *z);
 uint64_t bm_zsock_sent(const struct bm_zsock *z);
+uint64_t bm_zsock_wakeups(const struct bm_zsock *z);  /* read callbacks run */
 void *bm_zsock_raw(struct bm_zsock *z);
 
 /* A ZeroMQ context for a daemon's event loop.  Its I/O threads run under

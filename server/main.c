@@ -263,6 +263,16 @@ static double gauge_queue_bytes(void *ud) { return gauge_queue(ud, 0); }
 static double gauge_queue_segments(void *ud) { return gauge_queue(ud, 1); }
 static double gauge_queue_streams(void *ud) { return gauge_queue(ud, 2); }
 
+static double gauge_peer_batch(void *ud)
+{
+	const struct srv *s = ud;
+	int n = 0;
+
+	for (int i = 0; i < s->n_peers; i++)
+		n += s->peers[i].batch;
+	return n;
+}
+
 static int metrics_open(struct srv *s)
 {
 	static const double fsync_buckets[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
@@ -288,6 +298,7 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_bytes", "Bytes in the queue's segments on disk.", gauge_queue_bytes, s) ||
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_segments", "Segment files of the queue.", gauge_queue_segments, s) ||
 	     bm_metrics_gauge_cb(r, "bimip_server_queue_streams", "Streams in the queue.", gauge_queue_streams, s) ||
+	     bm_metrics_gauge_cb(r, "bimip_server_peer_batch_links", "Links to other servers that send batch frames (the peer said it reads them).", gauge_peer_batch, s) ||
 	     bm_metrics_counter(r, "bimip_server_forwarded_total", "Stanzas forwarded to the server that owns their target.", &s->m.forwarded) ||
 	     bm_metrics_counter(r, "bimip_server_remote_appends_total", "Appends asked of the server that owns the stream.", &s->m.remote_appends) ||
 	     bm_metrics_counter(r, "bimip_server_remote_duplicates_total", "Appends skipped: the message id was in the stream already.", &s->m.remote_dups) ||

@@ -85,12 +85,60 @@ struct srv_peer *srv_peer_find(struct srv *s, const char *id)
 	return NULL;
 }
 
+/*
+ * Batches between servers.  A server that reads batch frames answers a
+ * peer's plain (one stanza per ZeroMQ message) traffic with a WELCOME
+ * {"node":..,"batch":true} on its ROUTER, at most once a second per peer;
+ * the peer's DEALER then sends batches (bm_zmq.h).  A build without
+ * batches never says so and keeps getting plain messages; one restarted
+ * as such a build after it said so drops the batches it is sent (as with
+ * signals, docs/architecture.md section 3).
+ */
+#define WELCOME_EVERY_MS 1000
+
 static void on_dealer_msg(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 			  const struct bm_ipc_hdr *h, const uint8_t *body, size_t n,
 			  void *ud)
 {
-	(void)z, (void)rid, (void)rid_len, (void)body, (void)n, (void)ud;
-	bm_debug("peer", "ignoring %s on a peer link", bm_ipc_kind_name(h->kind));
+	struct srv *s = ud;
+	json_t *o;
+
+	(void)rid, (void)rid_len;
+	if (h->kind != BM_IPC_WELCOME) {
+		bm_debug("peer", "ignoring %s on a peer link", bm_ipc_kind_name(h->kind));
+		return;
+	}
+	o = json_loadb((const char *)body, n, 0, NULL);
+	for (int i = 0; o && i < s->n_peers; i++) {
+		struct srv_peer *p = &s->peers[i];
+		if (p->z != z || p->batch || !json_is_true(json_object_get(o, "batch")))
+			continue;
+		if (!bm_zsock_batch_peer(z, NULL, 0, 1)) {
+			p->batch = 1;
+			bm_info("peer", "link to server '%s' sends batch frames", p->id);
+		}
+	}
+	json_decref(o);
+}
+
+/* p sent a plain message: tell it (now and then) that batches are read. */
+static void welcome_peer(struct srv *s, struct srv_peer *p, const uint8_t *rid,
+			 size_t rid_len)
+{
+	struct bm_ipc_hdr h;
+	char body[128];
+	int n;
+	uint64_t now = bm_mono_ms();
+
+	if (!s->router || (p->welcomed_ms && now - p->welcomed_ms < WELCOME_EVERY_MS))
+		return;
+	p->welcomed_ms = now;
+	memset(&h, 0, sizeof(h));
+	h.kind = BM_IPC_WELCOME;
+	snprintf(h.origin, sizeof(h.origin), "%s", s->cfg.node_id);
+	n = snprintf(body, sizeof(body), "{\"node\":\"%s\",\"batch\":true}", s->cfg.node_id);
+	if (bm_zsock_send(s->router, rid, rid_len, &h, body, (size_t)n))
+		bm_debug("peer", "cannot send WELCOME to server '%s'", p->id);
 }
 
 static int peer_connect(struct srv *s, struct srv_peer *p)
@@ -245,6 +293,10 @@ int srv_peer_send(struct srv *s, const struct srv_peer *p, struct bm_ipc_hdr *h,
 	/* Not connected: ZMQ_IMMEDIATE makes the send fail.  A peer gossip
 	 * calls dead may be back already (answers must reach it). */
 	if (!p || p->self || !p->z || p->state == BM_SWIM_LEFT)
+		return BM_EUNAVAIL;
+	/* Batching: a frame ZeroMQ refused means the peer is not connected
+	 * (or is full), where a plain send would fail: fail as it would. */
+	if (p->batch && bm_zsock_held(p->z, NULL, 0))
 		return BM_EUNAVAIL;
 	return bm_zsock_send(p->z, NULL, 0, h, body, n) ? BM_EUNAVAIL : 0;
 }
@@ -983,6 +1035,8 @@ int srv_peer_msg(struct srv *s, const uint8_t *rid, size_t rid_len,
 			 bm_ipc_kind_name(h->kind), (int)rid_len, (const char *)rid);
 		return 1;
 	}
+	if (!bm_zsock_in_batch(s->router))
+		welcome_peer(s, srv_peer_find(s, h->origin), rid, rid_len);
 	switch (h->kind) {
 	case BM_IPC_FORWARD:
 		on_forward(s, h, body, n);

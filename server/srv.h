@@ -167,6 +167,8 @@ struct srv_peer {
 	int self;
 	uint64_t hash;               /* bm_hash64(id), for rendezvous scores */
 	struct bm_zsock *z;          /* DEALER to its ROUTER; NULL for self */
+	int batch;                   /* z sends batch frames (it said it reads them) */
+	uint64_t welcomed_ms;        /* when we last told it we read batches */
 };
 
 #define SRV_PEERS_MAX 32

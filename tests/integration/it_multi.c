@@ -302,6 +302,16 @@ static void test_chat_across_owners(void **state)
 		      n_msgs, fwd, remote);
 	assert_true(fwd > 0);
 	assert_true(remote > 0);
+	/* Each server that sent to another got its WELCOME: the links batch. */
+	{
+		uint64_t deadline = bm_mono_ms() + 10000;
+		long links;
+		while ((links = metric_sum("bimip_server_peer_batch_links")) < 3 &&
+		       bm_mono_ms() < deadline)
+			pump(50);
+		print_message("peer links sending batch frames: %ld\n", links);
+		assert_true(links >= 3);
+	}
 	/* The versions of one chat come from one place, whoever writes. */
 	{
 		int ab = -1, ba = -1;
