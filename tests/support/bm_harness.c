@@ -14,8 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,18 +25,33 @@
 #define MAX_NODES 32
 
 static char root[256];
-static struct bm_h_node *nodes[MAX_NODES];
+/* Every node started, by value: a test's nodes may live on its stack,
+ * gone once it returns (or fails, longjmp'ing out), and both the exit
+ * cleanup and the sanitizer check still need their pids and logs. */
+struct started {
+	pid_t pid;                  /* 0 once stopped and reaped */
+	char name[32];
+	char log[400];
+};
+static struct started nodes[MAX_NODES];
 static int n_nodes;
+
+static void started_pid_gone(pid_t pid)
+{
+	for (int i = 0; pid > 0 && i < n_nodes; i++)
+		if (nodes[i].pid == pid)
+			nodes[i].pid = 0;
+}
 static char host[48] = "127.0.0.1";
 static const char *const *prefix;
 
 static void cleanup(void)
 {
 	for (int i = 0; i < n_nodes; i++)
-		if (nodes[i]->pid > 0) {
-			kill(nodes[i]->pid, SIGKILL);
-			waitpid(nodes[i]->pid, NULL, 0);
-			nodes[i]->pid = 0;
+		if (nodes[i].pid > 0) {
+			kill(nodes[i].pid, SIGKILL);
+			waitpid(nodes[i].pid, NULL, 0);
+			nodes[i].pid = 0;
 		}
 	if (root[0] && !getenv("BIMIP_KEEP_TEST_DIR")) {
 		char cmd[300];
@@ -109,8 +126,8 @@ static int spawn(struct bm_h_node *n)
 {
 	char exe[512];
 	const char *argv[16];
-	int fd, k = 0;
-	pid_t pid;
+	int fd, k = 0, parent_is_main;
+	pid_t pid, parent;
 
 	snprintf(exe, sizeof(exe), "%s/%s", bin_dir(), n->server ? "bimip-server" : "bimip-signal");
 	for (; n->prefix && k < 10 && n->prefix[k]; k++)
@@ -122,10 +139,19 @@ static int spawn(struct bm_h_node *n)
 	argv[k++] = n->ready;
 	argv[k] = NULL;
 	unlink(n->ready);
+	parent = getpid();
+	parent_is_main = (pid_t)syscall(SYS_gettid) == parent;
 	pid = fork();
 	if (pid == -1)
 		return -1;
 	if (pid == 0) {
+		/* Dies with the test, however the test ends (even SIGKILL by a
+		 * timeout, when no exit cleanup runs).  The signal comes when
+		 * the forking *thread* ends: only for the main thread (the soak
+		 * restarts nodes from a thread that ends before the checks). */
+		if (parent_is_main &&
+		    (prctl(PR_SET_PDEATHSIG, SIGKILL) == -1 || getppid() != parent))
+			_exit(126);
 		fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		if (fd >= 0) {
 			dup2(fd, 1);
@@ -138,10 +164,19 @@ static int spawn(struct bm_h_node *n)
 	}
 	n->pid = pid;
 	for (int i = 0; i < n_nodes; i++)
-		if (nodes[i] == n)
+		if (!strcmp(nodes[i].log, n->log)) {
+			nodes[i].pid = pid;
 			return 0;
-	if (n_nodes < MAX_NODES)
-		nodes[n_nodes++] = n;
+		}
+	if (n_nodes < MAX_NODES) {
+		nodes[n_nodes].pid = pid;
+		snprintf(nodes[n_nodes].name, sizeof(nodes[n_nodes].name), "%s", n->name);
+		snprintf(nodes[n_nodes].log, sizeof(nodes[n_nodes].log), "%s", n->log);
+		n_nodes++;
+	} else {
+		fprintf(stderr, "harness: more than %d nodes: %s is not tracked\n", MAX_NODES,
+			n->name);
+	}
 	return 0;
 }
 
@@ -165,6 +200,7 @@ static int wait_ready(struct bm_h_node *n, int timeout_ms)
 		if (waitpid(n->pid, &status, WNOHANG) == n->pid) {
 			fprintf(stderr, "harness: %s exited during start-up (status %d):\n",
 				n->name, status);
+			started_pid_gone(n->pid);
 			n->pid = 0;
 			tail_log(n);
 			return -1;
@@ -285,11 +321,13 @@ int bm_h_stop(struct bm_h_node *n, int sig)
 		if (bm_mono_ms() > deadline) {
 			kill(n->pid, SIGKILL);
 			waitpid(n->pid, NULL, 0);
+			started_pid_gone(n->pid);
 			n->pid = 0;
 			return -1;
 		}
 		poll(NULL, 0, 5);
 	}
+	started_pid_gone(n->pid);
 	n->pid = 0;
 	if (WIFSIGNALED(status))
 		return 128 + WTERMSIG(status);
@@ -403,13 +441,19 @@ int bm_h_check_logs(void)
 					   "runtime error:", "invariant broken" };
 	int problems = 0;
 
-	for (int i = 0; i < n_nodes; i++)
+	for (int i = 0; i < n_nodes; i++) {
+		struct bm_h_node n;
+
+		memset(&n, 0, sizeof(n));
+		snprintf(n.name, sizeof(n.name), "%s", nodes[i].name);
+		snprintf(n.log, sizeof(n.log), "%s", nodes[i].log);
 		for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++)
-			if (bm_h_log_has(nodes[i], bad[j])) {
+			if (bm_h_log_has(&n, bad[j])) {
 				fprintf(stderr, "harness: '%s' in the log of %s:\n", bad[j],
-					nodes[i]->name);
-				tail_log(nodes[i]);
+					n.name);
+				tail_log(&n);
 				problems++;
 			}
+	}
 	return problems;
 }
