@@ -1100,6 +1100,19 @@ out:
 	return rc;
 }
 
+int bm_queue_after(struct bm_queue *q, bm_queue_done_fn *cb, void *ud)
+{
+	int rc;
+
+	pthread_mutex_lock(&q->mu);
+	rc = q->failed ? BM_EIO : ring_push(q, 0, cb, ud);
+	/* Durable already: the next poll runs it. */
+	if (!rc)
+		notify(q);
+	pthread_mutex_unlock(&q->mu);
+	return rc;
+}
+
 int bm_queue_commit_offset(struct bm_queue *q, const char *stream,
 			   const char *device, uint64_t offset,
 			   bm_queue_done_fn *cb, void *ud)

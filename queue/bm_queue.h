@@ -109,6 +109,11 @@ int bm_queue_close(struct bm_queue *q);
 int bm_queue_append(struct bm_queue *q, const char *stream, const void *data,
 		    size_t len, uint64_t *offset, bm_queue_done_fn *cb, void *ud);
 
+/* cb (from bm_queue_poll, with offset 0) once everything appended so far
+ * is durable -- and after the completions of those appends.  Returns 0,
+ * BM_EIO (queue failed) or BM_ENOMEM; cb does not run on error. */
+int bm_queue_after(struct bm_queue *q, bm_queue_done_fn *cb, void *ud);
+
 /* A descriptor that becomes readable when completions are due; never
  * closed by the caller.  Watch it with EV_READ|EV_PERSIST and call
  * bm_queue_poll() when it fires. */

@@ -573,8 +573,8 @@ static void h_token_revoke(struct srv *s, struct srv_req *r)
 
 /* --- chat --------------------------------------------------------------------------- */
 
-static void version_update_reply(struct srv *s, struct srv_req *r, const char *local,
-				 const char *chat_id, int64_t version)
+static void version_update_fill(struct srv_req *r, const char *local, const char *chat_id,
+				int64_t version)
 {
 	bimip_VersionUpdate *v = &begin(bimip_MessageScheme_version_update_tag)
 					  ->payload.version_update;
@@ -588,7 +588,35 @@ static void version_update_reply(struct srv *s, struct srv_req *r, const char *l
 	v->type = 1;
 	v->status = 1;
 	v->timestamp = bm_wall_ms();
+}
+
+static void version_update_reply(struct srv *s, struct srv_req *r, const char *local,
+				 const char *chat_id, int64_t version)
+{
+	version_update_fill(r, local, chat_id, version);
 	reply(s, r, &out);
+}
+
+/* A resend of a message whose records are appended here but not all
+ * durable yet: its VersionUpdate once they are (the queue runs completions
+ * in append order, so after the first copy's own).  The sender's device
+ * may have had the first one already, through its stream: the resend
+ * must still get an answer. */
+static void version_update_when_durable(struct srv *s, struct srv_req *r, const char *local,
+					const char *chat_id, int64_t version)
+{
+	struct deferred *d;
+
+	version_update_fill(r, local, chat_id, version);
+	d = defer(s, r, &out);
+	if (!d) {
+		ERR(s, r, 500, "out of memory");
+		return;
+	}
+	if (bm_queue_after(s->q, on_durable_reply, d)) {
+		free(d);
+		ERR(s, r, 503, "the queue cannot take writes");
+	}
 }
 
 struct chat_ctx {
@@ -722,11 +750,17 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		e = srv_idem_find(s, a->eid, r->device, local);
 		if (e && e->durable >= 0) {
 			/* A resend: the original ids, never stored twice.  While the
-			 * first copy is still being stored, its VersionUpdate will come
-			 * through the stream; nothing more to say now. */
+			 * first copy is still being stored here, the answer waits
+			 * for it; while its copies go to other servers (a pending
+			 * message), the VersionUpdate comes through the stream. */
+			char id[SRV_MSGID_MAX];
+
 			(*s->m.dup_resends)++;
+			srv_message_id(id, sizeof(id), e->chat_id, e->version);
 			if (e->durable)
 				version_update_reply(s, r, local, e->chat_id, e->version);
+			else if (!bm_map_get(&s->pending, id))
+				version_update_when_durable(s, r, local, e->chat_id, e->version);
 			return;
 		}
 	}

@@ -425,6 +425,29 @@ static void test_group_idle_disk(void **state)
 	qt_rmtree(f->dir);
 }
 
+/* bm_queue_after: runs after the completions of what was appended before
+ * it, before those of what comes after; on an idle queue, at the next poll. */
+static void test_after(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	uint64_t off;
+
+	reset_done();
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	assert_int_equal(bm_queue_after(q, on_done, (void *)1), 0);   /* nothing before */
+	wait_done(q, 1);
+	assert_int_equal(bm_queue_append(q, "a", "x", 1, &off, on_done, (void *)2), 0);
+	assert_int_equal(bm_queue_after(q, on_done, (void *)3), 0);
+	assert_int_equal(bm_queue_append(q, "a", "y", 1, &off, on_done, (void *)4), 0);
+	assert_int_equal(bm_queue_after(q, on_done, (void *)5), 0);
+	wait_done(q, 5);
+	assert_true(done_order_ok);
+	assert_int_equal(done_status, 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	qt_rmtree(f->dir);
+}
+
 static void test_rotation_and_size_retention(void **state)
 {
 	struct fx *f = *state;
@@ -991,6 +1014,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_streams_and_offsets, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_idle_disk, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_after, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_and_size_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_age_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
