@@ -1141,6 +1141,7 @@ static void test_server_down(void **state)
 	 * a loop that sends on each answer trips the edge's rate limit. */
 	while (!t503 && bm_mono_ms() < deadline) {
 		uint64_t next = bm_mono_ms() + 200;
+
 		snprintf(local, sizeof(local), "l-%d", k++);
 		assert_int_equal(bm_client_send_text(cl, "peer@it", "hi", local), 0);
 		while (!t503 && bm_mono_ms() < next) {
@@ -1167,8 +1168,9 @@ static void test_server_down(void **state)
 	t0 = bm_mono_ms();
 	deadline = t0 + 10000;
 	while (!tback && bm_mono_ms() < deadline) {
-		snprintf(local, sizeof(local), "l-%d", k++);
 		uint64_t next = bm_mono_ms() + 200;
+
+		snprintf(local, sizeof(local), "l-%d", k++);
 		if (bm_client_send_text(cl, "peer@it", "hi", local))
 			fail_msg("send after the server came back: closed %d '%s'",
 				 bm_client_close_code(cl), bm_client_close_reason(cl));
