@@ -601,16 +601,16 @@ int bm_zmq_curve_keypair(char public_z85[41], char secret_z85[41])
 	return zmq_curve_keypair(public_z85, secret_z85) == -1 ? BM_ESYS : 0;
 }
 
-uint64_t bm_zsock_dropped(const struct bm_zsock *z) { return z->dropped; }
-int bm_zsock_in_batch(const struct bm_zsock *z) { return z->in_batch; }
-
 int bm_zsock_held(struct bm_zsock *z, const uint8_t *rid, size_t rid_len)
 {
 	struct zdest *d = z->n_dests ? dest_find(z, rid, rid_len) : NULL;
 
 	return d && d->held;
 }
+
+int bm_zsock_in_batch(const struct bm_zsock *z) { return z->in_batch; }
 uint64_t bm_zsock_wakeups(const struct bm_zsock *z) { return z->wakeups; }
+uint64_t bm_zsock_dropped(const struct bm_zsock *z) { return z->dropped; }
 uint64_t bm_zsock_received(const struct bm_zsock *z) { return z->received; }
 uint64_t bm_zsock_sent(const struct bm_zsock *z) { return z->sent; }
 void *bm_zsock_raw(struct bm_zsock *z) { return z->sock; }
