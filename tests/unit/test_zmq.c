@@ -78,19 +78,36 @@ static void exchange(struct ctx *c, struct bm_zsock *d, int count)
 	run_until(c, count);
 }
 
+/* A ROUTER "srv" bound on a loopback port (ep) and a DEALER "sig-1"
+ * connected to it, on c's loop. */
+static void pair_open(struct ctx *c, void *zctx, struct bm_zsock **r, struct bm_zsock **d,
+		      char *ep, size_t cap)
+{
+	*r = bm_zsock_new(c->base, zctx, ZMQ_ROUTER, "srv", on_router, c);
+	*d = bm_zsock_new(c->base, zctx, ZMQ_DEALER, "sig-1", on_dealer, c);
+	assert_non_null(*r);
+	assert_non_null(*d);
+	assert_int_equal(bm_zsock_bind(*r, "tcp://127.0.0.1:0", ep, cap), 0);
+	assert_int_equal(bm_zsock_connect(*d, ep), 0);
+}
+
+static void pair_close(struct ctx *c, void *zctx, struct bm_zsock *r, struct bm_zsock *d)
+{
+	bm_zsock_free(d);
+	bm_zsock_free(r);
+	zmq_ctx_term(zctx);
+	event_base_free(c->base);
+}
+
 static void test_router_dealer(void **state)
 {
 	void *zctx = zmq_ctx_new();
 	struct ctx c = { .base = event_base_new() };
 	char ep[128];
-	struct bm_zsock *r = bm_zsock_new(c.base, zctx, ZMQ_ROUTER, "srv", on_router, &c);
-	struct bm_zsock *d = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "sig-1", on_dealer, &c);
+	struct bm_zsock *r, *d;
 
-	assert_non_null(r);
-	assert_non_null(d);
-	assert_int_equal(bm_zsock_bind(r, "tcp://127.0.0.1:0", ep, sizeof(ep)), 0);
+	pair_open(&c, zctx, &r, &d, ep, sizeof(ep));
 	assert_non_null(strstr(ep, "tcp://127.0.0.1:"));
-	assert_int_equal(bm_zsock_connect(d, ep), 0);
 	exchange(&c, d, 300);   /* more than one drain batch */
 	assert_int_equal(c.got_dealer, 300);
 	assert_int_equal(c.got_router, 300);
@@ -103,10 +120,7 @@ static void test_router_dealer(void **state)
 		assert_int_equal(bm_zsock_send(r, (const uint8_t *)"nobody", 6, &h, "", 0),
 				 BM_ENOENT);
 	}
-	bm_zsock_free(d);
-	bm_zsock_free(r);
-	zmq_ctx_term(zctx);
-	event_base_free(c.base);
+	pair_close(&c, zctx, r, d);
 }
 
 /* Batching peers: one ZeroMQ message per loop turn, in order (on_dealer
@@ -117,15 +131,11 @@ static void test_batch(void **state)
 	void *zctx = zmq_ctx_new();
 	struct ctx c = { .base = event_base_new() };
 	char ep[128];
-	struct bm_zsock *r = bm_zsock_new(c.base, zctx, ZMQ_ROUTER, "srv", on_router, &c);
-	struct bm_zsock *d = bm_zsock_new(c.base, zctx, ZMQ_DEALER, "sig-1", on_dealer, &c);
+	struct bm_zsock *r, *d;
 	void *raw;
 	uint64_t dropped;
 
-	assert_non_null(r);
-	assert_non_null(d);
-	assert_int_equal(bm_zsock_bind(r, "tcp://127.0.0.1:0", ep, sizeof(ep)), 0);
-	assert_int_equal(bm_zsock_connect(d, ep), 0);
+	pair_open(&c, zctx, &r, &d, ep, sizeof(ep));
 	assert_int_equal(bm_zsock_batch_peer(d, NULL, 0, 1), 0);
 	assert_int_equal(bm_zsock_batch_peer(r, (const uint8_t *)"sig-1", 5, 1), 0);
 	assert_int_equal(bm_zsock_batch_peer(d, (const uint8_t *)"x", 1, 1), BM_EINVAL);
@@ -168,10 +178,7 @@ static void test_batch(void **state)
 		assert_int_equal(bm_zsock_dropped(r), dropped + n);
 	}
 	zmq_close(raw);
-	bm_zsock_free(d);
-	bm_zsock_free(r);
-	zmq_ctx_term(zctx);
-	event_base_free(c.base);
+	pair_close(&c, zctx, r, d);
 }
 
 static void test_curve(void **state)
@@ -207,10 +214,7 @@ static void test_curve(void **state)
 	assert_string_equal(c.last_body, "ping");
 	assert_int_equal(bm_zsock_curve_client(d, "short", cpub, csec), BM_EINVAL);
 	bm_zsock_free(bad);
-	bm_zsock_free(d);
-	bm_zsock_free(r);
-	zmq_ctx_term(zctx);
-	event_base_free(c.base);
+	pair_close(&c, zctx, r, d);
 }
 
 struct counts {
