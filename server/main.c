@@ -84,8 +84,8 @@ static const struct bm_config_key keys[] = {
 	  .max = 65536, .reloadable = 1, .help = "most stanzas one sync_request returns" },
 	{ "state.snapshot_every", BM_CFG_INT, F(snapshot_every), .def = "200000",
 	  .min = 100, .max = 100000000, .reloadable = 1,
-	  .help = "state records between background snapshots (start-up replays at most "
-		  "this many)" },
+	  .help = "state records and chat messages between background snapshots "
+		  "(start-up replays or repairs at most this many)" },
 	{ "state.snapshot_interval", BM_CFG_DURATION, F(snapshot_interval_ms), .def = "60s",
 	  .min = 0, .max = 86400000, .reloadable = 1,
 	  .help = "at least this long between background snapshots (each forks the "

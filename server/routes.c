@@ -708,6 +708,13 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "to.eid and message_id_local must be valid UTF-8");
 		return;
 	}
+	/* The session's names come from a verified token (JSON, so UTF-8);
+	 * checked anyway, as resend keys and snapshots are JSON. */
+	if (!bm_ws_utf8_valid((const uint8_t *)a->eid, strlen(a->eid)) ||
+	    !bm_ws_utf8_valid((const uint8_t *)r->device, strlen(r->device))) {
+		ERR(s, r, 400, "the session's eid and device must be valid UTF-8");
+		return;
+	}
 	if (media ? !md->cdn_url_id[0] : !t->content[0]) {
 		ERR(s, r, 400, media ? "media_payload_request needs cdn_url_id"
 				     : "text_payload_request needs content");
@@ -811,13 +818,12 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	}
 	c->server_received_at = bm_wall_ms();
 
-	/* Order: the receiver's copy, the sender's copy, then the state record
-	 * (version, resend key) naming both offsets.  Completions run in append
-	 * order, so the state record's completion means all three are durable.
-	 * A crash can keep any prefix: a copy whose state record was lost is
-	 * found at start-up (srv_state_repair) and its version and resend key
-	 * restored from the copy itself, so no version is ever handed out twice
-	 * and a resend is never stored twice. */
+	/* Order: the receiver's copy, then the sender's copy.  Completions run
+	 * in append order, so the sender copy's completion means both are
+	 * durable.  No state record: the version and the resend key are applied
+	 * in memory, and a crash that keeps any prefix of the log has them
+	 * restored from the copies at start-up (state.c, repair()), so no
+	 * version is ever handed out twice and a resend is never stored twice. */
 	/* The two copies differ only in author and acknowledgment: encode the
 	 * rest once and append those two fields per copy (protobuf takes fields
 	 * in any order). */
@@ -850,19 +856,22 @@ static void h_chat(struct srv *s, struct srv_req *r)
 			BM_SET_STR(c->author, "sender");
 			c->acknowledgment = 4;
 			rc = srv_stream_append(s, a, SRV_REC_SENDER_COPY, r->device, &cm, env, n,
-					       &so, NULL, NULL);
+					       &so, on_chat_stored, ctx);
 		}
 	}
-	if (!rc)
-		rc = srv_state_log_msg(s, chat, v, a->eid, r->device, local, ro, so,
-				       on_chat_stored, ctx, &ctx->idem);
-	if (!rc && ctx->idem)
-		ctx->idem_seq = ctx->idem->seq;
 	if (rc) {
 		ERR(s, r, bm_err_http(rc), "message not stored: %s", bm_strerror(rc));
 		bm_pool_put(&chat_pool, ctx);
 		return;
 	}
+	/* Appended: ctx belongs to the completion now.  This fails only out
+	 * of memory (the strings were checked above), which leaves the resend
+	 * key unrecorded; the version is always taken. */
+	if (srv_state_note_msg(s, chat, v, a->eid, r->device, local, ro, so, &ctx->idem))
+		bm_err("chat", "cannot record message %s.%lld in memory", chat->id,
+		       (long long)v);
+	if (ctx->idem)
+		ctx->idem_seq = ctx->idem->seq;
 	(*s->m.chats)++;
 }
 

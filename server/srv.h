@@ -313,6 +313,16 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
 		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud,
 		      struct srv_idem **idem);
+/* A chat message whose two copies were both appended here: applied in
+ * memory (chat version, resend key, the streams' repair offsets) with no
+ * state record of its own.  The copies carry everything the record would:
+ * after a crash, srv_state_open's repair restores the version and the
+ * resend key from them (state.c).  *idem as for srv_state_log_msg.  The
+ * strings must be valid UTF-8 (snapshots are JSON).  Returns 0 or
+ * BM_ENOMEM (the chat's version is taken even then). */
+int srv_state_note_msg(struct srv *s, const struct srv_chat *c, int64_t v,
+		       const char *sender, const char *dev, const char *local,
+		       uint64_t ro, uint64_t so, struct srv_idem **idem);
 /* Apply a state record (also used by the replay at start). */
 int srv_state_apply(struct srv *s, void *json_obj);
 int srv_revoked(struct srv *s, const char *eid, const char *device,

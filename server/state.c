@@ -14,7 +14,12 @@
  *   {"t":"msg", "c":chat, "a":eid, "b":eid, "v":version,
  *               "e":sender, "d":device, "l":message_id_local,
  *               "ro":receiver stream offset, "so":sender stream offset}
- *      written after both copies of the message; see srv_state_repair()
+ *      closes a message whose copies went to other servers (below).  A
+ *      message with both copies on this server has no state record: its
+ *      copies carry its version and resend key, and the repair at start
+ *      (repair() below) restores them from the streams' tails.  Data
+ *      directories written before 2026-11-23 have one per message; replay
+ *      still applies them.
  *   {"t":"pm", "c":chat, "e":sender, "r":receiver, "v":version, "d":device,
  *              "l":message_id_local, "sg":signal, "ss":session, "rt":route,
  *              "m":base64 ChatMessage}
@@ -457,7 +462,7 @@ struct log_ctx {
 	void *ud;
 };
 
-/* The "msg" record is on every chat message's path: formatted here, not
+/* The "msg" record closes every cross-server chat message: formatted here, not
  * through jansson, and applied directly. */
 int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
@@ -495,6 +500,18 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so, idem))
 		bm_err("state", "cannot apply state record '%s'", buf);
 	return 0;
+}
+
+int srv_state_note_msg(struct srv *s, const struct srv_chat *c, int64_t v,
+		       const char *sender, const char *dev, const char *local,
+		       uint64_t ro, uint64_t so, struct srv_idem **idem)
+{
+	/* Counted as a state change: snapshots bound the repair at start. */
+	s->snap_records++;
+	if (idem)
+		*idem = NULL;
+	return apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so,
+			 idem);
 }
 
 static const struct {
@@ -691,11 +708,15 @@ static int apply_batch(struct srv *s, struct replay *r, uint64_t *count)
 }
 
 /*
- * A crash may keep a message's copies in the user streams but lose the
- * state record written after them.  Every stream whose head lies beyond the
- * last offset a state record names is scanned from there, and each chat
- * message found restores its chat's version and its resend key, so a
- * version is never handed out twice.  Only those tails are read.
+ * A message with both copies on this server has no state record, and a
+ * crash may keep a cross-server message's copies but lose the state record
+ * written after them.  Every stream whose head lies beyond the offset the
+ * snapshot or a state record names (ref_offset) is scanned from there, and
+ * each chat message found restores its chat's version and its resend key,
+ * so a version is never handed out twice and a resend after the restart is
+ * answered with the original ids.  Only those tails are read: at most what
+ * was appended since the last snapshot (state.snapshot_every,
+ * state.snapshot_interval).
  */
 struct repair {
 	struct srv *s;
@@ -711,7 +732,11 @@ static int on_repair_record(void *ud, const struct bm_queue_meta *meta,
 	bimip_ChatMessage *c = &m.payload.chat_message;
 	struct srv_chat *chat;
 
-	if (status || meta->len < 3 || p[0] != 1 || 3u + p[2] > meta->len ||
+	/* A sender's copy adds nothing: the receiver's copy was appended before
+	 * it (a crash keeps a prefix of the log), and a cross-server message's
+	 * version and resend key are in its "pm" record. */
+	if (status || meta->len < 3 || p[0] != 1 || p[1] == SRV_REC_SENDER_COPY ||
+	    3u + p[2] > meta->len ||
 	    bm_env_decode(p + 3 + p[2], meta->len - 3 - p[2], &m, NULL) ||
 	    m.which_payload != bimip_MessageScheme_chat_message_tag || c->to_count != 1)
 		return 0;
@@ -849,8 +874,8 @@ int srv_state_open(struct srv *s)
 		struct repair rp = { s, 0 };
 		repair(s, &rp);
 		if (rp.fixed)
-			bm_warn("state", "restored %u chat versions from messages whose state "
-				"record was lost in a crash", rp.fixed);
+			bm_info("state", "restored %u chat versions from the streams' tails",
+				rp.fixed);
 	}
 	bm_info("state", "replayed %llu state records in %llu ms: %zu users, %zu chats",
 		(unsigned long long)count, (unsigned long long)(bm_mono_ms() - t0),
