@@ -112,6 +112,99 @@ int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 	return 0;
 }
 
+/* A protobuf varint at p[*i..n), at most 10 bytes as nanopb reads it. */
+static int peek_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
+{
+	uint64_t r = 0;
+
+	for (unsigned k = 0; k < 10 && *i < n; k++) {
+		uint8_t b = p[(*i)++];
+		r |= (uint64_t)(b & 0x7f) << (7 * k);
+		if (!(b & 0x80)) {
+			*v = r;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+int bm_env_peek(const uint8_t *p, size_t n, int64_t *route_out, struct bm_env_err *err)
+{
+	const char *why = NULL;
+	int64_t route = 0;
+	unsigned which = 0;
+	size_t i = 0;
+
+	if (n > BM_ENV_MAX_BYTES)
+		return fail(err, BM_ETOOBIG, 413, 0,
+			    "message of %zu bytes exceeds the limit of %d bytes",
+			    n, BM_ENV_MAX_BYTES);
+	while (i < n && !why) {
+		uint64_t key, v;
+		unsigned wt, field;
+
+		if (peek_varint(p, n, &i, &key)) {
+			why = "bad field key";
+			break;
+		}
+		if (key == 0)
+			break;          /* nanopb: a zero tag ends the message */
+		wt = (unsigned)(key & 7);
+		field = key >> 3 > UINT32_MAX ? 0 : (unsigned)(key >> 3);
+		if (field == 0) {
+			why = "invalid field number";
+			break;
+		}
+		switch (wt) {
+		case 0:
+			if (peek_varint(p, n, &i, &v))
+				why = "bad varint";
+			else if (field == 1)
+				route = (int64_t)v;
+			else if (field <= BM_ENV_ROUTE_MAX)
+				why = "wrong wire type";
+			break;
+		case 2:
+			if (peek_varint(p, n, &i, &v) || v > n - i)
+				why = "length beyond the message";
+			else if (field == 1)
+				why = "wrong wire type";
+			else {
+				if (field <= BM_ENV_ROUTE_MAX)
+					which = field;
+				i += (size_t)v;
+			}
+			break;
+		case 1:
+		case 5:
+			if (n - i < (wt == 1 ? 8u : 4u))
+				why = "truncated field";
+			else if (field <= BM_ENV_ROUTE_MAX)
+				why = "wrong wire type";
+			else
+				i += wt == 1 ? 8 : 4;
+			break;
+		default:
+			why = "invalid wire type";
+			break;
+		}
+	}
+	if (why)
+		return fail(err, BM_EDECODE, 400, route, "cannot decode MessageScheme: %s", why);
+	if (which == 0) {
+		if (route && !bm_env_route_name(route))
+			return fail(err, BM_EROUTE, 400, route, "unknown route %" PRId64, route);
+		return fail(err, BM_ENOPAYLOAD, 400, route,
+			    "MessageScheme has no payload (route %" PRId64 ")", route);
+	}
+	if (route != (int64_t)which)
+		return fail(err, BM_EROUTE, 400, route,
+			    "route %" PRId64 " does not match the payload field %u (%s)",
+			    route, which, bm_env_route_name(which));
+	*route_out = route;
+	return 0;
+}
+
 static int check_route(bimip_MessageScheme *m)
 {
 	if (m->which_payload == 0)

@@ -42,6 +42,15 @@ struct bm_env_err {
 int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 		  struct bm_env_err *err);
 
+/* The envelope's outer layer only, without decoding the payload: the size
+ * bound, a well-formed protobuf field walk, a payload field set, and route
+ * equal to it (the first four errors of bm_env_decode, same codes).  What
+ * bm_env_decode accepts, this accepts with the same route; it may accept
+ * what bm_env_decode refuses inside the payload.  The edge checks this and
+ * leaves the payload to the server, which decodes it anyway.  *route gets
+ * the route. */
+int bm_env_peek(const uint8_t *p, size_t n, int64_t *route, struct bm_env_err *err);
+
 /* Encode *m into out[0..cap); *len gets the size.  Sets m->route from the
  * payload field when m->route is 0.  Returns 0, BM_EROUTE if route and
  * payload disagree, BM_ENOPAYLOAD, or BM_ETOOBIG if cap is too small. */

@@ -596,6 +596,7 @@ static void on_message(struct sig *g, struct sig_sess *s, int opcode,
 	static bimip_MessageScheme m;
 	static uint8_t buf[512];
 	struct bm_env_err err;
+	int64_t route;
 	size_t len;
 	int rc;
 
@@ -614,11 +615,19 @@ static void on_message(struct sig *g, struct sig_sess *s, int opcode,
 		return;
 	}
 	s->refusals = 0;
-	if (bm_env_decode(p, n, &m, &err)) {
+	/* The envelope's outer layer is checked here; the payload is decoded
+	 * by the server, which answers a bad one with the same ErrorMessage
+	 * (a full decode here was a tenth of this process's time). */
+	if (bm_env_peek(p, n, &route, &err)) {
 		send_error(g, s, err.code, err.route, err.text);
 		return;
 	}
-	if (m.which_payload == bimip_MessageScheme_pingpong_message_tag &&
+	if (route == bimip_MessageScheme_pingpong_message_tag &&
+	    bm_env_decode(p, n, &m, &err)) {
+		send_error(g, s, err.code, err.route, err.text);
+		return;
+	}
+	if (route == bimip_MessageScheme_pingpong_message_tag &&
 	    m.payload.pingpong_message.type == 1) {
 		bimip_PingPong *q = &m.payload.pingpong_message;
 		int64_t t = bm_wall_ms();
@@ -637,8 +646,8 @@ static void on_message(struct sig *g, struct sig_sess *s, int opcode,
 	rc = sig_link_stanza(g, s, p, n);
 	if (rc) {
 		(*g->m.forward_fail)++;
-		send_error(g, s, 503, m.route, rc == BM_EAGAIN ? "server is busy, retry"
-							      : "no server available");
+		send_error(g, s, 503, route, rc == BM_EAGAIN ? "server is busy, retry"
+							    : "no server available");
 	}
 }
 

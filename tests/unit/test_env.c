@@ -157,6 +157,72 @@ static void test_garbage_and_bounds(void **state)
 	assert_non_null(strstr(err.text, "size bound"));
 }
 
+/* bm_env_peek agrees with bm_env_decode on the outer layer: whatever
+ * decodes peeks with the same route, the outer errors come with the same
+ * code, and only a bad payload gets past it (the server refuses that). */
+static void test_peek(void **state)
+{
+	static const struct {
+		const char *what;
+		uint8_t b[16];
+		size_t n;
+		int peek_rc;           /* bm_env_peek's answer */
+		int64_t route;
+	} cases[] = {
+		{ "ping", { 0x08, 6, 0x32, 0x00 }, 4, 0, 6 },
+		{ "payload first, route last", { 0x32, 0x00, 0x08, 6 }, 4, 0, 6 },
+		{ "zero tag (peek stops there)", { 0x08, 6, 0x32, 0x00, 0x00, 0xff, 0xff }, 7, 0, 6 },
+		{ "unknown fields skipped", { 0x08, 6, 0xf8, 0x01, 0x05, 0x32, 0x00,
+					      0xfd, 0x01, 1, 2, 3, 4 }, 13, 0, 6 },
+		{ "offset field 99", { 0x08, 6, 0x32, 0x00, 0x98, 0x06, 0x07 }, 7, 0, 6 },
+		{ "last payload wins", { 0x08, 14, 0x32, 0x00, 0x72, 0x00 }, 6, 0, 14 },
+		{ "bad payload inside", { 0x08, 6, 0x32, 0x02, 0xff, 0xff }, 6, 0, 6 },
+		{ "route mismatch", { 0x08, 14, 0x32, 0x00 }, 4, BM_EROUTE, 0 },
+		{ "no payload", { 0x08, 14 }, 2, BM_ENOPAYLOAD, 0 },
+		{ "unknown route", { 0x08, 77 }, 2, BM_EROUTE, 0 },
+		{ "empty", { 0 }, 0, BM_ENOPAYLOAD, 0 },
+		{ "length past the end", { 0x08, 6, 0x32, 0x05, 0x08 }, 5, BM_EDECODE, 0 },
+		{ "payload as varint", { 0x08, 6, 0x30, 0x01 }, 4, BM_EDECODE, 0 },
+		{ "route as bytes", { 0x0a, 0x01, 0x06, 0x32, 0x00 }, 5, BM_EDECODE, 0 },
+		{ "group wire type", { 0x08, 6, 0x32, 0x00, 0xfb, 0x01 }, 6, BM_EDECODE, 0 },
+		{ "endless varint", { 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+				      0xff, 0xff, 0x01 }, 12, BM_EDECODE, 0 },
+	};
+	struct bm_env_err perr, derr;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int64_t route = -1;
+		int prc = bm_env_peek(cases[i].b, cases[i].n, &route, &perr);
+		int drc = bm_env_decode(cases[i].b, cases[i].n, &out, &derr);
+
+		print_message("%s: peek %d decode %d\n", cases[i].what, prc, drc);
+		assert_int_equal(prc, cases[i].peek_rc);
+		if (!prc)
+			assert_int_equal(route, cases[i].route);
+		if (!drc) {
+			assert_int_equal(prc, 0);
+			assert_int_equal(route, out.route);
+		}
+		if (prc) {
+			/* An outer error: decode refuses it too, with the same code. */
+			assert_int_not_equal(drc, 0);
+			assert_int_equal(perr.code, derr.code);
+			assert_int_equal(perr.code, 400);
+		}
+	}
+	/* Every envelope a peer encodes peeks. */
+	make_ping(&m);
+	{
+		size_t n;
+		int64_t route = 0;
+		assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
+		assert_int_equal(bm_env_peek(buf, n, &route, NULL), 0);
+		assert_int_equal(route, 6);
+		assert_int_equal(bm_env_peek(buf, BM_ENV_MAX_BYTES + 1, &route, &perr), BM_ETOOBIG);
+		assert_int_equal(perr.code, 413);
+	}
+}
+
 static void test_make_error(void **state)
 {
 	struct bm_env_err err;
@@ -337,6 +403,7 @@ int main(void)
 		cmocka_unit_test(test_route_mismatch),
 		cmocka_unit_test(test_no_payload_and_unknown_route),
 		cmocka_unit_test(test_garbage_and_bounds),
+		cmocka_unit_test(test_peek),
 		cmocka_unit_test(test_make_error),
 		cmocka_unit_test(test_version_update),
 		cmocka_unit_test(test_chat_message_encoder),
