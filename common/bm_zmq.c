@@ -364,8 +364,11 @@ static int flush_dest(struct bm_zsock *z, struct zdest *d)
 	if (rc)
 		z->dropped++;
 	d->len = 0;
-	/* Memory back after a burst. */
-	if (d->cap > BM_ZBATCH_FLUSH) {
+	/* Memory back after a message far past the flush size.  A full batch
+	 * needs up to 64 KiB (the capacity doubles past 32 KiB): that one is
+	 * kept, or every full batch would grow a new buffer from 4 KiB,
+	 * copying at each step, on pages the allocator had just given back. */
+	if (d->cap > 4 * BM_ZBATCH_FLUSH) {
 		free(d->buf);
 		d->buf = NULL;
 		d->cap = 0;
