@@ -65,6 +65,29 @@ static int fail(struct bm_env_err *err, int rc, int code, int64_t route,
 	return rc;
 }
 
+static int too_big(size_t n, struct bm_env_err *err)
+{
+	return fail(err, BM_ETOOBIG, 413, 0, "message of %zu bytes exceeds the limit of %d bytes",
+		    n, BM_ENV_MAX_BYTES);
+}
+
+/* The envelope's route against the payload field that is set (0: none):
+ * the same answers from bm_env_decode and bm_env_peek. */
+static int check_payload(int64_t route, unsigned which, struct bm_env_err *err)
+{
+	if (which == 0) {
+		if (route && !bm_env_route_name(route))
+			return fail(err, BM_EROUTE, 400, route, "unknown route %" PRId64, route);
+		return fail(err, BM_ENOPAYLOAD, 400, route,
+			    "MessageScheme has no payload (route %" PRId64 ")", route);
+	}
+	if (route != (int64_t)which)
+		return fail(err, BM_EROUTE, 400, route,
+			    "route %" PRId64 " does not match the payload field %u (%s)",
+			    route, which, bm_env_route_name(which));
+	return 0;
+}
+
 int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 		  struct bm_env_err *err)
 {
@@ -81,9 +104,7 @@ int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 	out->offset = 0;
 	out->which_payload = 0;
 	if (n > BM_ENV_MAX_BYTES)
-		return fail(err, BM_ETOOBIG, 413, 0,
-			    "message of %zu bytes exceeds the limit of %d bytes",
-			    n, BM_ENV_MAX_BYTES);
+		return too_big(n, err);
 	in = pb_istream_from_buffer(p, n);
 	if (!pb_decode_ex(&in, bimip_MessageScheme_fields, out, PB_DECODE_NOINIT)) {
 		why = PB_GET_ERROR(&in);
@@ -96,20 +117,7 @@ int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 		return fail(err, BM_EDECODE, 400, out->route,
 			    "cannot decode MessageScheme: %s", why);
 	}
-	if (out->which_payload == 0) {
-		if (out->route && !bm_env_route_name(out->route))
-			return fail(err, BM_EROUTE, 400, out->route,
-				    "unknown route %" PRId64, out->route);
-		return fail(err, BM_ENOPAYLOAD, 400, out->route,
-			    "MessageScheme has no payload (route %" PRId64 ")",
-			    out->route);
-	}
-	if (out->route != (int64_t)out->which_payload)
-		return fail(err, BM_EROUTE, 400, out->route,
-			    "route %" PRId64 " does not match the payload field %u (%s)",
-			    out->route, (unsigned)out->which_payload,
-			    bm_env_route_name(out->which_payload));
-	return 0;
+	return check_payload(out->route, out->which_payload, err);
 }
 
 /* A protobuf varint at p[*i..n), at most 10 bytes as nanopb reads it. */
@@ -134,11 +142,10 @@ int bm_env_peek(const uint8_t *p, size_t n, int64_t *route_out, struct bm_env_er
 	int64_t route = 0;
 	unsigned which = 0;
 	size_t i = 0;
+	int rc;
 
 	if (n > BM_ENV_MAX_BYTES)
-		return fail(err, BM_ETOOBIG, 413, 0,
-			    "message of %zu bytes exceeds the limit of %d bytes",
-			    n, BM_ENV_MAX_BYTES);
+		return too_big(n, err);
 	while (i < n && !why) {
 		uint64_t key, v;
 		unsigned wt, field;
@@ -191,18 +198,10 @@ int bm_env_peek(const uint8_t *p, size_t n, int64_t *route_out, struct bm_env_er
 	}
 	if (why)
 		return fail(err, BM_EDECODE, 400, route, "cannot decode MessageScheme: %s", why);
-	if (which == 0) {
-		if (route && !bm_env_route_name(route))
-			return fail(err, BM_EROUTE, 400, route, "unknown route %" PRId64, route);
-		return fail(err, BM_ENOPAYLOAD, 400, route,
-			    "MessageScheme has no payload (route %" PRId64 ")", route);
-	}
-	if (route != (int64_t)which)
-		return fail(err, BM_EROUTE, 400, route,
-			    "route %" PRId64 " does not match the payload field %u (%s)",
-			    route, which, bm_env_route_name(which));
-	*route_out = route;
-	return 0;
+	rc = check_payload(route, which, err);
+	if (!rc)
+		*route_out = route;
+	return rc;
 }
 
 static int check_route(bimip_MessageScheme *m)
