@@ -622,26 +622,28 @@ static void on_message(struct sig *g, struct sig_sess *s, int opcode,
 		send_error(g, s, err.code, err.route, err.text);
 		return;
 	}
-	if (route == bimip_MessageScheme_pingpong_message_tag &&
-	    bm_env_decode(p, n, &m, &err)) {
-		send_error(g, s, err.code, err.route, err.text);
-		return;
-	}
-	if (route == bimip_MessageScheme_pingpong_message_tag &&
-	    m.payload.pingpong_message.type == 1) {
+	/* A ping request is answered here; other pings go on. */
+	if (route == bimip_MessageScheme_pingpong_message_tag) {
 		bimip_PingPong *q = &m.payload.pingpong_message;
-		int64_t t = bm_wall_ms();
-		(*g->m.pings)++;
-		q->has_to = true;
-		BM_SET_STR(q->to.eid, s->eid);
-		BM_SET_STR(q->to.connection_resource_id, s->device);
-		q->type = 2;
-		q->status = 2;
-		q->response_time = t;
-		q->rtt = q->request_time ? t - q->request_time : 0;
-		if (!bm_env_encode(&m, buf, sizeof(buf), &len))
-			sig_sess_send(g, s, buf, len);
-		return;
+
+		if (bm_env_decode(p, n, &m, &err)) {
+			send_error(g, s, err.code, err.route, err.text);
+			return;
+		}
+		if (q->type == 1) {
+			int64_t t = bm_wall_ms();
+			(*g->m.pings)++;
+			q->has_to = true;
+			BM_SET_STR(q->to.eid, s->eid);
+			BM_SET_STR(q->to.connection_resource_id, s->device);
+			q->type = 2;
+			q->status = 2;
+			q->response_time = t;
+			q->rtt = q->request_time ? t - q->request_time : 0;
+			if (!bm_env_encode(&m, buf, sizeof(buf), &len))
+				sig_sess_send(g, s, buf, len);
+			return;
+		}
 	}
 	rc = sig_link_stanza(g, s, p, n);
 	if (rc) {
