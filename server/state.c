@@ -396,8 +396,8 @@ static int set_flag(struct bm_map *m, const char *k, int on)
 	return bm_map_put(m, k, (void *)1, NULL);
 }
 
-/* A chat message was accepted: the chat's version, the stream offsets its
- * state record names (for the repair at start-up), the resend key. */
+/* A chat message was accepted: the chat's version, the stream offsets of
+ * its copies (where the repair at start-up begins), the resend key. */
 static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const char *b,
 		     int64_t v, const char *sender, const char *dev, const char *local,
 		     uint64_t ro, uint64_t so, struct srv_idem **idem)
@@ -494,10 +494,7 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 	rc = bm_queue_append(s->q, STATE_STREAM, buf, (size_t)(p - buf), NULL, cb, ud);
 	if (rc)
 		return rc;
-	s->snap_records++;
-	if (idem)
-		*idem = NULL;
-	if (apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so, idem))
+	if (srv_state_note_msg(s, c, v, sender, dev, local, ro, so, idem))
 		bm_err("state", "cannot apply state record '%s'", buf);
 	return 0;
 }
