@@ -1296,14 +1296,17 @@ int bm_queue_rotate(struct bm_queue *q)
 
 /* --- reading ------------------------------------------------------------ */
 
-/* mu held: makes sure [.., end) reached the file so pread sees it. */
-static int ensure_written(struct bm_queue *q, uint64_t end)
+/* mu held: makes sure [.., end) reached the file so pread sees it;
+ * *written (may be NULL) gets how far the file goes now. */
+static int ensure_written(struct bm_queue *q, uint64_t end, uint64_t *written)
 {
 	int rc = 0;
 
 	pthread_mutex_lock(&q->io_mu);
 	if (end > q->written_pos)
 		rc = flush_wbuf(q);
+	if (written)
+		*written = q->written_pos;
 	pthread_mutex_unlock(&q->io_mu);
 	return rc;
 }
@@ -1319,18 +1322,14 @@ static int read_hdr_more(struct bm_queue *q, uint64_t pos, struct rec_hdr *h,
 	uint64_t written;
 	size_t want = HDR;
 	ssize_t r;
-	int rc = 0;
+	int rc;
 
 	if (!sg || pos + HDR > sg->end) {
 		bm_err(C, "record position %" PRIu64 " is outside the log of '%s'",
 		       pos, q->dir);
 		return BM_ECORRUPT;
 	}
-	pthread_mutex_lock(&q->io_mu);
-	if (pos + HDR > q->written_pos)
-		rc = flush_wbuf(q);
-	written = q->written_pos;
-	pthread_mutex_unlock(&q->io_mu);
+	rc = ensure_written(q, pos + HDR, &written);
 	if (rc)
 		return rc;
 	/* Only bytes already written: reading ahead must not force a write
@@ -1418,7 +1417,7 @@ static int read_payload(struct bm_queue *q, uint64_t pos, const struct rec_hdr *
 	bm_buf_reset(out);
 	if (h->erased == REC_ERASED)
 		return BM_EDESTROYED;
-	rc = ensure_written(q, pos + HDR + h->len);
+	rc = ensure_written(q, pos + HDR + h->len, NULL);
 	if (rc)
 		return rc;
 	rc = bm_buf_grow(out, h->len);
