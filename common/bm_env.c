@@ -136,6 +136,16 @@ static int peek_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
 	return -1;
 }
 
+/* An unknown field's varint: nanopb's pb_skip_varint reads up to the first
+ * byte without the high bit, however many there are, so the skip does too. */
+static int skip_varint(const uint8_t *p, size_t n, size_t *i)
+{
+	while (*i < n)
+		if (!(p[(*i)++] & 0x80))
+			return 0;
+	return -1;
+}
+
 int bm_env_peek(const uint8_t *p, size_t n, int64_t *route_out, struct bm_env_err *err)
 {
 	const char *why = NULL;
@@ -154,22 +164,27 @@ int bm_env_peek(const uint8_t *p, size_t n, int64_t *route_out, struct bm_env_er
 			why = "bad field key";
 			break;
 		}
+		/* nanopb keeps a key's low 32 bits (pb_decode_varint32). */
+		key = (uint32_t)key;
 		if (key == 0)
 			break;          /* nanopb: a zero tag ends the message */
 		wt = (unsigned)(key & 7);
-		field = key >> 3 > UINT32_MAX ? 0 : (unsigned)(key >> 3);
+		field = (unsigned)(key >> 3);
 		if (field == 0) {
 			why = "invalid field number";
 			break;
 		}
 		switch (wt) {
 		case 0:
-			if (peek_varint(p, n, &i, &v))
-				why = "bad varint";
-			else if (field == 1)
-				route = (int64_t)v;
-			else if (field <= BM_ENV_ROUTE_MAX)
+			if (field > BM_ENV_ROUTE_MAX) {
+				if (skip_varint(p, n, &i))
+					why = "bad varint";
+			} else if (field != 1)
 				why = "wrong wire type";
+			else if (peek_varint(p, n, &i, &v))
+				why = "bad varint";
+			else
+				route = (int64_t)v;
 			break;
 		case 2:
 			if (peek_varint(p, n, &i, &v) || v > n - i)
