@@ -303,6 +303,7 @@ struct bm_queue {
 	uint64_t written_pos;     /* io_mu */
 	int cur_fd;               /* io_mu (and mu to change) */
 	uint64_t cur_base;        /* io_mu (and mu to change) */
+	uint64_t zero_end;        /* io_mu: the active file ends here, zeros past written_pos */
 	struct bm_buf wbuf;       /* appended, not yet written; starts at wbuf_pos */
 	uint64_t wbuf_pos;
 	struct bm_buf sbuf;       /* io_mu: the sync thread's swapped-out buffer */
@@ -693,8 +694,56 @@ static int flush_wbuf(struct bm_queue *q)
 		}
 		q->written_pos = q->wbuf_pos + q->wbuf.len;
 		q->wbuf_pos = q->written_pos;
+		if (q->zero_end < q->written_pos)
+			q->zero_end = q->written_pos;
 		bm_buf_reset(&q->wbuf);
 	}
+	return 0;
+}
+
+/*
+ * io_mu held: keeps the active segment extended with zeros at least half of
+ * prealloc_bytes past what is written, so that appends overwrite blocks the
+ * file already has and an fdatasync writes only the data, not the inode
+ * (see docs/queue-format.md, "Preallocated tail").  Returns 1 when it
+ * extended the file (the caller syncs it), 0 when there was nothing to do,
+ * or -1 with errno.
+ */
+static int extend_zeros(struct bm_queue *q)
+{
+	static const uint8_t zeros[64 * 1024];
+	uint64_t want, cap = q->cur_base + q->o.segment_bytes;
+
+	if (!q->o.prealloc_bytes || q->zero_end >= q->written_pos + q->o.prealloc_bytes / 2)
+		return 0;
+	want = (q->written_pos + q->o.prealloc_bytes + sizeof(zeros) - 1) /
+	       sizeof(zeros) * sizeof(zeros);
+	if (want > cap)
+		want = cap;
+	if (want <= q->zero_end)
+		return 0;
+	while (q->zero_end < want) {
+		size_t n = want - q->zero_end < sizeof(zeros) ? (size_t)(want - q->zero_end)
+							       : sizeof(zeros);
+		if (pwrite_all(q->cur_fd, zeros, n, q->zero_end - q->cur_base) == -1)
+			return -1;
+		q->zero_end += n;
+	}
+	return 1;
+}
+
+/* mu and io_mu held, everything written synced: cuts the active segment's
+ * zero tail, so that a sealed or closed segment ends at its last record. */
+static int cut_zeros(struct bm_queue *q)
+{
+	if (q->zero_end <= q->written_pos)
+		return 0;
+	if (ftruncate(q->cur_fd, (off_t)(q->written_pos - q->cur_base)) == -1 ||
+	    fdatasync(q->cur_fd) == -1) {
+		set_failed(q, "truncate of the preallocated tail", errno);
+		return BM_EIO;
+	}
+	q->zero_end = q->written_pos;
 	return 0;
 }
 
@@ -764,6 +813,32 @@ static int sync_locked(struct bm_queue *q)
 	return 0;
 }
 
+/* mu held (released meanwhile): the sync thread extends the active segment
+ * with zeros between batches, and syncs them, so that the next batches'
+ * syncs find the file's size and blocks already there. */
+static void prealloc(struct bm_queue *q)
+{
+	int rc, e = 0;
+
+	pthread_mutex_unlock(&q->mu);
+	pthread_mutex_lock(&q->io_mu);
+	rc = extend_zeros(q);
+	if (rc == 1 && fdatasync(q->cur_fd) == -1)
+		e = errno;
+	else if (rc == -1)
+		e = errno;
+	pthread_mutex_unlock(&q->io_mu);
+	pthread_mutex_lock(&q->mu);
+	if (rc == -1) {
+		/* No space for zeros is not yet a failed write: stop preallocating. */
+		bm_warn(C, "cannot extend segment of '%s' with zeros: %s; "
+			"appends will extend it instead", q->dir, strerror(e));
+		q->o.prealloc_bytes = 0;
+	} else if (e) {
+		set_failed(q, "fdatasync", e);
+	}
+}
+
 static void *sync_main(void *arg)
 {
 	struct bm_queue *q = arg;
@@ -816,6 +891,8 @@ static void *sync_main(void *arg)
 				err = errno;
 			else
 				q->written_pos = pos + q->sbuf.len;
+			if (q->zero_end < q->written_pos)
+				q->zero_end = q->written_pos;
 			bm_buf_reset(&q->sbuf);
 		}
 		target = q->written_pos;
@@ -845,6 +922,8 @@ static void *sync_main(void *arg)
 				q->st.syncs++;
 		}
 		notify(q);
+		if (!err && q->o.prealloc_bytes && q->o.sync == BM_QUEUE_SYNC_GROUP)
+			prealloc(q);
 	}
 	pthread_mutex_unlock(&q->mu);
 	return NULL;
@@ -908,6 +987,13 @@ static int rotate_locked(struct bm_queue *q)
 	rc = sync_locked(q);
 	if (rc)
 		return rc;
+	/* A sealed segment ends at its last record: recovery finds where the
+	 * next one starts from its size. */
+	pthread_mutex_lock(&q->io_mu);
+	rc = cut_zeros(q);
+	pthread_mutex_unlock(&q->io_mu);
+	if (rc)
+		return rc;
 	/* Best effort: a missing index is rebuilt from the segment at open. */
 	q->segs[q->nsegs - 1].end = base;
 	write_seg_idx(q, &q->segs[q->nsegs - 1], q->aidx.v, q->aidx.n);
@@ -934,6 +1020,7 @@ static int rotate_locked(struct bm_queue *q)
 	pthread_mutex_lock(&q->io_mu);
 	q->cur_fd = fd;
 	q->cur_base = base;
+	q->zero_end = base;
 	pthread_mutex_unlock(&q->io_mu);
 	bm_debug(C, "started segment '%s'", path);
 	return 0;
@@ -2699,6 +2786,25 @@ static void table_clear(struct bm_queue *q)
 		memset(q->ht, 0, q->ht_cap * sizeof(*q->ht));
 }
 
+/* 1 if fd's bytes [off, off+len) are all zero, 0 if not, -1 on error. */
+static int all_zeros(int fd, uint64_t off, uint64_t len)
+{
+	uint8_t b[64 * 1024];
+
+	while (len) {
+		size_t n = len < sizeof(b) ? (size_t)len : sizeof(b);
+		ssize_t r = pread(fd, b, n, (off_t)off);
+		if (r <= 0)
+			return r == 0 ? 0 : -1;
+		for (ssize_t i = 0; i < r; i++)
+			if (b[i])
+				return 0;
+		off += (uint64_t)r;
+		len -= (uint64_t)r;
+	}
+	return 1;
+}
+
 static int recover(struct bm_queue *q)
 {
 	struct ckpt_seg *cs = NULL;
@@ -2831,16 +2937,29 @@ static int recover(struct bm_queue *q)
 	}
 	if (end < q->segs[q->nsegs - 1].end) {
 		struct seg *sg = &q->segs[q->nsegs - 1];
+		int zeros = all_zeros(sg->fd, end - sg->base, sg->end - end);
+
 		seg_path(q, path, sizeof(path), sg->base);
-		bm_warn(C, "truncating torn tail of segment '%s' at %" PRIu64
-			" (%" PRIu64 " bytes dropped)", path, end - sg->base, sg->end - end);
+		if (zeros < 0) {
+			bm_err(C, "cannot read segment '%s': %s", path, strerror(errno));
+			rc = BM_EIO;
+			goto out;
+		}
+		if (zeros)
+			bm_debug(C, "cutting the preallocated tail of segment '%s' at %" PRIu64
+				 " (%" PRIu64 " zero bytes)", path, end - sg->base, sg->end - end);
+		else
+			bm_warn(C, "truncating torn tail of segment '%s' at %" PRIu64
+				" (%" PRIu64 " bytes dropped)", path, end - sg->base,
+				sg->end - end);
 		if (ftruncate(sg->fd, (off_t)(end - sg->base)) == -1 ||
 		    fdatasync(sg->fd) == -1) {
 			bm_err(C, "cannot truncate segment '%s': %s", path, strerror(errno));
 			rc = BM_EIO;
 			goto out;
 		}
-		q->st.truncated_bytes = sg->end - end;
+		if (!zeros)
+			q->st.truncated_bytes = sg->end - end;
 		sg->end = end;
 	}
 	rc = replay(q, start, end);
@@ -2866,6 +2985,7 @@ static int recover(struct bm_queue *q)
 	q->wbuf_pos = end;
 	q->cur_fd = q->segs[q->nsegs - 1].fd;
 	q->cur_base = q->segs[q->nsegs - 1].base;
+	q->zero_end = end;
 	if (!ncs)
 		q->ckpt_pos = q->segs[0].base;
 out:
@@ -2885,6 +3005,7 @@ void bm_queue_opts_default(struct bm_queue_opts *o)
 	o->group_window_us = 1000;
 	o->group_bytes = 1u << 20;
 	o->segment_bytes = 128u << 20;
+	o->prealloc_bytes = 1u << 20;
 	o->segment_ms = 3600u * 1000u;
 	o->checkpoint_bytes = 64u << 20;
 	o->max_record = 1u << 20;
@@ -3079,6 +3200,11 @@ int bm_queue_close(struct bm_queue *q)
 	pthread_mutex_lock(&q->mu);
 	if (!rc)
 		rc = sync_locked(q);
+	if (!rc) {
+		pthread_mutex_lock(&q->io_mu);
+		rc = cut_zeros(q);
+		pthread_mutex_unlock(&q->io_mu);
+	}
 	if (!rc && q->appended_pos != q->ckpt_pos)
 		rc = checkpoint_locked(q);
 	if (q->ring_head != q->ring_tail)

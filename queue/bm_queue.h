@@ -63,6 +63,8 @@ struct bm_queue_opts {
 	uint32_t group_window_us;   /* GROUP/NONE: longest wait before a sync (1000) */
 	uint32_t group_bytes;       /* GROUP/NONE: sync early past this many bytes (1 MiB) */
 	uint64_t segment_bytes;     /* rotate past this size (128 MiB) */
+	uint64_t prealloc_bytes;    /* GROUP: keep the active segment extended with
+				     * zeros this far past its end; 0 = off (1 MiB) */
 	uint64_t segment_ms;        /* rotate a segment older than this; 0 = never (1 h) */
 	uint64_t retention_ms;      /* delete segments whose newest record is older; 0 = keep */
 	uint64_t retention_bytes;   /* delete oldest segments past this total; 0 = no limit */

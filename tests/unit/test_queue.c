@@ -604,11 +604,11 @@ static void test_destroy_torn(void **state)
 	assert_int_equal(bm_queue_close(q), 0);
 	/* In the copy, un-mark the erase and put garbage in the payload. */
 	assert_int_equal(qt_segment(f->dir2, 0, seg, sizeof(seg)), 1);
-	size = qt_filesize(seg);
-	assert_true(size > 0);
 	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
 	assert_int_equal(bm_queue_read(q, "user-0", 10, &b, NULL), BM_EDESTROYED);
 	assert_int_equal(bm_queue_close(q), 0);
+	size = qt_filesize(seg);      /* after the open cut the zero tail */
+	assert_true(size > 0);
 	{
 		/* Find record 10 by scanning for the erased marker. */
 		uint8_t *buf = malloc((size_t)size);
@@ -1030,6 +1030,120 @@ static void on_chain(void *ud, int status, uint64_t offset)
 						 on_chain, NULL), 0);
 }
 
+/* Waits (bounded) until the active segment's file is longer than want. */
+static long long wait_longer(const char *seg, long long want)
+{
+	long long size = qt_filesize(seg);
+
+	for (int i = 0; i < 5000 && size <= want; i++) {
+		struct pollfd p = { .fd = -1 };
+		poll(&p, 0, 1);
+		size = qt_filesize(seg);
+	}
+	return size;
+}
+
+/* The sync thread keeps the active segment extended with zeros; a crash
+ * leaves them (recovery cuts them quietly, not as a torn tail), a seal and a
+ * close cut them, and a torn record before them is still a torn tail. */
+/* put(), through the sync thread: waits for the append's completion. */
+static void put_wait(struct bm_queue *q, unsigned si, uint64_t want_off)
+{
+	char name[32];
+	uint8_t buf[1024];
+	size_t n = qt_payload_len(si, want_off);
+
+	snprintf(name, sizeof(name), "user-%u", si);
+	qt_payload(buf, n, si, want_off);
+	reset_done();
+	assert_int_equal(bm_queue_append(q, name, buf, n, NULL, on_done, (void *)(uintptr_t)1), 0);
+	wait_done(q, 1);
+	assert_int_equal(done_status, 0);
+}
+
+static void test_prealloc_tail(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	char seg[4096];
+	long long size;
+	uint64_t end;
+	int fd;
+
+	f->o.prealloc_bytes = 256 * 1024;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 1, 49);
+	put_wait(q, 0, 50);
+	bm_queue_stats(q, &st);
+	end = st.appended_pos;
+	assert_int_equal(qt_segment(f->dir, 0, seg, sizeof(seg)), 1);
+	size = wait_longer(seg, (long long)end);
+	assert_true(size >= (long long)end + 128 * 1024);
+	/* A crash now: the copy has the zeros. */
+	assert_int_equal(qt_copydir(f->dir, f->dir2), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(qt_filesize(seg), (long long)end);
+
+	assert_int_equal(qt_segment(f->dir2, 0, seg, sizeof(seg)), 1);
+	assert_true(qt_filesize(seg) > (long long)end);
+	assert_int_equal(bm_queue_open(&q, f->dir2, &f->o), 0);
+	bm_queue_stats(q, &st);
+	assert_int_equal(st.truncated_bytes, 0);
+	assert_int_equal(st.appended_pos, end);
+	for (uint64_t i = 1; i <= 50; i++)
+		check(q, 0, i);
+	put_wait(q, 0, 51);
+	check(q, 0, 51);
+	bm_queue_stats(q, &st);
+	end = st.appended_pos;
+	size = wait_longer(seg, (long long)end);
+	assert_true(size > (long long)end);
+	/* A torn record in front of the zeros: a torn tail, counted. */
+	fd = open(seg, O_WRONLY);
+	assert_true(fd != -1);
+	assert_int_equal(pwrite(fd, "\x42\x4d\x51\x52junk", 8, (off_t)end), 8);
+	close(fd);
+	qt_rmtree(f->dir);
+	assert_int_equal(qt_copydir(f->dir2, f->dir), 0);
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	bm_queue_stats(q, &st);
+	assert_true(st.truncated_bytes > 0);
+	assert_int_equal(st.appended_pos, end);
+	check(q, 0, 51);
+	assert_int_equal(bm_queue_close(q), 0);
+
+	/* Small segments: every sealed one ends where the next begins. */
+	qt_rmtree(f->dir);
+	f->o.segment_bytes = 64 * 1024;
+	f->o.prealloc_bytes = 32 * 1024;
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	for (uint64_t i = 1; i <= 600; i++) {
+		if (i % 20)
+			put(q, 0, i);
+		else
+			put_wait(q, 0, i);
+	}
+	{
+		int n = qt_segment(f->dir, 0, NULL, 0);
+		char next[4096];
+		assert_true(n > 2);
+		for (int i = 0; i + 1 < n; i++) {
+			qt_segment(f->dir, i, seg, sizeof(seg));
+			qt_segment(f->dir, i + 1, next, sizeof(next));
+			assert_int_equal(strtoull(strrchr(seg, '/') + 1, NULL, 10) +
+					 (uint64_t)qt_filesize(seg),
+					 strtoull(strrchr(next, '/') + 1, NULL, 10));
+		}
+	}
+	assert_int_equal(bm_queue_close(q), 0);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	for (uint64_t i = 1; i <= 600; i++)
+		check(q, 0, i);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
 static void test_close_runs_chained_completions(void **state)
 {
 	struct fx *f = *state;
@@ -1096,6 +1210,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_segment_index_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_sealed_without_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_runs_chained_completions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prealloc_tail, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
