@@ -683,6 +683,15 @@ static void set_failed(struct bm_queue *q, const char *what, int err)
 	q->failed = BM_EIO;
 }
 
+/* io_mu held: the active file holds everything before end; the zero tail,
+ * if any, starts there or later. */
+static void set_written(struct bm_queue *q, uint64_t end)
+{
+	q->written_pos = end;
+	if (q->zero_end < end)
+		q->zero_end = end;
+}
+
 /* mu and io_mu held: hands the buffered bytes to the kernel. */
 static int flush_wbuf(struct bm_queue *q)
 {
@@ -692,10 +701,8 @@ static int flush_wbuf(struct bm_queue *q)
 			set_failed(q, "write", errno);
 			return BM_EIO;
 		}
-		q->written_pos = q->wbuf_pos + q->wbuf.len;
+		set_written(q, q->wbuf_pos + q->wbuf.len);
 		q->wbuf_pos = q->written_pos;
-		if (q->zero_end < q->written_pos)
-			q->zero_end = q->written_pos;
 		bm_buf_reset(&q->wbuf);
 	}
 	return 0;
@@ -732,19 +739,24 @@ static int extend_zeros(struct bm_queue *q)
 	return 1;
 }
 
-/* mu and io_mu held, everything written synced: cuts the active segment's
- * zero tail, so that a sealed or closed segment ends at its last record. */
+/* mu held, everything written synced: cuts the active segment's zero
+ * tail, so that a sealed or closed segment ends at its last record. */
 static int cut_zeros(struct bm_queue *q)
 {
-	if (q->zero_end <= q->written_pos)
-		return 0;
-	if (ftruncate(q->cur_fd, (off_t)(q->written_pos - q->cur_base)) == -1 ||
-	    fdatasync(q->cur_fd) == -1) {
-		set_failed(q, "truncate of the preallocated tail", errno);
-		return BM_EIO;
+	int rc = 0;
+
+	pthread_mutex_lock(&q->io_mu);
+	if (q->zero_end > q->written_pos) {
+		if (ftruncate(q->cur_fd, (off_t)(q->written_pos - q->cur_base)) == -1 ||
+		    fdatasync(q->cur_fd) == -1) {
+			set_failed(q, "truncate of the preallocated tail", errno);
+			rc = BM_EIO;
+		} else {
+			q->zero_end = q->written_pos;
+		}
 	}
-	q->zero_end = q->written_pos;
-	return 0;
+	pthread_mutex_unlock(&q->io_mu);
+	return rc;
 }
 
 static void notify(struct bm_queue *q)
@@ -823,9 +835,7 @@ static void prealloc(struct bm_queue *q)
 	pthread_mutex_unlock(&q->mu);
 	pthread_mutex_lock(&q->io_mu);
 	rc = extend_zeros(q);
-	if (rc == 1 && fdatasync(q->cur_fd) == -1)
-		e = errno;
-	else if (rc == -1)
+	if (rc == -1 || (rc == 1 && fdatasync(q->cur_fd) == -1))
 		e = errno;
 	pthread_mutex_unlock(&q->io_mu);
 	pthread_mutex_lock(&q->mu);
@@ -890,9 +900,7 @@ static void *sync_main(void *arg)
 				       pos - q->cur_base) == -1)
 				err = errno;
 			else
-				q->written_pos = pos + q->sbuf.len;
-			if (q->zero_end < q->written_pos)
-				q->zero_end = q->written_pos;
+				set_written(q, pos + q->sbuf.len);
 			bm_buf_reset(&q->sbuf);
 		}
 		target = q->written_pos;
@@ -989,9 +997,7 @@ static int rotate_locked(struct bm_queue *q)
 		return rc;
 	/* A sealed segment ends at its last record: recovery finds where the
 	 * next one starts from its size. */
-	pthread_mutex_lock(&q->io_mu);
 	rc = cut_zeros(q);
-	pthread_mutex_unlock(&q->io_mu);
 	if (rc)
 		return rc;
 	/* Best effort: a missing index is rebuilt from the segment at open. */
@@ -2793,14 +2799,14 @@ static int all_zeros(int fd, uint64_t off, uint64_t len)
 
 	while (len) {
 		size_t n = len < sizeof(b) ? (size_t)len : sizeof(b);
-		ssize_t r = pread(fd, b, n, (off_t)off);
-		if (r <= 0)
-			return r == 0 ? 0 : -1;
-		for (ssize_t i = 0; i < r; i++)
+		ssize_t r = pread_all(fd, b, n, off);
+		if (r != (ssize_t)n)
+			return r == -1 ? -1 : 0;
+		for (size_t i = 0; i < n; i++)
 			if (b[i])
 				return 0;
-		off += (uint64_t)r;
-		len -= (uint64_t)r;
+		off += n;
+		len -= n;
 	}
 	return 1;
 }
@@ -3200,11 +3206,8 @@ int bm_queue_close(struct bm_queue *q)
 	pthread_mutex_lock(&q->mu);
 	if (!rc)
 		rc = sync_locked(q);
-	if (!rc) {
-		pthread_mutex_lock(&q->io_mu);
+	if (!rc)
 		rc = cut_zeros(q);
-		pthread_mutex_unlock(&q->io_mu);
-	}
 	if (!rc && q->appended_pos != q->ckpt_pos)
 		rc = checkpoint_locked(q);
 	if (q->ring_head != q->ring_tail)
