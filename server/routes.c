@@ -763,10 +763,12 @@ static void h_chat(struct srv *s, struct srv_req *r)
 			char id[SRV_MSGID_MAX];
 
 			(*s->m.dup_resends)++;
-			srv_message_id(id, sizeof(id), e->chat_id, e->version);
-			if (e->durable)
+			if (e->durable) {
 				version_update_reply(s, r, local, e->chat_id, e->version);
-			else if (!bm_map_get(&s->pending, id))
+				return;
+			}
+			srv_message_id(id, sizeof(id), e->chat_id, e->version);
+			if (!bm_map_get(&s->pending, id))
 				version_update_when_durable(s, r, local, e->chat_id, e->version);
 			return;
 		}
