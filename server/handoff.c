@@ -339,13 +339,14 @@ static int sweep(struct srv *s)
 		if (srv_owns(s, c->id))
 			continue;
 		idem = json_array();
-		for (size_t i = 0; i < s->idem_count; i++) {
-			struct srv_idem *e = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
+		for (size_t i = 0; i < s->idem.count; i++) {
+			const char *key;
+			struct srv_idem *e = bm_keyring_at(&s->idem, i, &key);
 			char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
 			const char *local;
 
-			if (!e || e->durable != 1 || strcmp(e->chat_id, c->id) ||
-			    srv_idem_parts(e, eid, dev, &local))
+			if (e->durable != 1 || strcmp(e->chat_id, c->id) ||
+			    srv_idem_parts(key, eid, dev, &local))
 				continue;
 			json_array_append_new(idem, json_pack("{s:s, s:s, s:s, s:I}", "e", eid,
 							      "d", dev, "l", local, "v",

@@ -76,7 +76,7 @@ static const struct bm_config_key keys[] = {
 	  .max = 1000000, .reloadable = 1, .help = "subscribers per user" },
 	{ "limits.resend_memory", BM_CFG_INT, F(idem_max), .def = "1000000", .min = 1024,
 	  .max = 100000000,
-	  .help = "message_id_local values remembered for resends (their lookup table is reserved at start: 24 B x 2^k slots, 48 MiB of address space at 1000000, in memory as it fills)" },
+	  .help = "message_id_local values remembered for resends, the oldest forgotten first (reserved at start as address space, in memory as keys arrive: 64 B per key, 96 B of key text per key on average, an index of 8 B x 2^k >= 2 x this; 176 MiB in all at 1000000)" },
 	{ "limits.awareness_interval", BM_CFG_DURATION, F(awareness_min_interval_ms),
 	  .def = "200ms", .min = 0, .max = 60000, .reloadable = 1,
 	  .help = "minimum time between explicit awareness changes of a user" },
@@ -261,6 +261,11 @@ static double gauge_queue(struct srv *s, int what)
 
 static double gauge_queue_bytes(void *ud) { return gauge_queue(ud, 0); }
 static double gauge_queue_segments(void *ud) { return gauge_queue(ud, 1); }
+static double gauge_resend_keys(void *ud)
+{
+	return (double)((struct srv *)ud)->idem.count;
+}
+
 static double gauge_queue_streams(void *ud) { return gauge_queue(ud, 2); }
 
 static double gauge_peer_batch(void *ud)
@@ -290,6 +295,7 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_chat_messages_total", "Chat messages stored.", &s->m.chats) ||
 	     bm_metrics_counter(r, "bimip_server_acknowledgments_total", "Acknowledgements stored.", &s->m.acks) ||
 	     bm_metrics_counter(r, "bimip_server_resends_total", "Resends answered with the original ids.", &s->m.dup_resends) ||
+	     bm_metrics_gauge_cb(r, "bimip_server_resend_keys", "Resend keys remembered (limits.resend_memory at most).", gauge_resend_keys, s) ||
 	     bm_metrics_counter(r, "bimip_server_queue_appends_total", "Stream appends.", &s->m.appends) ||
 	     bm_metrics_counter(r, "bimip_server_ipc_dropped_total", "Internal messages dropped.", &s->m.ipc_dropped) ||
 	     bm_metrics_counter(r, "bimip_server_push_failed_total", "Pushes to signals that ZeroMQ refused (queue full or signal gone).", &s->m.push_failed) ||

@@ -639,7 +639,7 @@ static void on_chat_stored(void *ud, int status, uint64_t offset)
 	if (status) {
 		srv_reply_error(c->s, c->rid, c->rid_len, c->session, 503, c->route,
 				"message not stored: %s", bm_strerror(status));
-	} else if (c->idem && c->idem_seq >= c->s->idem_evicted) {
+	} else if (c->idem && c->idem_seq >= c->s->idem.evicted) {
 		/* Still remembered (the ring forgets oldest first): no lookup. */
 		c->idem->durable = 1;
 	}
@@ -873,7 +873,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		bm_err("chat", "cannot record message %s.%lld in memory", chat->id,
 		       (long long)v);
 	if (ctx->idem)
-		ctx->idem_seq = ctx->idem->seq;
+		ctx->idem_seq = bm_keyring_seq(&s->idem, ctx->idem);
 	(*s->m.chats)++;
 }
 

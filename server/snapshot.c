@@ -146,12 +146,13 @@ static int write_snapshot(struct srv *s, uint64_t state_offset)
 		ok = !l_end(&l, f, "v", c->version, &lines);
 	}
 	/* Resend keys oldest first, so the bounded ring keeps its order. */
-	for (size_t i = 0; ok && i < s->idem_count; i++) {
-		struct srv_idem *e = s->idem_ring[(s->idem_head + i) % (size_t)s->cfg.idem_max];
+	for (size_t i = 0; ok && i < s->idem.count; i++) {
+		const char *key;
+		struct srv_idem *e = bm_keyring_at(&s->idem, i, &key);
 		char eid[SRV_EID_MAX + 1], dev[SRV_DEV_MAX + 1];
 		const char *local;
 
-		if (!e || !e->durable || srv_idem_parts(e, eid, dev, &local))
+		if (!e->durable || srv_idem_parts(key, eid, dev, &local))
 			continue;
 		l_begin(&l, "i");
 		l_str(&l, "e", eid);

@@ -40,6 +40,7 @@
 #include "bm_ipc.h"
 #include "bm_jwt.h"
 #include "bm_map.h"
+#include "bm_keyring.h"
 
 struct event_base;
 struct event;
@@ -149,13 +150,17 @@ struct srv_chat {
 	int64_t version;             /* last assigned */
 };
 
-/* What a (sender, device, message_id_local) was answered with. */
+/* Key bytes per resend key the arena holds on average ("eid\x1fdevice\x1f
+ * local" and a NUL): longer keys on average make the ring forget sooner
+ * than limits.resend_memory keys. */
+#define SRV_IDEM_KEY_BYTES 96
+
+/* What a (sender, device, message_id_local) was answered with: the value
+ * of its key "eid\x1fdevice\x1flocal" in s->idem. */
 struct srv_idem {
-	char chat_id[SRV_CHAT_ID_LEN + 1];
 	int64_t version;
-	int durable;
-	uint64_t seq;                /* n-th key added; freed once idem_evicted > seq */
-	char key[];                  /* "eid\x1fdevice\x1flocal" */
+	int8_t durable;              /* 1 durable, 0 being stored, -1 refused */
+	char chat_id[SRV_CHAT_ID_LEN + 1];
 };
 
 /* Another bimip-server, as gossip tells (server/peer.c). */
@@ -225,10 +230,7 @@ struct srv {
 	struct bm_map users;              /* eid -> struct srv_user */
 	struct bm_map chats;              /* chat id -> struct srv_chat */
 	struct bm_map chat_pairs;         /* "lo\x1fhi" eids -> the same chats */
-	struct bm_map idem;               /* key -> struct srv_idem */
-	struct srv_idem **idem_ring;      /* FIFO of resend keys, bounds memory */
-	size_t idem_head, idem_count;
-	uint64_t idem_added, idem_evicted;    /* keys ever added, ever forgotten */
+	struct bm_keyring idem;           /* resend keys, a bounded FIFO of srv_idem */
 	struct bm_map revoked_jti;        /* jti -> (void *)(intptr_t)exp */
 	struct bm_map revoked_before;     /* "eid" or "eid\x1fdevice" -> iat bound */
 	struct bm_map signals;            /* signal node id -> its boot id (strdup) */
@@ -290,8 +292,8 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
  * known comes back as it is, chat and version unchanged.  NULL: no memory. */
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version);
-/* Resend key e split into its sender, device and message_id_local. */
-int srv_idem_parts(const struct srv_idem *e, char eid[SRV_EID_MAX + 1],
+/* A resend key split into its sender, device and message_id_local. */
+int srv_idem_parts(const char *key, char eid[SRV_EID_MAX + 1],
 		   char dev[SRV_DEV_MAX + 1], const char **local);
 json_t *srv_map_keys(const struct bm_map *m);
 /* A user's contacts, blocks and awareness as JSON {"subs","blk","seen",
@@ -308,7 +310,7 @@ char *srv_json_escape(char *out, const char *in);
 /* The "msg" record of an accepted chat message (hot path; no jansson).
  * cb (not NULL) runs once the record is durable or the queue failed.
  * *idem (may be NULL) gets the message's resend key entry, or NULL when it
- * has none; it stays valid while its seq >= s->idem_evicted. */
+ * has none; it stays valid while its bm_keyring_seq >= s->idem.evicted. */
 int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		      const char *sender, const char *dev, const char *local,
 		      uint64_t ro, uint64_t so, srv_done_fn *cb, void *ud,

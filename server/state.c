@@ -210,21 +210,23 @@ void srv_join(char *out, size_t cap, const char *a, const char *b, const char *c
 	out[o] = 0;
 }
 
-static void idem_key(char *out, size_t cap, const char *eid, const char *dev,
-		     const char *local)
+/* "eid\x1fdevice\x1flocal" into out; returns its length. */
+static size_t idem_key(char *out, size_t cap, const char *eid, const char *dev,
+		       const char *local)
 {
 	srv_join(out, cap, eid, dev, local);
+	return strlen(out);
 }
 
-int srv_idem_parts(const struct srv_idem *e, char eid[SRV_EID_MAX + 1],
+int srv_idem_parts(const char *key, char eid[SRV_EID_MAX + 1],
 		   char dev[SRV_DEV_MAX + 1], const char **local)
 {
-	const char *p1 = strchr(e->key, '\x1f');
+	const char *p1 = strchr(key, '\x1f');
 	const char *p2 = p1 ? strchr(p1 + 1, '\x1f') : NULL;
 
 	if (!p2)
 		return BM_EINVAL;
-	snprintf(eid, SRV_EID_MAX + 1, "%.*s", (int)(p1 - e->key), e->key);
+	snprintf(eid, SRV_EID_MAX + 1, "%.*s", (int)(p1 - key), key);
 	snprintf(dev, SRV_DEV_MAX + 1, "%.*s", (int)(p2 - p1 - 1), p1 + 1);
 	*local = p2 + 1;
 	return 0;
@@ -278,49 +280,26 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local)
 {
 	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+	size_t n = idem_key(key, sizeof(key), eid, dev, local);
 
-	idem_key(key, sizeof(key), eid, dev, local);
-	return bm_map_get(&s->idem, key);
+	return bm_keyring_get(&s->idem, key, n);
 }
 
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version)
 {
 	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+	size_t n = idem_key(key, sizeof(key), eid, dev, local);
 	struct srv_idem *e;
-	size_t cap = (size_t)s->cfg.idem_max, slot;
+	int existed;
 
-	idem_key(key, sizeof(key), eid, dev, local);
-	/* Known already (a repeated record): the first entry stays, one ring
-	 * slot per key. */
-	e = bm_map_get(&s->idem, key);
-	if (e)
+	/* Known already (a repeated record): the first entry stays.  A new
+	 * one may make the ring forget its oldest keys (bounded memory). */
+	e = bm_keyring_add(&s->idem, key, n, &existed);
+	if (!e || existed)
 		return e;
-	e = calloc(1, sizeof(*e) + strlen(key) + 1);
-	if (!e)
-		return NULL;
-	strcpy(e->key, key);
 	snprintf(e->chat_id, sizeof(e->chat_id), "%s", chat_id);
 	e->version = version;
-	/* Bounded memory: the oldest remembered resend key is forgotten. */
-	if (s->idem_count == cap) {
-		slot = s->idem_head;
-		bm_map_del(&s->idem, s->idem_ring[slot]->key);
-		free(s->idem_ring[slot]);
-		s->idem_ring[slot] = NULL;
-		s->idem_head = (s->idem_head + 1) % cap;
-		s->idem_count--;
-		s->idem_evicted++;
-	}
-	/* The map borrows e->key: one allocation per resend key. */
-	if (bm_map_put(&s->idem, e->key, e, NULL)) {
-		free(e);
-		return NULL;
-	}
-	slot = (s->idem_head + s->idem_count) % cap;
-	s->idem_ring[slot] = e;
-	s->idem_count++;
-	e->seq = s->idem_added++;
 	return e;
 }
 
@@ -813,14 +792,11 @@ static void repair(struct srv *s, struct repair *r)
 
 static int maps_init(struct srv *s)
 {
+	uint64_t arena;
+
 	bm_map_init(&s->users);
 	bm_map_init(&s->chats);
 	bm_map_init(&s->chat_pairs);
-	bm_map_init_borrowed(&s->idem);
-	/* The snapshot child reads resend keys from the ring, never through
-	 * this index: keeping the index out of the child spares the loop a
-	 * copy-on-write fault per slot it writes while the child lives. */
-	bm_map_nofork(&s->idem);
 	bm_map_init(&s->revoked_jti);
 	bm_map_init(&s->revoked_before);
 	bm_map_init(&s->rpcs);
@@ -829,13 +805,15 @@ static int maps_init(struct srv *s)
 	bm_map_init(&s->settled_by);
 	bm_map_init(&s->handoff_wait);
 	bm_map_init(&s->handoff_sent);
-	s->idem_head = s->idem_count = 0;
-	s->idem_ring = calloc((size_t)s->cfg.idem_max, sizeof(*s->idem_ring));
-	/* The resend-key table at its full size now: doubling it at 750 k
-	 * keys stalled the loop for ~200 ms (48 MiB of slots rehashed). */
-	if (!s->idem_ring || bm_map_reserve(&s->idem, (size_t)s->cfg.idem_max))
-		return BM_ENOMEM;
-	return 0;
+	/* Resend keys: everything at its full size now (address space; pages
+	 * as keys land), SRV_IDEM_KEY_BYTES of key per key on average.  The
+	 * snapshot child reads the ring and the keys, never the index: keeping
+	 * the index out of the child spares the loop a copy-on-write fault per
+	 * entry it writes while the child lives. */
+	arena = (uint64_t)s->cfg.idem_max * SRV_IDEM_KEY_BYTES;
+	return bm_keyring_init(&s->idem, (size_t)s->cfg.idem_max,
+			       (size_t)(arena < UINT32_MAX ? arena : UINT32_MAX),
+			       sizeof(struct srv_idem), 1) ? BM_ENOMEM : 0;
 }
 
 int srv_state_open(struct srv *s)
@@ -889,14 +867,10 @@ void srv_state_close(struct srv *s)
 		user_free(v);
 	for (size_t it = 0; bm_map_next(&s->chats, &it, &k, &v);)
 		free(v);
-	for (size_t it = 0; bm_map_next(&s->idem, &it, &k, &v);)
-		free(v);
 	bm_map_release(&s->users);
 	bm_map_release(&s->chats);
 	bm_map_release(&s->chat_pairs);
-	bm_map_release(&s->idem);
+	bm_keyring_release(&s->idem);
 	bm_map_release(&s->revoked_jti);
 	bm_map_release(&s->revoked_before);
-	free(s->idem_ring);
-	s->idem_ring = NULL;
 }

@@ -605,6 +605,103 @@ static void test_authorization_matrix(void **state)
 	bm_client_close(z);
 }
 
+/* Next VersionUpdate on c within 10 s (awareness skipped); its offset too. */
+static int64_t next_version(struct bm_client *c, char *local, size_t cap, uint64_t *offset)
+{
+	bimip_MessageScheme m;
+
+	expect(c, bimip_MessageScheme_version_update_tag, &m);
+	snprintf(local, cap, "%s", m.payload.version_update.message_id_local);
+	*offset = m.offset;
+	return m.payload.version_update.version;
+}
+
+/* limits.resend_memory bounds the resend keys: past it the oldest is
+ * forgotten (its resend is a new message), the newest are remembered, also
+ * across a restart; /metrics shows how many are held. */
+static void test_resend_memory_bounded(void **state)
+{
+	enum { MAX = 1024, N = 1100 };
+	static struct bm_h_node s2, g2;
+	static const struct bm_h_node *two[1] = { &s2 };
+	static int64_t version[N];
+	static char out[1 << 16];
+	struct bm_client *a;
+	char local[sizeof(((bimip_VersionUpdate *)0)->message_id_local)], err[256], *tok;
+	uint64_t off;
+	int sent = 0, got = 0;
+
+	(void)state;
+	assert_int_equal(bm_h_start_server(&s2, "s2", "{\"limits\":{\"resend_memory\":1024}}"), 0);
+	assert_int_equal(bm_h_start_signal(&g2, "g2", two, 1,
+				       "{\"limits\":{\"rate\":100000,\"burst\":100000}}"), 0);
+	tok = bm_h_token(&s2, "ria@it", "phone", 3600);
+	assert_non_null(tok);
+	{
+		struct bm_client_opts o = { .url = g2.url, .token = tok };
+		if (bm_client_connect(&a, &o, err, sizeof(err)))
+			fail_msg("connect: %s", err);
+	}
+	/* N messages, 64 in flight: versions 1..N in order. */
+	while (got < N) {
+		while (sent < N && sent - got < 64) {
+			snprintf(local, sizeof(local), "r-%d", sent++);
+			assert_int_equal(bm_client_send_text(a, "sam@it", "x", local), 0);
+		}
+		version[got] = next_version(a, local, sizeof(local), &off);
+		assert_int_equal(atoi(local + 2), got);
+		assert_int_equal(version[got], got + 1);
+		assert_true(off > 0);
+		got++;
+	}
+	assert_int_equal(bm_h_http(s2.admin, "GET", "/metrics", NULL, NULL, out, sizeof(out)), 200);
+	assert_non_null(strstr(out, "bimip_server_resend_keys 1024\n"));
+	/* The newest is remembered: the original version, nothing stored. */
+	assert_int_equal(bm_client_send_text(a, "sam@it", "x", "r-1099"), 0);
+	assert_int_equal(next_version(a, local, sizeof(local), &off), N);
+	assert_int_equal(off, 0);
+	assert_int_equal(bm_client_send_text(a, "sam@it", "x", "r-76"), 0);  /* oldest kept */
+	assert_int_equal(next_version(a, local, sizeof(local), &off), 77);
+	assert_int_equal(off, 0);
+	/* The oldest is forgotten: its resend is stored as a new message. */
+	assert_int_equal(bm_client_send_text(a, "sam@it", "x", "r-0"), 0);
+	assert_int_equal(next_version(a, local, sizeof(local), &off), N + 1);
+	assert_true(off > 0);
+	bm_client_close(a);
+	/* After a restart: the newest keys again (snapshot or repair). */
+	assert_int_equal(bm_h_stop(&s2, SIGTERM), 0);
+	assert_int_equal(bm_h_restart(&s2), 0);
+	assert_int_equal(bm_h_wait_readyz(&g2, 20000), 0);
+	free(tok);
+	tok = bm_h_token(&s2, "ria@it", "phone", 3600);
+	{
+		struct bm_client_opts o = { .url = g2.url, .token = tok, .commit_every = -1 };
+		uint64_t deadline = bm_mono_ms() + 20000;
+		while (bm_client_connect(&a, &o, err, sizeof(err))) {
+			if (bm_mono_ms() > deadline)
+				fail_msg("connect after restart: %s", err);
+			bm_h_wait_readyz(&g2, 1000);
+		}
+	}
+	assert_int_equal(bm_client_send_text(a, "sam@it", "x", "r-1098"), 0);
+	/* The stream replays what was not committed first: skip to the answer
+	 * without an offset. */
+	{
+		uint64_t deadline = bm_mono_ms() + 10000;
+		int64_t v = 0;
+		off = 1;
+		while (off && bm_mono_ms() < deadline)
+			v = next_version(a, local, sizeof(local), &off);
+		assert_int_equal(off, 0);
+		assert_string_equal(local, "r-1098");
+		assert_int_equal(v, N - 1);
+	}
+	bm_client_close(a);
+	free(tok);
+	assert_int_equal(bm_h_stop(&g2, SIGTERM), 0);
+	assert_int_equal(bm_h_stop(&s2, SIGTERM), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -616,6 +713,7 @@ int main(void)
 		cmocka_unit_test(test_logout_and_revoke),
 		cmocka_unit_test(test_auth_matrix),
 		cmocka_unit_test(test_authorization_matrix),
+		cmocka_unit_test(test_resend_memory_bounded),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
