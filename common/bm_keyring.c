@@ -141,6 +141,18 @@ void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len)
 	return NULL;
 }
 
+void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len)
+{
+	uint32_t tag;
+
+	if (len > BM_KEYRING_KEY_MAX)
+		return;
+	tag = (uint32_t)(key_hash(key, len, r->seed) >> 32);
+	__builtin_prefetch(&r->index[home_of(r, tag)], 0, 3);
+	if (r->count == r->max)
+		__builtin_prefetch(&r->index[home_of(r, REC(r, r->head)->tag)], 1, 3);
+}
+
 /* Remove index entry i, shifting back the run after it so that every entry
  * stays reachable from its home without tombstones. */
 static void index_del(struct bm_keyring *r, size_t i)

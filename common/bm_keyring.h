@@ -63,6 +63,13 @@ void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len);
  * only for a key longer than BM_KEYRING_KEY_MAX. */
 void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *existed);
 
+/* Start loading what a bm_keyring_get or bm_keyring_add of key[0..len)
+ * will read first: its index line and, when the ring is full, the index
+ * line of the key the add would forget.  Nothing changes; call it early,
+ * with other work before the lookup, so that the two cache misses overlap
+ * that work instead of stalling the lookup. */
+void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len);
+
 /* The i-th oldest key held (i < r->count): its value, and *key (may be
  * NULL) its NUL-terminated bytes. */
 void *bm_keyring_at(const struct bm_keyring *r, size_t i, const char **key);

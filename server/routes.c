@@ -732,6 +732,10 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		ERR(s, r, 400, "invalid receiver");
 		return;
 	}
+	/* The resend key's index lines load while the chat and the receiver
+	 * are looked up. */
+	if (local[0])
+		srv_idem_prefetch(s, a->eid, r->device, local);
 	/* A known chat's id comes from the pair index (no SHA-256). */
 	chat = srv_chat_get(s, a->eid, to[0].eid, 0);
 	if (chat)

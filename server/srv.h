@@ -288,6 +288,9 @@ void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1]);
 void srv_message_id(char *dst, size_t cap, const char *chat, int64_t v);
 struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local);
+/* Start loading the lines srv_idem_find/srv_idem_add will read (see
+ * bm_keyring_prefetch): early in a handler, before its other lookups. */
+void srv_idem_prefetch(struct srv *s, const char *eid, const char *dev, const char *local);
 /* The entry for the key, made (durable 0) when it is new; a key already
  * known comes back as it is, chat and version unchanged.  NULL: no memory. */
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,

@@ -285,6 +285,14 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 	return bm_keyring_get(&s->idem, key, n);
 }
 
+void srv_idem_prefetch(struct srv *s, const char *eid, const char *dev, const char *local)
+{
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+	size_t n = idem_key(key, sizeof(key), eid, dev, local);
+
+	bm_keyring_prefetch(&s->idem, key, n);
+}
+
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version)
 {

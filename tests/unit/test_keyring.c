@@ -191,7 +191,10 @@ static void test_many(void **state)
 	assert_int_equal(bm_keyring_init(&r, MAX, (size_t)MAX * 48, sizeof(int64_t), 1), 0);
 	for (int i = 0; i < N; i++) {
 		int n = snprintf(key, sizeof(key), "user%d@example.com\x1f" "dev\x1f%08x", i % 977, i);
-		int64_t *v = bm_keyring_add(&r, key, (size_t)n, NULL);
+		int64_t *v;
+
+		bm_keyring_prefetch(&r, key, (size_t)n);   /* reads only */
+		v = bm_keyring_add(&r, key, (size_t)n, NULL);
 		assert_non_null(v);
 		*v = i;
 	}
