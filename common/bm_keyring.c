@@ -119,26 +119,32 @@ void bm_keyring_release(struct bm_keyring *r)
 	memset(r, 0, sizeof(*r));
 }
 
-void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len)
+/* The record of key[0..len), whose hash has this tag, or NULL. */
+static struct rec *find(const struct bm_keyring *r, const char *key, size_t len,
+			uint32_t tag)
 {
-	uint64_t h, e;
-	uint32_t tag;
-	size_t i;
+	uint64_t e;
 
-	if (!r->count || len > BM_KEYRING_KEY_MAX)
-		return NULL;
-	h = key_hash(key, len, r->seed);
-	tag = (uint32_t)(h >> 32);
-	for (i = home_of(r, tag); (e = r->index[i]) != 0; i = (i + 1) & r->index_mask) {
+	for (size_t i = home_of(r, tag); (e = r->index[i]) != 0; i = (i + 1) & r->index_mask) {
 		struct rec *c;
 
 		if ((uint32_t)(e >> 32) != tag)
 			continue;
 		c = REC(r, (size_t)(uint32_t)e - 1);
 		if (c->key_len == len && !memcmp(r->arena + c->key_off, key, len))
-			return VAL(c);
+			return c;
 	}
 	return NULL;
+}
+
+void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len)
+{
+	struct rec *c;
+
+	if (!r->count || len > BM_KEYRING_KEY_MAX)
+		return NULL;
+	c = find(r, key, len, (uint32_t)(key_hash(key, len, r->seed) >> 32));
+	return c ? VAL(c) : NULL;
 }
 
 void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len)
@@ -215,7 +221,6 @@ static long arena_place(const struct bm_keyring *r, size_t n)
 
 void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *existed)
 {
-	uint64_t h;
 	uint32_t tag;
 	size_t i, slot;
 	long off;
@@ -225,17 +230,12 @@ void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *exi
 		*existed = 0;
 	if (len > BM_KEYRING_KEY_MAX)
 		return NULL;
-	h = key_hash(key, len, r->seed);
-	tag = (uint32_t)(h >> 32);
-	for (i = home_of(r, tag); r->index[i]; i = (i + 1) & r->index_mask) {
-		if ((uint32_t)(r->index[i] >> 32) != tag)
-			continue;
-		c = REC(r, (size_t)(uint32_t)r->index[i] - 1);
-		if (c->key_len == len && !memcmp(r->arena + c->key_off, key, len)) {
-			if (existed)
-				*existed = 1;
-			return VAL(c);
-		}
+	tag = (uint32_t)(key_hash(key, len, r->seed) >> 32);
+	c = find(r, key, len, tag);
+	if (c) {
+		if (existed)
+			*existed = 1;
+		return VAL(c);
 	}
 	if (r->count == r->max)
 		evict_oldest(r);
