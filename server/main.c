@@ -261,12 +261,12 @@ static double gauge_queue(struct srv *s, int what)
 
 static double gauge_queue_bytes(void *ud) { return gauge_queue(ud, 0); }
 static double gauge_queue_segments(void *ud) { return gauge_queue(ud, 1); }
+static double gauge_queue_streams(void *ud) { return gauge_queue(ud, 2); }
+
 static double gauge_resend_keys(void *ud)
 {
 	return (double)((struct srv *)ud)->idem.count;
 }
-
-static double gauge_queue_streams(void *ud) { return gauge_queue(ud, 2); }
 
 static double gauge_peer_batch(void *ud)
 {

@@ -292,7 +292,8 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
  * bm_keyring_prefetch): early in a handler, before its other lookups. */
 void srv_idem_prefetch(struct srv *s, const char *eid, const char *dev, const char *local);
 /* The entry for the key, made (durable 0) when it is new; a key already
- * known comes back as it is, chat and version unchanged.  NULL: no memory. */
+ * known comes back as it is, chat and version unchanged.  NULL only for a
+ * key past BM_KEYRING_KEY_MAX, which bounded names never make. */
 struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 			      const char *local, const char *chat_id, int64_t version);
 /* A resend key split into its sender, device and message_id_local. */
@@ -310,7 +311,8 @@ int srv_state_log(struct srv *s, void *json_obj, srv_done_fn *cb, void *ud);
 /* Copies in to out escaped for a JSON string (no quotes; out needs 6x the
  * length); returns the end of what it wrote.  in must be valid UTF-8. */
 char *srv_json_escape(char *out, const char *in);
-/* The "msg" record of an accepted chat message (hot path; no jansson).
+/* The "msg" record of a chat message whose copies went to other servers
+ * (formatted without jansson).
  * cb (not NULL) runs once the record is durable or the queue failed.
  * *idem (may be NULL) gets the message's resend key entry, or NULL when it
  * has none; it stays valid while its bm_keyring_seq >= s->idem.evicted. */

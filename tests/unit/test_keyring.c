@@ -72,13 +72,12 @@ static void run_model(size_t max, size_t arena, int keyspace, int maxlen, unsign
 	m.v = calloc(m.cap, sizeof(*m.v));
 	for (int i = 0; i < 40000; i++) {
 		int k = (int)((seed = seed * 1103515245 + 12345) >> 8) % keyspace;
-		int len = 1 + (int)((seed >> 3) % (unsigned)maxlen), existed;
+		/* The key's length is a function of k, so k names one key. */
+		int len = 1 + (k * 7919) % maxlen, existed;
 		long at;
 		struct val *v;
 
 		snprintf(key, sizeof(key), "%d\x1f", k);
-		/* The key's length is a function of k, so k names one key. */
-		len = 1 + (k * 7919) % maxlen;
 		while ((int)strlen(key) < len)
 			strcat(key, "x");
 		at = model_find(&m, key);
