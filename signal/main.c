@@ -351,6 +351,11 @@ static double gauge_conns(void *ud)
 	return (double)((struct sig *)ud)->n_live;
 }
 
+static double gauge_uring(void *ud)
+{
+	return ((struct sig *)ud)->uring.fd >= 0;
+}
+
 static int metrics_open(struct sig *g)
 {
 	struct bm_metrics *r;
@@ -372,6 +377,9 @@ static int metrics_open(struct sig *g)
 	    bm_metrics_counter(r, "bimip_signal_too_big_total", "Messages over limits.max_message.", &g->m.too_big) ||
 	    bm_metrics_counter(r, "bimip_signal_bad_frames_total", "WebSocket protocol violations.", &g->m.bad_frames) ||
 	    bm_metrics_counter(r, "bimip_signal_forward_failed_total", "Stanzas no server took.", &g->m.forward_fail) ||
+	    bm_metrics_gauge_cb(r, "bimip_signal_io_uring", "1 when sessions are read and written through io_uring.", gauge_uring, g) ||
+	    bm_metrics_counter(r, "bimip_signal_io_uring_calls_total", "io_uring_enter batches of session reads or writes.", &g->m.uring_runs) ||
+	    bm_metrics_counter(r, "bimip_signal_io_uring_ops_total", "Session reads and writes done in those batches.", &g->m.uring_ops) ||
 	    bm_metrics_family(r, "bimip_signal_errors_total", "ErrorMessages sent, by code.", "code", 16, &g->m.errors) ||
 	    bm_metrics_family(r, "bimip_signal_close_codes_total", "Close frames sent, by code.", "code", 16, &g->m.close_codes) ||
 	    bm_cluster_metrics(r, &g->cluster))
@@ -412,6 +420,8 @@ int main(int argc, char **argv)
 	struct event *ev_term, *ev_int, *ev_hup;
 	struct timeval sec = { 1, 0 }, fast = { 0, 20000 };
 	int c, print = 0, rc = 1;
+
+	g->uring.fd = -1;
 
 	while ((c = getopt_long(argc, argv, "c:r:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -501,6 +511,11 @@ out:
 	if (g->flush_ev)
 		event_free(g->flush_ev);
 	free(g->corked);
+	bm_uring_release(&g->uring);
+	if (g->read_ev)
+		event_free(g->read_ev);
+	free(g->readq);
+	free(g->rdbuf);
 	event_free(ready_ev);
 	bm_metrics_free(g->m.reg);
 	free(g->rbuf);

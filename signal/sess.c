@@ -26,6 +26,7 @@
 #include "bm_metrics.h"
 #include "bm_time.h"
 #include "bm_tls.h"
+#include "bm_uring.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -294,17 +295,74 @@ static int send_raw(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t 
  * refused, as without corking. */
 #define CORK_MAX 65536
 
+static int uring_run(struct sig *g, void (*done)(void *, uint64_t, int))
+{
+	(*g->m.uring_runs)++;
+	(*g->m.uring_ops) += bm_uring_queued(&g->uring);
+	return bm_uring_run(&g->uring, done, g);
+}
+
+/* A send of sig_sess_flush's ring completed: the same as a write() in
+ * flush_out, which finishes the session's output (or tries the rest and
+ * waits for EV_WRITE when the socket was full). */
+static void on_sent(void *arg, uint64_t id, int res)
+{
+	struct sig *g = arg;
+	struct sig_sess *s = sig_idtab_get(&g->by_id, id);
+
+	if (!s || s->state == SIG_DEAD)
+		return;
+	if (res < 0 && res != -EAGAIN && res != -EWOULDBLOCK && res != -EINTR) {
+		kill_sess(g, s);
+		return;
+	}
+	if (res > 0)
+		s->out_off += (uint32_t)res;
+	flush_out(g, s);
+}
+
+/* Write the corked sessions from first to last that the ring did not: its
+ * own failure leaves their output queued. */
+static void flush_plain(struct sig *g, size_t first, size_t last)
+{
+	for (size_t i = first; i < last; i++) {
+		struct sig_sess *s = sig_idtab_get(&g->by_id, g->corked[i]);
+		if (s && s->state != SIG_DEAD && s->out_len && !s->wants_write)
+			flush_out(g, s);
+	}
+}
+
 void sig_sess_flush(struct sig *g)
 {
-	for (size_t i = 0; i < g->n_corked; i++) {
-		struct sig_sess *s = sig_idtab_get(&g->by_id, g->corked[i]);
+	size_t i = 0, first = 0;
 
-		if (!s || !s->corked)
-			continue;
-		s->corked = 0;
-		/* A session waiting for EV_WRITE is written by on_io. */
-		if (s->state != SIG_DEAD && s->out_len && !s->wants_write)
+	while (i < g->n_corked) {
+		for (first = i; i < g->n_corked; i++) {
+			struct sig_sess *s = sig_idtab_get(&g->by_id, g->corked[i]);
+
+			if (!s || !s->corked)
+				continue;
+			/* A session waiting for EV_WRITE is written by on_io. */
+			if (s->state == SIG_DEAD || !s->out_len || s->wants_write) {
+				s->corked = 0;
+				continue;
+			}
+			/* Plain sockets go out together, in one system call. */
+			if (g->uring.fd >= 0 && !s->tls) {
+				if (bm_uring_send(&g->uring, s->fd, s->out + s->out_off,
+						  s->out_len - s->out_off, s->id))
+					break;   /* ring full: run it, then go on from s */
+				s->corked = 0;
+				continue;
+			}
+			s->corked = 0;
 			flush_out(g, s);
+		}
+		if (bm_uring_queued(&g->uring) && uring_run(g, on_sent)) {
+			bm_warn("sess", "io_uring failed: writing with write() from now on");
+			bm_uring_release(&g->uring);
+			flush_plain(g, first, i);
+		}
 	}
 	g->n_corked = 0;
 }
@@ -822,6 +880,119 @@ static void on_readable(struct sig *g, struct sig_sess *s)
 		event_active(&s->ev, EV_READ, 0);
 }
 
+/* --- batched reads: the sessions epoll found readable, in one system call --- */
+
+/* Each queued session reads into its own slice of g->rdbuf. */
+#define READ_SLICE 16384
+#define READ_BATCH 64
+
+static void on_received(void *arg, uint64_t i, int res)
+{
+	struct sig *g = arg;
+	struct sig_sess *s = sig_idtab_get(&g->by_id, g->readq[i]);
+	uint8_t *slice = g->rdbuf + i * READ_SLICE;
+	size_t have;
+
+	if (!s || s->state != SIG_OPEN)
+		return;
+	s->read_queued = 0;
+	if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
+		return;
+	if (res <= 0) {
+		kill_sess(g, s);
+		return;
+	}
+	lru_touch(g, s);
+	have = s->in_len;
+	if (have) {
+		/* A frame's start came before: put the two together, as
+		 * on_readable does. */
+		if (have > g->rbuf_cap / 2) {
+			kill_sess(g, s);
+			return;
+		}
+		memcpy(g->rbuf, s->in, have);
+		memcpy(g->rbuf + have, slice, (size_t)res);
+		drop_input(s);
+		process(g, s, g->rbuf, have + (size_t)res);
+	} else {
+		process(g, s, slice, (size_t)res);
+	}
+	/* The slice was filled: there may be more; read the rest as before. */
+	if (res == READ_SLICE && s->state == SIG_OPEN)
+		on_readable(g, s);
+}
+
+static void on_read_batch(evutil_socket_t fd, short what, void *arg)
+{
+	struct sig *g = arg;
+	size_t done = 0;
+
+	(void)fd;
+	(void)what;
+	while (done < g->n_readq) {
+		size_t n = g->n_readq - done < READ_BATCH ? g->n_readq - done : READ_BATCH;
+		int failed = 0;
+
+		/* readq[done..done+n) go out together; the index into readq is
+		 * the operation's id, so slot i of rdbuf is readq[done + i]'s. */
+		for (size_t i = 0; i < n; i++) {
+			struct sig_sess *s = sig_idtab_get(&g->by_id, g->readq[done + i]);
+
+			g->readq[i] = s ? g->readq[done + i] : 0;
+			if (!s)
+				continue;
+			if (s->state == SIG_OPEN && g->uring.fd >= 0 &&
+			    !bm_uring_recv(&g->uring, s->fd, g->rdbuf + i * READ_SLICE,
+					   READ_SLICE, i))
+				continue;
+			/* Closed meanwhile, or no ring: as before. */
+			g->readq[i] = 0;
+			s->read_queued = 0;
+			if (s->state <= SIG_OPEN)
+				on_readable(g, s);
+		}
+		if (bm_uring_queued(&g->uring) && uring_run(g, on_received)) {
+			bm_warn("sess", "io_uring failed: reading with read() from now on");
+			bm_uring_release(&g->uring);
+			failed = 1;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct sig_sess *s = g->readq[i] ? sig_idtab_get(&g->by_id, g->readq[i]) : NULL;
+			/* Not reported (the ring failed): read it the old way. */
+			if (s && s->read_queued) {
+				s->read_queued = 0;
+				if (failed && s->state == SIG_OPEN)
+					on_readable(g, s);
+			}
+		}
+		done += n;
+	}
+	g->n_readq = 0;
+}
+
+/* Queue s's read for the end of the loop turn; 0, or -1 to read now. */
+static int read_later(struct sig *g, struct sig_sess *s)
+{
+	if (s->read_queued)
+		return 0;
+	if (g->uring.fd < 0 || !g->read_ev || s->tls || s->state != SIG_OPEN)
+		return -1;
+	if (g->n_readq == g->readq_cap) {
+		size_t cap = g->readq_cap ? 2 * g->readq_cap : 256;
+		uint64_t *q = realloc(g->readq, cap * sizeof(*q));
+		if (!q)
+			return -1;
+		g->readq = q;
+		g->readq_cap = cap;
+	}
+	if (!g->n_readq)
+		event_active(g->read_ev, 0, 0);
+	g->readq[g->n_readq++] = s->id;
+	s->read_queued = 1;
+	return 0;
+}
+
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct sig_sess *s = arg;
@@ -844,6 +1015,8 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 	}
 	if ((what & EV_WRITE) && s->out_len)
 		flush_out(g, s);
+	if (s->state == SIG_OPEN && (what & EV_READ) && !read_later(g, s))
+		return;
 	if (s->state <= SIG_OPEN && (what & (EV_READ | EV_WRITE)))
 		on_readable(g, s);
 	else if (s->state == SIG_CLOSING && (what & EV_READ)) {
@@ -982,6 +1155,22 @@ int sig_sess_listen(struct sig *g)
 	g->flush_ev = event_new(g->base, -1, 0, on_flush, g);
 	if (!g->flush_ev)
 		return BM_ENOMEM;
+	/* One io_uring_enter writes a loop turn's output to every plain
+	 * session, one more reads every readable one (common/bm_uring.h);
+	 * BIMIP_IO_URING=0 keeps read() and write(). */
+	{
+		const char *e = getenv("BIMIP_IO_URING");
+		int rc = e && !strcmp(e, "0") ? BM_EUNAVAIL : bm_uring_init(&g->uring, 256);
+		if (!rc) {
+			g->read_ev = event_new(g->base, -1, 0, on_read_batch, g);
+			g->rdbuf = malloc((size_t)READ_BATCH * READ_SLICE);
+			if (!g->read_ev || !g->rdbuf)
+				return BM_ENOMEM;
+		} else {
+			bm_info("sess", "sessions use read() and write(): io_uring %s",
+				e && !strcmp(e, "0") ? "off (BIMIP_IO_URING=0)" : bm_strerror(rc));
+		}
+	}
 	if (g->cfg.ws_listen[0]) {
 		g->ws_listener = listen_on(g, g->cfg.ws_listen, on_accept, g->ws_bound,
 					   sizeof(g->ws_bound));

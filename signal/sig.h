@@ -23,6 +23,7 @@
 #include "bm_cluster.h"
 #include "bm_jwt.h"
 #include "bm_map.h"
+#include "bm_uring.h"
 #include "bm_ws.h"
 
 struct bm_zsock;
@@ -99,6 +100,7 @@ struct sig_sess {
 	uint8_t registered;           /* in the session map */
 	uint8_t srv;                  /* index of the owning server link */
 	uint8_t corked;               /* output waits for the end of the turn */
+	uint8_t read_queued;          /* in readq: read at the end of the turn */
 };
 
 struct sig_idslot {
@@ -130,6 +132,7 @@ struct sig_metrics {
 	uint64_t *accepted, *refused_auth, *refused_full, *closed;
 	uint64_t *stanzas_in, *stanzas_out, *pings, *rate_limited, *slow_consumers;
 	uint64_t *too_big, *bad_frames, *forward_fail;
+	uint64_t *uring_runs, *uring_ops;
 	struct bm_metrics_family *errors, *close_codes;
 };
 
@@ -166,6 +169,14 @@ struct sig {
 	uint64_t *corked;
 	size_t n_corked, corked_cap;
 	struct event *flush_ev;
+	struct bm_uring uring;        /* writes the corked sessions and reads the
+					 readable ones; fd -1: none */
+	/* Sessions epoll found readable, read together at the end of the
+	 * turn (by id), each into its slice of rdbuf. */
+	uint64_t *readq;
+	size_t n_readq, readq_cap;
+	struct event *read_ev;
+	uint8_t *rdbuf;
 	uint8_t *rbuf;                /* shared read buffer */
 	size_t rbuf_cap;
 	int stopping;

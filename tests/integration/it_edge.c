@@ -31,6 +31,7 @@
 #include "bimip_client.h"
 #include "bm_env.h"
 #include "bm_err.h"
+#include "bm_uring.h"
 #include "bm_harness.h"
 #include "bm_http.h"
 #include "bm_jwt.h"
@@ -1894,6 +1895,29 @@ static void test_concurrency_smoke(void **state)
 	while (metric(&g, "bimip_signal_connections") != 0 && bm_mono_ms() < deadline)
 		poll(NULL, 0, 20);
 	assert_int_equal(metric(&g, "bimip_signal_connections"), 0);
+	/* The sessions were read and written in batches through io_uring,
+	 * unless it is off (BIMIP_IO_URING=0, tests/run.sh runs this file
+	 * both ways) or this kernel has none. */
+	{
+		const char *env = getenv("BIMIP_IO_URING");
+		struct bm_uring u;
+		int want = !(env && !strcmp(env, "0")) && !bm_uring_init(&u, 2);
+		long calls = metric(&g, "bimip_signal_io_uring_calls_total");
+		long ops = metric(&g, "bimip_signal_io_uring_ops_total");
+
+		bm_uring_release(&u);
+		assert_int_equal(metric(&g, "bimip_signal_io_uring"), want);
+		if (want) {
+			/* At least each session's ping came in and its pong
+			 * went out through the ring. */
+			assert_true(calls > 0);
+			assert_true(ops >= 2L * nload);
+		} else {
+			assert_int_equal(calls, 0);
+		}
+		printf("# io_uring %s: %ld calls for %ld reads and writes\n",
+		       want ? "on" : "off", calls, ops);
+	}
 	rss2 = vmrss_kib(g.pid);
 	printf("# smoke: %d sessions: open %llu ms, all pinged %llu ms, all closed %llu ms;"
 	       " signal VmRSS %ld -> %ld KiB (%.2f KiB/session), %ld KiB after closing\n",
