@@ -155,8 +155,12 @@ void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len
 		return;
 	tag = (uint32_t)(key_hash(key, len, r->seed) >> 32);
 	__builtin_prefetch(&r->index[home_of(r, tag)], 0, 3);
-	if (r->count == r->max)
+	if (r->count == r->max) {
+		/* The oldest record is read here for its tag; the ones after it
+		 * come next, so load one well ahead. */
+		__builtin_prefetch(REC(r, (r->head + 8) % r->max), 0, 3);
 		__builtin_prefetch(&r->index[home_of(r, REC(r, r->head)->tag)], 1, 3);
+	}
 }
 
 /* Remove index entry i, shifting back the run after it so that every entry

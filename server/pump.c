@@ -92,12 +92,30 @@ static void on_appended(void *ud, int status, uint64_t offset)
 	bm_pool_put(&append_pool, c);
 }
 
+/* A cached record and its VersionUpdate share one block; blocks of up to
+ * CACHE_BLOCK bytes (a short message's record, ~300 bytes with its
+ * VersionUpdate) come from a free list, as every message makes two and a
+ * loop turn frees them in hundreds. */
+#define CACHE_BLOCK 512
+static struct bm_pool cache_pool = { NULL, CACHE_BLOCK, 0, 8192 };
+
+static void cache_free(struct srv_cached *e)
+{
+	if (e->rec && (size_t)e->len + e->alt_len <= CACHE_BLOCK)
+		bm_pool_put(&cache_pool, e->rec);
+	else
+		free(e->rec);
+	e->rec = e->alt = NULL;
+}
+
 static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 		      const uint8_t *rec, size_t len, const bimip_MessageScheme *m,
 		      const char *origin)
 {
+	static uint8_t vu[BM_ENV_VU_MAX];
 	struct srv_cache *c = &u->cache;
 	struct srv_cached *e;
+	size_t vn = 0;
 
 	if (!u->devs || !s->cfg.cache_records)
 		return;
@@ -109,34 +127,28 @@ static void cache_put(struct srv *s, struct srv_user *u, uint64_t offset,
 	}
 	if (c->count == c->cap) {
 		/* Full: a slow device; the oldest goes, the log still has it. */
-		free(c->slot[c->head].rec);
-		free(c->slot[c->head].alt);
+		cache_free(&c->slot[c->head]);
 		c->head = (c->head + 1) % c->cap;
 		c->count--;
 	}
+	if (rec[1] == SRV_REC_SENDER_COPY &&
+	    m->which_payload == bimip_MessageScheme_chat_message_tag) {
+		const bimip_ChatMessage *cm = &m->payload.chat_message;
+		vn = bm_env_version_update(vu, sizeof(vu), u->eid, origin,
+					   cm->message_id, cm->message_id_local,
+					   cm->chat_id, cm->version, cm->server_received_at);
+	}
 	e = &c->slot[(c->head + c->count) % c->cap];
-	e->rec = malloc(len);
+	e->rec = len + vn <= CACHE_BLOCK ? bm_pool_get(&cache_pool) : malloc(len + vn);
 	if (!e->rec)
 		return;
 	memcpy(e->rec, rec, len);
 	e->len = (uint32_t)len;
 	e->offset = offset;
-	e->alt = NULL;
-	e->alt_len = 0;
-	if (rec[1] == SRV_REC_SENDER_COPY &&
-	    m->which_payload == bimip_MessageScheme_chat_message_tag) {
-		const bimip_ChatMessage *cm = &m->payload.chat_message;
-		static uint8_t buf[BM_ENV_VU_MAX];
-		size_t n = bm_env_version_update(buf, sizeof(buf), u->eid, origin,
-						 cm->message_id, cm->message_id_local,
-						 cm->chat_id, cm->version,
-						 cm->server_received_at);
-
-		if (n && (e->alt = malloc(n))) {
-			memcpy(e->alt, buf, n);
-			e->alt_len = (uint32_t)n;
-		}
-	}
+	e->alt = vn ? e->rec + len : NULL;
+	e->alt_len = (uint32_t)vn;
+	if (vn)
+		memcpy(e->alt, vu, vn);
 	c->count++;
 }
 
@@ -155,6 +167,16 @@ static const struct srv_cached *cache_get(struct srv_user *u, uint64_t offset)
 }
 
 /* Drop what every online device has been sent; everything when none is. */
+void srv_cache_release(struct srv_user *u)
+{
+	struct srv_cache *c = &u->cache;
+
+	for (uint32_t i = 0; i < c->count; i++)
+		cache_free(&c->slot[(c->head + i) % c->cap]);
+	free(c->slot);
+	memset(c, 0, sizeof(*c));
+}
+
 void srv_cache_trim(struct srv_user *u)
 {
 	struct srv_cache *c = &u->cache;
@@ -164,10 +186,7 @@ void srv_cache_trim(struct srv_user *u)
 		if (d->sent < low)
 			low = d->sent;
 	while (c->count && c->slot[c->head].offset <= low) {
-		free(c->slot[c->head].rec);
-		free(c->slot[c->head].alt);
-		c->slot[c->head].rec = NULL;
-		c->slot[c->head].alt = NULL;
+		cache_free(&c->slot[c->head]);
 		c->head = (c->head + 1) % c->cap;
 		c->count--;
 	}

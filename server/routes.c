@@ -20,6 +20,7 @@
 
 #include <inttypes.h>
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -671,6 +672,11 @@ size_t srv_chat_envelope(uint8_t *dst, const uint8_t *core, size_t n,
 	return o;
 }
 
+/* h_chat clears a ChatMessage field by field past the payload: a field
+ * added to the message must be cleared there too. */
+_Static_assert(offsetof(bimip_ChatMessage, media_size_bytes) + sizeof(int64_t) ==
+	       sizeof(bimip_ChatMessage), "ChatMessage grew: clear the new field in h_chat");
+
 static void h_chat(struct srv *s, struct srv_req *r)
 {
 	static bimip_MessageScheme cm;
@@ -796,10 +802,19 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	ctx->session = r->session;
 	ctx->route = r->m->route;
 
-	/* Only the fields used: the whole envelope is ~17 KiB. */
+	/* Only the fields used: the whole envelope is ~17 KiB, and the chat
+	 * message's text, caption and thumbnail arrays are ~11 KiB that an
+	 * empty string clears as well (every encoder stops at the NUL). */
 	cm.route = 0;
 	cm.offset = 0;
-	memset(c, 0, sizeof(*c));
+	memset(c, 0, offsetof(bimip_ChatMessage, payload));
+	c->payload.text[0] = 0;
+	c->acknowledgment = 0;
+	c->acknowledgment_timestamp = 0;
+	c->media_type = 0;
+	c->caption[0] = 0;
+	c->thumbnail_url[0] = 0;
+	c->media_size_bytes = 0;
 	cm.which_payload = bimip_MessageScheme_chat_message_tag;
 	srv_message_id(c->message_id, sizeof(c->message_id), chat->id, v);
 	BM_SET_STR(c->message_id_local, local);

@@ -398,6 +398,8 @@ void srv_pump_user(struct srv *s, struct srv_user *u);
 void srv_pump_flush(struct srv *s);
 void srv_pump_release(struct srv *s);
 void srv_cache_trim(struct srv_user *u);
+/* Free every cached record of u (the user is going away). */
+void srv_cache_release(struct srv_user *u);
 /* Append a record to a user stream; cb when durable.  The stored envelope is
  * env[0..env_len) when env is given (m still describes it), else m encoded. */
 int srv_stream_append(struct srv *s, struct srv_user *u, int kind,

@@ -83,11 +83,7 @@ static void user_free(struct srv_user *u)
 		u->devs = d->next;
 		free(d);
 	}
-	for (uint32_t i = 0; i < u->cache.count; i++) {
-		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].rec);
-		free(u->cache.slot[(u->cache.head + i) % u->cache.cap].alt);
-	}
-	free(u->cache.slot);
+	srv_cache_release(u);
 	bm_map_release(&u->subscribers);
 	bm_map_release(&u->blocked);
 	free(u);
