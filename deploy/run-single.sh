@@ -46,4 +46,22 @@ BIMIP is running: clients connect to ws://127.0.0.1:4000/  (Ctrl-C stops it)
   metrics:  curl -s http://127.0.0.1:4101/metrics   (signal: :4001)
 
 MSG
-wait
+# Until Ctrl-C (the trap above), or until a daemon exits, or until whatever
+# started this script is gone: `make run` killed by a signal it does not
+# pass on (SIGINT or SIGKILL to make alone) must not leave the daemons
+# running behind it.
+PARENT=$PPID
+while :; do
+	if ! kill -0 $SRV 2>/dev/null || ! kill -0 $SIG 2>/dev/null; then
+		echo "make run: a daemon exited (logs above): stopping the other" >&2
+		break
+	fi
+	if [ "$PARENT" -gt 1 ] && ! kill -0 "$PARENT" 2>/dev/null; then
+		echo "make run: its parent ($PARENT) is gone: stopping" >&2
+		break
+	fi
+	sleep 1 & wait $! || true
+done
+kill -TERM $SRV $SIG 2>/dev/null || true
+wait || true
+exit 1
