@@ -157,7 +157,6 @@ int bm_uring_run(struct bm_uring *u, void (*done)(void *arg, uint64_t ud, int re
 
 		if (head == tail) {
 			int n = sys_enter(u->fd, u->queued, want - got, IORING_ENTER_GETEVENTS);
-			u->enters++;
 			if (n < 0) {
 				if (errno == EINTR || errno == EAGAIN || errno == EBUSY)
 					continue;

@@ -36,7 +36,6 @@ struct bm_uring {
 	struct io_uring_cqe *cqes;
 	void *sq_map, *cq_map;
 	size_t sq_map_len, cq_map_len, sqes_len;
-	uint64_t enters;            /* io_uring_enter calls made */
 };
 
 /* Set up a ring for up to entries (a power of two, 2..4096) operations per

@@ -22,7 +22,13 @@ JSON
 rm -f var/server.ready var/signal.ready
 "$BIN/bimip-server" -c var/server.json -r var/server.ready &
 SRV=$!
-trap 'kill -TERM $SRV ${SIG:-} 2>/dev/null; wait; exit 0' INT TERM
+# Stop both daemons and exit with $1.
+stop() {
+	kill -TERM $SRV ${SIG:-} 2>/dev/null || true
+	wait || true
+	exit "$1"
+}
+trap 'stop 0' INT TERM
 i=0
 while [ ! -f var/server.ready ]; do
 	kill -0 $SRV 2>/dev/null || { echo "bimip-server failed to start" >&2; exit 1; }
@@ -62,6 +68,4 @@ while :; do
 	fi
 	sleep 1 & wait $! || true
 done
-kill -TERM $SRV $SIG 2>/dev/null || true
-wait || true
-exit 1
+stop 1

@@ -166,7 +166,6 @@ static const struct srv_cached *cache_get(struct srv_user *u, uint64_t offset)
 	return NULL;
 }
 
-/* Drop what every online device has been sent; everything when none is. */
 void srv_cache_release(struct srv_user *u)
 {
 	struct srv_cache *c = &u->cache;
@@ -177,6 +176,7 @@ void srv_cache_release(struct srv_user *u)
 	memset(c, 0, sizeof(*c));
 }
 
+/* Drop what every online device has been sent; everything when none is. */
 void srv_cache_trim(struct srv_user *u)
 {
 	struct srv_cache *c = &u->cache;

@@ -372,6 +372,25 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 	sig_sess_flush(arg);
 }
 
+/* Append a session id to a list handled at the end of the loop turn (the
+ * corked sessions, the sessions to read), activating ev with the first.
+ * 0, or -1 out of memory. */
+static int turn_list_add(uint64_t **v, size_t *n, size_t *cap, struct event *ev, uint64_t id)
+{
+	if (*n == *cap) {
+		size_t nc = *cap ? 2 * *cap : 64;
+		uint64_t *q = realloc(*v, nc * sizeof(*q));
+		if (!q)
+			return -1;
+		*v = q;
+		*cap = nc;
+	}
+	if (!*n)
+		event_active(ev, 0, 0);
+	(*v)[(*n)++] = id;
+	return 0;
+}
+
 /* Queue header + payload behind s's output, to be written at the end of
  * the turn.  Falls back to writing now when it cannot queue the session. */
 static int send_corked(struct sig *g, struct sig_sess *s, const uint8_t *h, size_t hn,
@@ -380,17 +399,8 @@ static int send_corked(struct sig *g, struct sig_sess *s, const uint8_t *h, size
 	int rc;
 
 	if (!s->corked) {
-		if (g->n_corked == g->corked_cap) {
-			size_t cap = g->corked_cap ? 2 * g->corked_cap : 64;
-			uint64_t *c = realloc(g->corked, cap * sizeof(*c));
-			if (!c)
-				return send_raw(g, s, h, hn, p, n);
-			g->corked = c;
-			g->corked_cap = cap;
-		}
-		if (!g->n_corked)
-			event_active(g->flush_ev, 0, 0);
-		g->corked[g->n_corked++] = s->id;
+		if (turn_list_add(&g->corked, &g->n_corked, &g->corked_cap, g->flush_ev, s->id))
+			return send_raw(g, s, h, hn, p, n);
 		s->corked = 1;
 	}
 	rc = out_append(g, s, h, hn);
@@ -893,9 +903,11 @@ static void on_received(void *arg, uint64_t i, int res)
 	uint8_t *slice = g->rdbuf + i * READ_SLICE;
 	size_t have;
 
-	if (!s || s->state != SIG_OPEN)
+	if (!s)
 		return;
 	s->read_queued = 0;
+	if (s->state != SIG_OPEN)
+		return;
 	if (res == -EAGAIN || res == -EWOULDBLOCK || res == -EINTR)
 		return;
 	if (res <= 0) {
@@ -932,7 +944,6 @@ static void on_read_batch(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	while (done < g->n_readq) {
 		size_t n = g->n_readq - done < READ_BATCH ? g->n_readq - done : READ_BATCH;
-		int failed = 0;
 
 		/* readq[done..done+n) go out together; the index into readq is
 		 * the operation's id, so slot i of rdbuf is readq[done + i]'s. */
@@ -955,15 +966,15 @@ static void on_read_batch(evutil_socket_t fd, short what, void *arg)
 		if (bm_uring_queued(&g->uring) && uring_run(g, on_received)) {
 			bm_warn("sess", "io_uring failed: reading with read() from now on");
 			bm_uring_release(&g->uring);
-			failed = 1;
-		}
-		for (size_t i = 0; i < n; i++) {
-			struct sig_sess *s = g->readq[i] ? sig_idtab_get(&g->by_id, g->readq[i]) : NULL;
-			/* Not reported (the ring failed): read it the old way. */
-			if (s && s->read_queued) {
-				s->read_queued = 0;
-				if (failed && s->state == SIG_OPEN)
-					on_readable(g, s);
+			/* What the ring did not report: read it the old way. */
+			for (size_t i = 0; i < n; i++) {
+				struct sig_sess *s = g->readq[i] ?
+					sig_idtab_get(&g->by_id, g->readq[i]) : NULL;
+				if (s && s->read_queued) {
+					s->read_queued = 0;
+					if (s->state == SIG_OPEN)
+						on_readable(g, s);
+				}
 			}
 		}
 		done += n;
@@ -976,19 +987,9 @@ static int read_later(struct sig *g, struct sig_sess *s)
 {
 	if (s->read_queued)
 		return 0;
-	if (g->uring.fd < 0 || !g->read_ev || s->tls || s->state != SIG_OPEN)
+	if (g->uring.fd < 0 || !g->read_ev || s->tls || s->state != SIG_OPEN ||
+	    turn_list_add(&g->readq, &g->n_readq, &g->readq_cap, g->read_ev, s->id))
 		return -1;
-	if (g->n_readq == g->readq_cap) {
-		size_t cap = g->readq_cap ? 2 * g->readq_cap : 256;
-		uint64_t *q = realloc(g->readq, cap * sizeof(*q));
-		if (!q)
-			return -1;
-		g->readq = q;
-		g->readq_cap = cap;
-	}
-	if (!g->n_readq)
-		event_active(g->read_ev, 0, 0);
-	g->readq[g->n_readq++] = s->id;
 	s->read_queued = 1;
 	return 0;
 }
@@ -1160,7 +1161,8 @@ int sig_sess_listen(struct sig *g)
 	 * BIMIP_IO_URING=0 keeps read() and write(). */
 	{
 		const char *e = getenv("BIMIP_IO_URING");
-		int rc = e && !strcmp(e, "0") ? BM_EUNAVAIL : bm_uring_init(&g->uring, 256);
+		int off = e && !strcmp(e, "0");
+		int rc = off ? BM_EUNAVAIL : bm_uring_init(&g->uring, 256);
 		if (!rc) {
 			g->read_ev = event_new(g->base, -1, 0, on_read_batch, g);
 			g->rdbuf = malloc((size_t)READ_BATCH * READ_SLICE);
@@ -1168,7 +1170,7 @@ int sig_sess_listen(struct sig *g)
 				return BM_ENOMEM;
 		} else {
 			bm_info("sess", "sessions use read() and write(): io_uring %s",
-				e && !strcmp(e, "0") ? "off (BIMIP_IO_URING=0)" : bm_strerror(rc));
+				off ? "off (BIMIP_IO_URING=0)" : bm_strerror(rc));
 		}
 	}
 	if (g->cfg.ws_listen[0]) {
