@@ -93,7 +93,8 @@ struct bm_ipc_hdr {
 /* Encode h into out[0..cap); returns the size (> 0) or BM_ETOOBIG/BM_EINVAL
  * when a string exceeds its bound or cap is short. */
 int bm_ipc_encode(const struct bm_ipc_hdr *h, uint8_t *out, size_t cap);
-/* Decode; returns 0 or BM_EPROTO.  *h is fully overwritten. */
+/* Decode; returns 0 or BM_EPROTO.  Every field of *h is set (the strings
+ * up to their NUL; bytes past it are left as they were). */
 int bm_ipc_decode(const uint8_t *p, size_t n, struct bm_ipc_hdr *h);
 const char *bm_ipc_kind_name(int kind);
 

@@ -29,6 +29,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,10 +47,13 @@ static void copy_str(char *dst, size_t cap, const char *src)
 static void fill_hdr(struct srv *s, struct bm_ipc_hdr *h, int kind,
 		     uint64_t session)
 {
-	memset(h, 0, sizeof(*h));
+	/* Only the fixed part: bm_ipc_encode reads the strings up to their
+	 * NUL, so the rest of the ~400-byte arrays need no clearing. */
+	memset(h, 0, offsetof(struct bm_ipc_hdr, origin));
 	h->kind = (uint8_t)kind;
 	h->session = session;
 	copy_str(h->origin, sizeof(h->origin), s->cfg.node_id);
+	h->eid[0] = h->device[0] = h->aux[0] = 0;
 }
 
 /* The offset travels inside the MessageScheme as field 99 (varint), appended
@@ -352,7 +356,7 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 	struct bm_env_err err;
 	struct srv_req r = { rid, rid_len, h->session, NULL, NULL, h->device, &m,
 			     body, n, 0, 0 };
-	char label[16];
+	uint64_t *count;
 
 	(*s->m.stanzas_in)++;
 	if (bm_env_decode(body, n, &m, &err)) {
@@ -360,8 +364,16 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 				err.text);
 		return;
 	}
-	snprintf(label, sizeof(label), "%d", (int)m.route);
-	bm_metrics_family_inc(s->m.by_route, label);
+	count = m.route >= 0 && m.route < SRV_ROUTE_CACHE ? s->m.route_count[m.route] : NULL;
+	if (!count) {
+		char label[16];
+
+		snprintf(label, sizeof(label), "%d", (int)m.route);
+		count = bm_metrics_family_get(s->m.by_route, label);
+		if (m.route >= 0 && m.route < SRV_ROUTE_CACHE)
+			s->m.route_count[m.route] = count;
+	}
+	(*count)++;
 	if (!srv_settled(s)) {
 		srv_reply_error(s, rid, rid_len, h->session, 503, m.route,
 				"the cluster is re-balancing; try again");

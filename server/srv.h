@@ -207,6 +207,10 @@ struct srv_metrics {
 	uint64_t *forwarded, *remote_appends, *remote_dups, *pending_retries;
 	uint64_t *handoff_users, *handoff_records, *handoff_conflicts;
 	struct bm_metrics_family *by_route, *errors;
+	/* by_route's counters for routes 0..SRV_ROUTE_CACHE-1, found on first
+	 * use: the family lookup formats and compares a label. */
+#define SRV_ROUTE_CACHE 64
+	uint64_t *route_count[SRV_ROUTE_CACHE];
 	struct bm_metrics_hist *fsync;
 };
 

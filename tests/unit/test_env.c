@@ -365,6 +365,21 @@ static void test_chat_message_encoder(void **state)
 	assert_int_equal(bm_env_chat_message(got, sizeof(got) - 1, &c), 0);
 }
 
+/* Decode sets every field, the strings up to their NUL (the bytes after it
+ * are not its business). */
+static void assert_ipc_equal(const struct bm_ipc_hdr *a, const struct bm_ipc_hdr *b)
+{
+	assert_int_equal(a->kind, b->kind);
+	assert_int_equal(a->flags, b->flags);
+	assert_true(a->session == b->session);
+	assert_true(a->seq == b->seq);
+	assert_true(a->offset == b->offset);
+	assert_string_equal(a->origin, b->origin);
+	assert_string_equal(a->eid, b->eid);
+	assert_string_equal(a->device, b->device);
+	assert_string_equal(a->aux, b->aux);
+}
+
 static void test_ipc(void **state)
 {
 	struct bm_ipc_hdr h, back;
@@ -383,7 +398,7 @@ static void test_ipc(void **state)
 	n = bm_ipc_encode(&h, b, sizeof(b));
 	assert_true(n > BM_IPC_FIXED);
 	assert_int_equal(bm_ipc_decode(b, (size_t)n, &back), 0);
-	assert_memory_equal(&h, &back, sizeof(h));
+	assert_ipc_equal(&h, &back);
 	/* every truncation is refused */
 	for (int i = 0; i < n; i++)
 		assert_int_equal(bm_ipc_decode(b, (size_t)i, &back), BM_EPROTO);
