@@ -154,7 +154,12 @@
 #define REC_MAGIC    0x52514D42u
 #define REC_ERASED   0x54534544u
 #define CKPT_MAGIC   0x43514D42u
-#define CKPT_VERSION 1u
+/* 2 since 2026-11-23.  The layout is the one segment index files brought
+ * (idx_base, entries every 16 offsets, 2026-11-22) but those checkpoints
+ * still said 1, as did the older layout: a 1 is read as the current layout
+ * and, if that fails, taken for the older one (rebuilt from the log, with a
+ * warning rather than an error). */
+#define CKPT_VERSION 2u
 #define IDX_MAGIC    0x49514D42u
 #define IDX_VERSION  1u
 #define NONE         UINT64_MAX
@@ -1978,7 +1983,7 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 	if (n < sizeof(ch) + 4)
 		goto bad;
 	memcpy(&ch, p, sizeof(ch));
-	if (ch.magic != CKPT_MAGIC || ch.version != CKPT_VERSION ||
+	if (ch.magic != CKPT_MAGIC || ch.version < 1 || ch.version > CKPT_VERSION ||
 	    ch.crc != bm_crc32c(0, &ch, offsetof(struct ckpt_hdr, crc)) ||
 	    ch.body_len != n - sizeof(ch) - 4 ||
 	    ch.next_stream_id != ch.nstreams + 1 || ch.nsegments == 0 ||
@@ -2771,8 +2776,27 @@ static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *n
 		goto out;
 	}
 	rc = ckpt_parse(q, p, (size_t)st.st_size, cs, ncs, idx_base, pt);
-	if (rc == BM_ECORRUPT)
-		bm_err(C, "checkpoint '%s' is damaged", path);
+	if (rc == BM_ECORRUPT) {
+		struct ckpt_hdr ch;
+		int hdr_ok = (size_t)st.st_size >= sizeof(ch);
+
+		if (hdr_ok) {
+			memcpy(&ch, p, sizeof(ch));
+			hdr_ok = ch.magic == CKPT_MAGIC &&
+				 ch.crc == bm_crc32c(0, &ch, offsetof(struct ckpt_hdr, crc));
+		}
+		/* The stream table is derived data: the caller rebuilds it from
+		 * the log.  Only a damaged file is an error worth a look. */
+		if (hdr_ok && ch.version == 1)
+			bm_warn(C, "checkpoint '%s' has the layout of a build older than "
+				"2026-11-22 (version 1 before segment index files)", path);
+		else if (hdr_ok && ch.version > CKPT_VERSION)
+			bm_warn(C, "checkpoint '%s' has version %u, written by a newer "
+				"build (this one reads 1 to %u)", path, ch.version,
+				CKPT_VERSION);
+		else
+			bm_err(C, "checkpoint '%s' is damaged", path);
+	}
 	if (!rc) {
 		*img = p;
 		p = NULL;

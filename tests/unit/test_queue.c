@@ -1187,6 +1187,113 @@ static void test_checkpoint_bounds_replay(void **state)
 	assert_int_equal(bm_queue_close(q), 0);
 }
 
+/* --- checkpoint versions ------------------------------------------------- */
+
+static int logged_warn, logged_err;
+static char logged_last[512];
+
+static void count_log(enum bm_log_level level, const char *component, const char *msg,
+		      void *ud)
+{
+	(void)component;
+	(void)ud;
+	if (level == BM_LOG_WARN)
+		logged_warn++;
+	else if (level == BM_LOG_ERROR)
+		logged_err++;
+	snprintf(logged_last, sizeof(logged_last), "%s", msg);
+}
+
+/* Rewrites the checkpoint's version (and its header CRC); with flip, also
+ * one byte of its body (so that the body CRC fails).  Returns the old
+ * version. */
+static uint32_t ckpt_patch(const char *dir, uint32_t version, int flip)
+{
+	char path[4096];
+	uint8_t h[64], b;
+	uint32_t old, crc;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/checkpoint", dir);
+	fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+	memcpy(&old, h + 4, 4);
+	memcpy(h + 4, &version, 4);
+	crc = bm_crc32c(0, h, 60);
+	memcpy(h + 60, &crc, 4);
+	assert_int_equal(pwrite(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+	if (flip) {
+		assert_int_equal(pread(fd, &b, 1, 70), 1);
+		b ^= 0x5a;
+		assert_int_equal(pwrite(fd, &b, 1, 70), 1);
+	}
+	close(fd);
+	return old;
+}
+
+/* Open with the log sink counting; the table must be whole either way. */
+static void reopen_counting(struct fx *f, int expect_rebuild)
+{
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+
+	logged_warn = logged_err = 0;
+	logged_last[0] = 0;
+	bm_log_set_level(BM_LOG_WARN);
+	bm_log_set_sink(count_log, NULL);
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	bm_log_set_sink(NULL, NULL);
+	bm_log_set_level(getenv("BIMIP_TEST_VERBOSE") ? BM_LOG_DEBUG : (enum bm_log_level)-1);
+	bm_queue_stats(q, &st);
+	if (expect_rebuild)
+		assert_true(st.recovered_bytes == st.log_bytes);
+	else
+		assert_true(st.recovered_bytes < st.log_bytes / 2);
+	check_all(q, 4, 50);
+	assert_int_equal(bm_queue_close(q), 0);
+}
+
+/* Checkpoints written before 2026-11-23 say version 1, in either layout:
+ * the current one is read as it is; the older one (or a 1 that fails to
+ * parse) and one from a newer build are rebuilt from the log with a
+ * warning; only a damaged file of this version is an error. */
+static void test_checkpoint_versions(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	fill(q, 4, 50);
+	assert_int_equal(bm_queue_close(q), 0);   /* writes the checkpoint */
+
+	/* The current layout labelled 1: used, nothing logged. */
+	assert_int_equal(ckpt_patch(f->dir, 1, 0), 2);
+	reopen_counting(f, 0);
+	assert_int_equal(logged_warn + logged_err, 0);
+	/* Nothing was appended, so the close left that file as it was. */
+	assert_int_equal(ckpt_patch(f->dir, 2, 0), 1);
+
+	/* A 1 that does not parse: the older layout, a warning. */
+	ckpt_patch(f->dir, 1, 1);
+	reopen_counting(f, 1);
+	assert_int_equal(logged_err, 0);
+	assert_int_equal(logged_warn, 2);   /* the layout, then the rebuild */
+	assert_non_null(strstr(logged_last, "rebuilding the stream table"));
+
+	/* From a newer build: a warning naming both versions. */
+	ckpt_patch(f->dir, 3, 0);
+	reopen_counting(f, 1);
+	assert_int_equal(logged_err, 0);
+	assert_int_equal(logged_warn, 2);
+
+	/* This version, damaged: an error, then the rebuild. */
+	ckpt_patch(f->dir, 2, 1);
+	reopen_counting(f, 1);
+	assert_int_equal(logged_err, 1);
+	assert_int_equal(logged_warn, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1211,6 +1318,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_damaged_sealed_without_index, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_runs_chained_completions, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prealloc_tail, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_checkpoint_versions, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
