@@ -69,15 +69,29 @@ int bm_ipc_encode(const struct bm_ipc_hdr *h, uint8_t *out, size_t cap)
 	return (int)pos;
 }
 
+void bm_ipc_set_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+void bm_ipc_hdr_init(struct bm_ipc_hdr *h, int kind, const char *origin)
+{
+	memset(h, 0, offsetof(struct bm_ipc_hdr, origin));
+	h->kind = (uint8_t)kind;
+	bm_ipc_set_str(h->origin, sizeof(h->origin), origin);
+	h->eid[0] = h->device[0] = h->aux[0] = 0;
+}
+
 int bm_ipc_decode(const uint8_t *p, size_t n, struct bm_ipc_hdr *h)
 {
 	size_t pos = BM_IPC_FIXED;
 
-	/* The strings are each written with their NUL below (or the whole
-	 * header cleared on an error): no need to clear ~400 bytes first, once
-	 * per stanza on both sides. */
-	memset(h, 0, offsetof(struct bm_ipc_hdr, origin));
-	h->origin[0] = h->eid[0] = h->device[0] = h->aux[0] = 0;
+	/* The strings are each written with their NUL below, or the whole
+	 * header cleared on an error. */
+	bm_ipc_hdr_init(h, 0, "");
 	if (n < BM_IPC_FIXED || n > BM_IPC_HDR_MAX || p[0] != BM_IPC_MAGIC ||
 	    p[1] != BM_IPC_VERSION || p[2] == 0 || p[2] > BM_IPC_KIND_MAX)
 		return BM_EPROTO;

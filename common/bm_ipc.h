@@ -90,6 +90,15 @@ struct bm_ipc_hdr {
 	char aux[BM_IPC_AUX_MAX + 1];
 };
 
+/* Start a header to send: kind, origin (cut at its bound), every other
+ * field 0 or empty.  Clears the fixed part and each string's first byte,
+ * not the ~400 bytes of string arrays: encode and decode read the strings
+ * up to their NUL.  Once per stanza, on both sides. */
+void bm_ipc_hdr_init(struct bm_ipc_hdr *h, int kind, const char *origin);
+/* Set one of h's strings: src cut at cap - 1 bytes (snprintf "%s" without
+ * the formatting). */
+void bm_ipc_set_str(char *dst, size_t cap, const char *src);
+
 /* Encode h into out[0..cap); returns the size (> 0) or BM_ETOOBIG/BM_EINVAL
  * when a string exceeds its bound or cap is short. */
 int bm_ipc_encode(const struct bm_ipc_hdr *h, uint8_t *out, size_t cap);

@@ -29,31 +29,16 @@
 #include <event2/event.h>
 #include <jansson.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
-/* snprintf(dst, cap, "%s", src) without the formatting: on every push. */
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-	size_t n = strnlen(src, cap - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = 0;
-}
-
 static void fill_hdr(struct srv *s, struct bm_ipc_hdr *h, int kind,
 		     uint64_t session)
 {
-	/* Only the fixed part: bm_ipc_encode reads the strings up to their
-	 * NUL, so the rest of the ~400-byte arrays need no clearing. */
-	memset(h, 0, offsetof(struct bm_ipc_hdr, origin));
-	h->kind = (uint8_t)kind;
+	bm_ipc_hdr_init(h, kind, s->cfg.node_id);
 	h->session = session;
-	copy_str(h->origin, sizeof(h->origin), s->cfg.node_id);
-	h->eid[0] = h->device[0] = h->aux[0] = 0;
 }
 
 /* The offset travels inside the MessageScheme as field 99 (varint), appended
@@ -89,8 +74,8 @@ int srv_push_raw(struct srv *s, struct srv_dev *d, const uint8_t *p, size_t n,
 		len += put_offset(buf + n, offset);
 	fill_hdr(s, &h, BM_IPC_PUSH, d->session);
 	h.offset = offset;
-	copy_str(h.eid, sizeof(h.eid), d->user->eid);
-	copy_str(h.device, sizeof(h.device), d->device);
+	bm_ipc_set_str(h.eid, sizeof(h.eid), d->user->eid);
+	bm_ipc_set_str(h.device, sizeof(h.device), d->device);
 	rc = bm_zsock_send(s->router, d->rid, d->rid_len, &h, buf, len);
 	if (!rc)
 		(*s->m.stanzas_out)++;

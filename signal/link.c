@@ -19,7 +19,6 @@
 #include "bm_ws.h"
 
 #include <jansson.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,28 +26,14 @@
 
 #define DOWN_AFTER_MS 3000
 
-/* snprintf(dst, cap, "%s", src) without the formatting: on every stanza. */
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-	size_t n = strnlen(src, cap - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = 0;
-}
-
 static void fill_hdr(struct sig *g, struct bm_ipc_hdr *h, int kind,
 		     const struct sig_sess *s)
 {
-	/* Only the fixed part: bm_ipc_encode reads the strings up to their
-	 * NUL, so the rest of the ~400-byte arrays need no clearing. */
-	memset(h, 0, offsetof(struct bm_ipc_hdr, origin));
-	h->kind = (uint8_t)kind;
-	copy_str(h->origin, sizeof(h->origin), g->cfg.node_id);
-	h->eid[0] = h->device[0] = h->aux[0] = 0;
+	bm_ipc_hdr_init(h, kind, g->cfg.node_id);
 	if (s) {
 		h->session = s->id;
-		copy_str(h->eid, sizeof(h->eid), s->eid);
-		copy_str(h->device, sizeof(h->device), s->device);
+		bm_ipc_set_str(h->eid, sizeof(h->eid), s->eid);
+		bm_ipc_set_str(h->device, sizeof(h->device), s->device);
 	}
 }
 
