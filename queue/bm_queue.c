@@ -1967,9 +1967,12 @@ struct portion {
 	size_t at;            /* where its positions are in the checkpoint image */
 };
 
+/* *version: the header's version when its magic and CRC hold (whether or not
+ * the rest parses), else 0. */
 static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 		      struct ckpt_seg **segs_out, uint64_t *nsegs_out,
-		      uint64_t *idx_base_out, struct portion **portions_out)
+		      uint64_t *idx_base_out, struct portion **portions_out,
+		      uint32_t *version)
 {
 	struct ckpt_hdr ch;
 	struct ckpt_seg *cs = NULL;
@@ -1980,11 +1983,14 @@ static int ckpt_parse(struct bm_queue *q, const uint8_t *p, size_t n,
 	uint32_t crc;
 	int rc = BM_ECORRUPT;
 
-	if (n < sizeof(ch) + 4)
+	*version = 0;
+	if (n < sizeof(ch))
 		goto bad;
 	memcpy(&ch, p, sizeof(ch));
-	if (ch.magic != CKPT_MAGIC || ch.version < 1 || ch.version > CKPT_VERSION ||
-	    ch.crc != bm_crc32c(0, &ch, offsetof(struct ckpt_hdr, crc)) ||
+	if (ch.magic != CKPT_MAGIC || ch.crc != bm_crc32c(0, &ch, offsetof(struct ckpt_hdr, crc)))
+		goto bad;
+	*version = ch.version;
+	if (n < sizeof(ch) + 4 || ch.version < 1 || ch.version > CKPT_VERSION ||
 	    ch.body_len != n - sizeof(ch) - 4 ||
 	    ch.next_stream_id != ch.nstreams + 1 || ch.nsegments == 0 ||
 	    ch.nsegments > ch.body_len / sizeof(struct ckpt_seg))
@@ -2752,6 +2758,7 @@ static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *n
 	char path[4096];
 	struct stat st;
 	uint8_t *p = NULL;
+	uint32_t version;
 	int fd, rc;
 
 	snprintf(path, sizeof(path), "%s/checkpoint", q->dir);
@@ -2775,28 +2782,17 @@ static int load_checkpoint(struct bm_queue *q, struct ckpt_seg **cs, uint64_t *n
 		rc = BM_EIO;
 		goto out;
 	}
-	rc = ckpt_parse(q, p, (size_t)st.st_size, cs, ncs, idx_base, pt);
-	if (rc == BM_ECORRUPT) {
-		struct ckpt_hdr ch;
-		int hdr_ok = (size_t)st.st_size >= sizeof(ch);
-
-		if (hdr_ok) {
-			memcpy(&ch, p, sizeof(ch));
-			hdr_ok = ch.magic == CKPT_MAGIC &&
-				 ch.crc == bm_crc32c(0, &ch, offsetof(struct ckpt_hdr, crc));
-		}
-		/* The stream table is derived data: the caller rebuilds it from
-		 * the log.  Only a damaged file is an error worth a look. */
-		if (hdr_ok && ch.version == 1)
-			bm_warn(C, "checkpoint '%s' has the layout of a build older than "
-				"2026-11-22 (version 1 before segment index files)", path);
-		else if (hdr_ok && ch.version > CKPT_VERSION)
-			bm_warn(C, "checkpoint '%s' has version %u, written by a newer "
-				"build (this one reads 1 to %u)", path, ch.version,
-				CKPT_VERSION);
-		else
-			bm_err(C, "checkpoint '%s' is damaged", path);
-	}
+	rc = ckpt_parse(q, p, (size_t)st.st_size, cs, ncs, idx_base, pt, &version);
+	/* The stream table is derived data: the caller rebuilds it from the
+	 * log.  Only a damaged file is an error worth a look. */
+	if (rc == BM_ECORRUPT && version == 1)
+		bm_warn(C, "checkpoint '%s' has the layout of a build older than "
+			"2026-11-22 (version 1 before segment index files)", path);
+	else if (rc == BM_ECORRUPT && version > CKPT_VERSION)
+		bm_warn(C, "checkpoint '%s' has version %u, written by a newer "
+			"build (this one reads 1 to %u)", path, version, CKPT_VERSION);
+	else if (rc == BM_ECORRUPT)
+		bm_err(C, "checkpoint '%s' is damaged", path);
 	if (!rc) {
 		*img = p;
 		p = NULL;
