@@ -279,8 +279,9 @@ struct srv {
 
 /* state.c */
 /* snprintf(out, cap, "%s\x1f%s[\x1f%s]", a, b, c) without the formatting (map
- * keys on every message's path); c may be NULL.  cap >= 1. */
-void srv_join(char *out, size_t cap, const char *a, const char *b, const char *c);
+ * keys on every message's path); c may be NULL.  cap >= 1.  Returns the
+ * length written. */
+size_t srv_join(char *out, size_t cap, const char *a, const char *b, const char *c);
 int srv_state_open(struct srv *s);
 void srv_state_close(struct srv *s);
 struct srv_user *srv_user_get(struct srv *s, const char *eid, int create);

@@ -193,7 +193,7 @@ struct srv_chat *srv_chat_get(struct srv *s, const char *a, const char *b, int c
 	return c;
 }
 
-void srv_join(char *out, size_t cap, const char *a, const char *b, const char *c)
+size_t srv_join(char *out, size_t cap, const char *a, const char *b, const char *c)
 {
 	const char *part[5] = { a, "\x1f", b, "\x1f", c };
 	size_t o = 0;
@@ -204,14 +204,14 @@ void srv_join(char *out, size_t cap, const char *a, const char *b, const char *c
 		o += n;
 	}
 	out[o] = 0;
+	return o;
 }
 
 /* "eid\x1fdevice\x1flocal" into out; returns its length. */
 static size_t idem_key(char *out, size_t cap, const char *eid, const char *dev,
 		       const char *local)
 {
-	srv_join(out, cap, eid, dev, local);
-	return strlen(out);
+	return srv_join(out, cap, eid, dev, local);
 }
 
 int srv_idem_parts(const char *key, char eid[SRV_EID_MAX + 1],
