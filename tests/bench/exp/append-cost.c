@@ -16,28 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "cost.h"
+
 #define ZCHUNK (64 * 1024)
-
-static double now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static double cpu_us(void)
-{
-	struct rusage r;
-
-	getrusage(RUSAGE_SELF, &r);
-	return (r.ru_stime.tv_sec + r.ru_utime.tv_sec) * 1e6 + r.ru_stime.tv_usec +
-	       r.ru_utime.tv_usec;
-}
 
 int main(int argc, char **argv)
 {
@@ -65,7 +48,7 @@ int main(int argc, char **argv)
 			return perror("pwrite zeros"), 1;
 	if (fdatasync(fd) == -1)
 		return perror("fdatasync"), 1;
-	c0 = cpu_us();
+	c0 = cpu_us(1);
 	for (int i = 0; i < n; i++) {
 		double t = now_ms(), l;
 
@@ -93,7 +76,7 @@ int main(int argc, char **argv)
 				return perror("fdatasync"), 1;
 		}
 	}
-	c0 = cpu_us() - c0;
+	c0 = cpu_us(1) - c0;
 	printf("mode %d bs %zu: %d batches, CPU %.1f us per batch, write+sync mean %.3f max %.3f ms\n",
 	       mode, bs, n, c0 / n, lsum / n, lmax);
 	close(fd);

@@ -14,29 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "cost.h"
 
 #define N  3000
 #define SZ 4096
-
-static double now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static double sys_us(void)
-{
-	struct rusage r;
-
-	getrusage(RUSAGE_SELF, &r);
-	return r.ru_stime.tv_sec * 1e6 + r.ru_stime.tv_usec;
-}
 
 static int cmp(const void *a, const void *b)
 {
@@ -74,7 +58,7 @@ int main(int argc, char **argv)
 	fd = open(argv[1], flags);
 	if (fd == -1)
 		return perror("open"), 1;
-	c0 = sys_us();
+	c0 = cpu_us(0);
 	for (int i = 0; i < N; i++) {
 		double t = now_ms();
 		off_t off = (off_t)i * SZ;
@@ -91,7 +75,7 @@ int main(int argc, char **argv)
 		}
 		lat[i] = now_ms() - t;
 	}
-	c0 = sys_us() - c0;
+	c0 = cpu_us(0) - c0;
 	qsort(lat, N, sizeof(lat[0]), cmp);
 	printf("mode %d: p50 %.3f p90 %.3f p99 %.3f p999 %.3f ms, system CPU %.1f us per write\n",
 	       mode, lat[N / 2], lat[N * 9 / 10], lat[N * 99 / 100], lat[N * 999 / 1000], c0 / N);

@@ -2,12 +2,11 @@
 # lat.sh BIN DIR T RATES...: one start; per rate: latency, cpu us/msg, ctx switches/msg per process, loadgen cpu
 BIN=$1; D=$2; T=$3; shift 3
 sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
-U=$(cat $D/url)
 t() { for p in $(cat $D/pids); do awk '{print $14+$15}' /proc/$p/stat; done | tr '\n' ' '; }
 cs() { for p in $(cat $D/pids); do cat /proc/$p/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; done | tr '\n' ' '; }
 for R in "$@"; do
 A=$(t); CA=$(cs)
-OUT=$(taskset -c 1 sh -c "$BIN/bimip-bench pairs --url $U --key $D/server/data/token.key -p 100 -w 10 -t $T --rate $R; cat /proc/self/stat >/dev/null")
+OUT=$(sh "$(dirname "$0")"/pairs.sh $BIN $D $T $R)
 B=$(t); CB=$(cs)
 N=$(echo "$OUT" | sed -n 's/.* received=\([0-9]*\).*/\1/p')
 L=$(echo "$OUT" | sed 's/.*msgs\/s=\([0-9]*\) \(.*\) max.*/\1 \2/')

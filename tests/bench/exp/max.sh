@@ -2,10 +2,9 @@
 # max.sh BIN DIR T: start, run max-load pairs, print msgs/s and cpu us/msg, stop
 BIN=$1; D=$2; T=${3:-8}
 sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
-U=$(cat $D/url)
 t() { for p in $(cat $D/pids); do awk '{print $14+$15}' /proc/$p/stat; done | tr '\n' ' '; }
 A=$(t)
-OUT=$(taskset -c 1 $BIN/bimip-bench pairs --url $U --key $D/server/data/token.key -p 100 -w 10 -t $T ${RATE:+--rate $RATE})
+OUT=$(sh "$(dirname "$0")"/pairs.sh $BIN $D $T "${RATE:-}")
 B=$(t)
 N=$(echo "$OUT" | sed -n 's/.* received=\([0-9]*\).*/\1/p')
 R=$(echo "$OUT" | sed 's/.*msgs\/s=\([0-9]*\) \(.*\) errors.*/\1 \2/')

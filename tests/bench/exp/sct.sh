@@ -2,8 +2,8 @@
 # sct.sh BIN DIR RATE: per-thread syscall counts per message during 3 s
 BIN=$1; D=$2; R=$3
 sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
-U=$(cat $D/url); S=$(sed -n 1p $D/pids); G=$(sed -n 2p $D/pids)
-taskset -c 1 $BIN/bimip-bench pairs --url $U --key $D/server/data/token.key -p 100 -w 10 -t 7 ${R:+--rate $R} > $D/bench.out &
+S=$(sed -n 1p $D/pids); G=$(sed -n 2p $D/pids)
+sh "$(dirname "$0")"/pairs.sh $BIN $D 7 "$R" > $D/bench.out &
 B=$!
 sleep 2
 E=""; for s in sendto sendmsg recvfrom recvmsg read write poll epoll_wait fdatasync pwrite64 futex io_uring_enter; do E="$E,syscalls:sys_enter_$s"; done; E=${E#,}

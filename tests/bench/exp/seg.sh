@@ -2,8 +2,7 @@
 # seg.sh BIN DIR RATE: TCP segments per message (whole machine) during a 5 s run
 BIN=$1; D=$2; R=$3
 sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
-U=$(cat $D/url)
-taskset -c 1 $BIN/bimip-bench pairs --url $U --key $D/server/data/token.key -p 100 -w 10 -t 7 ${R:+--rate $R} > $D/bench.out &
+sh "$(dirname "$0")"/pairs.sh $BIN $D 7 "$R" > $D/bench.out &
 B=$!
 sleep 2
 s() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $11, $12}' /proc/net/snmp; }

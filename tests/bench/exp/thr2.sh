@@ -2,8 +2,7 @@
 # thr2.sh BIN DIR RATE: per-thread CPU us/msg during a 6 s run (rate '' = max)
 BIN=$1; D=$2; R=$3
 sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
-U=$(cat $D/url)
-taskset -c 1 $BIN/bimip-bench pairs --url $U --key $D/server/data/token.key -p 100 -w 10 -t 8 ${R:+--rate $R} > $D/bench.out &
+sh "$(dirname "$0")"/pairs.sh $BIN $D 8 "$R" > $D/bench.out &
 B=$!
 sleep 2
 sh "$(dirname "$0")"/threads.sh $D > $D/t0
