@@ -79,7 +79,19 @@ static void test_decode_over_previous(void **state)
 	assert_int_equal(bm_env_encode(&text, buf, sizeof(buf), &n), 0);
 	assert_int_equal(bm_env_decode(buf, n, &out, NULL), 0);
 	assert_int_equal(out.offset, 0);
-	assert_memory_equal(&out, &text, sizeof(out));
+	/* Strings are set up to their NUL: compare them as strings. */
+	{
+		const bimip_TextPayloadRequest *o = &out.payload.text_payload_request;
+		assert_int_equal(out.route, text.route);
+		assert_int_equal(out.which_payload, text.which_payload);
+		assert_false(o->has_from);
+		assert_string_equal(o->from.eid, "");
+		assert_int_equal(o->to_count, 0);
+		assert_string_equal(o->content, "x");
+		assert_string_equal(o->message_id_local, "");
+		assert_string_equal(o->text_size_count, "");
+		assert_int_equal(o->created_at, 0);
+	}
 	/* And a ping after it: route and payload are the ping's. */
 	make_ping(&m);
 	assert_int_equal(bm_env_encode(&m, buf, sizeof(buf), &n), 0);
@@ -155,6 +167,220 @@ static void test_garbage_and_bounds(void **state)
 	assert_int_equal(bm_env_decode(big, n, &out, &err), BM_ETOOBIG);
 	assert_int_equal(err.code, 413);
 	assert_non_null(strstr(err.text, "size bound"));
+}
+
+/* ---- the text_payload_request fast path against nanopb ---- */
+
+struct raw {
+	uint8_t b[BM_ENV_MAX_BYTES + 64];
+	size_t n;
+};
+
+static void raw_varint(struct raw *r, uint64_t v)
+{
+	do {
+		r->b[r->n++] = (uint8_t)(v & 0x7f) | (v > 0x7f ? 0x80 : 0);
+		v >>= 7;
+	} while (v);
+}
+
+static void raw_key(struct raw *r, unsigned field, unsigned wt)
+{
+	raw_varint(r, (uint64_t)field << 3 | wt);
+}
+
+static void raw_bytes(struct raw *r, unsigned field, const void *p, size_t n)
+{
+	raw_key(r, field, 2);
+	raw_varint(r, n);
+	memcpy(r->b + r->n, p, n);
+	r->n += n;
+}
+
+static void raw_str(struct raw *r, unsigned field, const char *s)
+{
+	raw_bytes(r, field, s, strlen(s));
+}
+
+static void raw_sub(struct raw *r, unsigned field, const struct raw *sub)
+{
+	raw_bytes(r, field, sub->b, sub->n);
+}
+
+static void same_identity(const bimip_Identity *a, const bimip_Identity *b)
+{
+	assert_string_equal(a->eid, b->eid);
+	assert_string_equal(a->connection_resource_id, b->connection_resource_id);
+	assert_string_equal(a->node, b->node);
+}
+
+/* bm_env_decode (into a target full of an earlier message) and nanopb alone
+ * give the same answer for p[0..n); returns that answer. */
+static int same_as_nanopb(const uint8_t *p, size_t n)
+{
+	static bimip_MessageScheme fast, slow;
+	struct bm_env_err ef, es;
+	int rf, rs;
+
+	memset(&fast, 0x5a, sizeof(fast));
+	fast.which_payload = bimip_MessageScheme_text_payload_request_tag;
+	memset(&ef, 0, sizeof(ef));
+	memset(&es, 0, sizeof(es));
+	rf = bm_env_decode(p, n, &fast, &ef);
+	rs = bm_env_decode_nanopb(p, n, &slow, &es);
+	assert_int_equal(rf, rs);
+	assert_int_equal(ef.code, es.code);
+	assert_string_equal(ef.text, es.text);
+	if (rf)
+		return rf;
+	assert_int_equal(fast.route, slow.route);
+	assert_int_equal(fast.offset, slow.offset);
+	assert_int_equal(fast.which_payload, slow.which_payload);
+	if (slow.which_payload == bimip_MessageScheme_text_payload_request_tag) {
+		const bimip_TextPayloadRequest *a = &fast.payload.text_payload_request;
+		const bimip_TextPayloadRequest *b = &slow.payload.text_payload_request;
+
+		assert_int_equal(a->has_from, b->has_from);
+		same_identity(&a->from, &b->from);
+		assert_int_equal(a->to_count, b->to_count);
+		for (pb_size_t i = 0; i < b->to_count; i++)
+			same_identity(&a->to[i], &b->to[i]);
+		assert_string_equal(a->content, b->content);
+		assert_string_equal(a->message_id_local, b->message_id_local);
+		assert_string_equal(a->text_size_count, b->text_size_count);
+		assert_int_equal(a->created_at, b->created_at);
+	}
+	return 0;
+}
+
+static void identity(struct raw *r, const char *eid, const char *dev, const char *node)
+{
+	r->n = 0;
+	if (eid)
+		raw_str(r, 1, eid);
+	if (dev)
+		raw_str(r, 2, dev);
+	if (node)
+		raw_str(r, 3, node);
+}
+
+/* The shapes the fast path takes, and the ones it leaves to nanopb: the
+ * same answers either way, errors included. */
+static void test_text_fast_path(void **state)
+{
+	static struct raw env, req, id, id2;
+	static char big[9000];
+
+	/* The common chat: what a client sends. */
+	identity(&id, "alice@x", "phone", NULL);
+	identity(&id2, "bob@x", NULL, NULL);
+	req.n = 0;
+	raw_sub(&req, 1, &id);
+	raw_sub(&req, 2, &id2);
+	raw_str(&req, 3, "hello");
+	raw_str(&req, 4, "local-1");
+	raw_str(&req, 5, "5");
+	raw_key(&req, 6, 0);
+	raw_varint(&req, 1763900000000ull);
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
+
+	/* Offset first, route last, and a second request that merges into the
+	 * first: its content wins, its `from` merges, its `to` appends. */
+	env.n = 0;
+	raw_key(&env, 99, 0);
+	raw_varint(&env, 42);
+	raw_sub(&env, 14, &req);
+	req.n = 0;
+	identity(&id, NULL, NULL, "node-2");
+	raw_sub(&req, 1, &id);
+	raw_sub(&req, 2, &id2);
+	raw_str(&req, 3, "again");
+	raw_sub(&env, 14, &req);
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
+
+	/* An empty request, and no route (BM_EROUTE from both). */
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_bytes(&env, 14, "", 0);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
+	env.n = 0;
+	raw_bytes(&env, 14, "", 0);
+	assert_int_equal(same_as_nanopb(env.b, env.n), BM_EROUTE);
+
+	/* Left to nanopb: an unknown field inside (skipped), a negative
+	 * created_at (a 10-byte varint), content at and over its bound, a
+	 * fifth `to`, a string with the wrong wire type, a truncated one. */
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	req.n = 0;
+	raw_str(&req, 3, "hi");
+	raw_str(&req, 40, "unknown");
+	raw_key(&req, 6, 0);
+	raw_varint(&req, (uint64_t)-5);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
+
+	memset(big, 'c', sizeof(big) - 1);
+	big[8192] = 0;
+	req.n = 0;
+	raw_str(&req, 3, big);
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
+	big[8192] = 'c';
+	big[8193] = 0;
+	req.n = 0;
+	raw_str(&req, 3, big);
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), BM_ETOOBIG);
+
+	req.n = 0;
+	for (int i = 0; i < 5; i++)
+		raw_sub(&req, 2, &id2);
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), BM_ETOOBIG);
+
+	req.n = 0;
+	raw_key(&req, 3, 0);
+	raw_varint(&req, 7);
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 14);
+	raw_sub(&env, 14, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), BM_EDECODE);
+
+	env.n -= 1;
+	env.b[env.n - 1] = 0;   /* cut, and keep the lengths lying */
+	assert_int_equal(same_as_nanopb(env.b, env.n), BM_EDECODE);
+
+	/* Another payload after the request: nanopb's oneof switch. */
+	env.n = 0;
+	raw_key(&env, 1, 0);
+	raw_varint(&env, 6);
+	req.n = 0;
+	raw_str(&req, 3, "hi");
+	raw_sub(&env, 14, &req);
+	req.n = 0;
+	raw_key(&req, 2, 0);        /* PingPong.type = 1 */
+	raw_varint(&req, 1);
+	raw_sub(&env, 6, &req);
+	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 }
 
 /* bm_env_peek agrees with bm_env_decode on the outer layer: whatever
@@ -425,6 +651,7 @@ int main(void)
 		cmocka_unit_test(test_route_mismatch),
 		cmocka_unit_test(test_no_payload_and_unknown_route),
 		cmocka_unit_test(test_garbage_and_bounds),
+		cmocka_unit_test(test_text_fast_path),
 		cmocka_unit_test(test_peek),
 		cmocka_unit_test(test_make_error),
 		cmocka_unit_test(test_version_update),
