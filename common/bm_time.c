@@ -37,6 +37,16 @@ int64_t bm_wall_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t bm_wall_ms_coarse(void)
+{
+	struct timespec ts;
+
+	if (fake_wall)
+		return *fake_wall;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t bm_wall_s(void)
 {
 	return bm_wall_ms() / 1000;

@@ -302,7 +302,7 @@ struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
 	e = bm_keyring_add(&s->idem, key, n, &existed);
 	if (!e || existed)
 		return e;
-	snprintf(e->chat_id, sizeof(e->chat_id), "%s", chat_id);
+	BM_SET_STR(e->chat_id, chat_id);
 	e->version = version;
 	return e;
 }
