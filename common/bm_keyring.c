@@ -144,23 +144,37 @@ static struct rec *find(const struct bm_keyring *r, const char *key, size_t len,
 	return NULL;
 }
 
+uint64_t bm_keyring_hash(const struct bm_keyring *r, const char *key, size_t len)
+{
+	return key_hash(key, len, r->seed);
+}
+
 void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len)
+{
+	return len > BM_KEYRING_KEY_MAX ? NULL
+					: bm_keyring_get_h(r, key, len, key_hash(key, len, r->seed));
+}
+
+void *bm_keyring_get_h(const struct bm_keyring *r, const char *key, size_t len, uint64_t hash)
 {
 	struct rec *c;
 
 	if (!r->count || len > BM_KEYRING_KEY_MAX)
 		return NULL;
-	c = find(r, key, len, (uint32_t)(key_hash(key, len, r->seed) >> 32));
+	c = find(r, key, len, (uint32_t)(hash >> 32));
 	return c ? VAL(c) : NULL;
 }
 
 void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len)
 {
-	uint32_t tag;
+	if (len <= BM_KEYRING_KEY_MAX)
+		bm_keyring_prefetch_h(r, key_hash(key, len, r->seed));
+}
 
-	if (len > BM_KEYRING_KEY_MAX)
-		return;
-	tag = (uint32_t)(key_hash(key, len, r->seed) >> 32);
+void bm_keyring_prefetch_h(const struct bm_keyring *r, uint64_t hash)
+{
+	uint32_t tag = (uint32_t)(hash >> 32);
+
 	__builtin_prefetch(&r->index[home_of(r, tag)], 0, 3);
 	if (r->count == r->max) {
 		/* The oldest record is read here for its tag; the ones after it
@@ -232,7 +246,18 @@ static long arena_place(const struct bm_keyring *r, size_t n)
 
 void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *existed)
 {
-	uint32_t tag;
+	if (len > BM_KEYRING_KEY_MAX) {
+		if (existed)
+			*existed = 0;
+		return NULL;
+	}
+	return bm_keyring_add_h(r, key, len, key_hash(key, len, r->seed), existed);
+}
+
+void *bm_keyring_add_h(struct bm_keyring *r, const char *key, size_t len, uint64_t hash,
+		       int *existed)
+{
+	uint32_t tag = (uint32_t)(hash >> 32);
 	size_t i, slot;
 	long off;
 	struct rec *c;
@@ -241,7 +266,6 @@ void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *exi
 		*existed = 0;
 	if (len > BM_KEYRING_KEY_MAX)
 		return NULL;
-	tag = (uint32_t)(key_hash(key, len, r->seed) >> 32);
 	c = find(r, key, len, tag);
 	if (c) {
 		if (existed)

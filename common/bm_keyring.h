@@ -70,6 +70,15 @@ void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *exi
  * that work instead of stalling the lookup. */
 void bm_keyring_prefetch(const struct bm_keyring *r, const char *key, size_t len);
 
+/* The same three with the key's hash computed once by bm_keyring_hash, for
+ * a caller that prefetches, looks up and adds one key (hash must be
+ * bm_keyring_hash of key[0..len) on this ring). */
+uint64_t bm_keyring_hash(const struct bm_keyring *r, const char *key, size_t len);
+void *bm_keyring_get_h(const struct bm_keyring *r, const char *key, size_t len, uint64_t hash);
+void *bm_keyring_add_h(struct bm_keyring *r, const char *key, size_t len, uint64_t hash,
+		       int *existed);
+void bm_keyring_prefetch_h(const struct bm_keyring *r, uint64_t hash);
+
 /* The i-th oldest key held (i < r->count): its value, and *key (may be
  * NULL) its NUL-terminated bytes. */
 void *bm_keyring_at(const struct bm_keyring *r, size_t i, const char **key);

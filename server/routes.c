@@ -690,6 +690,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	struct srv_user *a = r->user, *b = NULL;
 	struct srv_chat *chat;
 	struct srv_idem *e;
+	struct srv_idem_key ik;
 	struct chat_ctx *ctx;
 	char cid[SRV_CHAT_ID_LEN + 1];
 	uint64_t ro = 0, so = 0;
@@ -740,8 +741,10 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	}
 	/* The resend key's index lines load while the chat and the receiver
 	 * are looked up. */
-	if (local[0])
-		srv_idem_prefetch(s, a->eid, r->device, local);
+	if (local[0]) {
+		srv_idem_key(s, &ik, a->eid, r->device, local);
+		srv_idem_prefetch(s, &ik);
+	}
 	/* A known chat's id comes from the pair index (no SHA-256). */
 	chat = srv_chat_get(s, a->eid, to[0].eid, 0);
 	if (chat)
@@ -764,7 +767,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 		}
 	}
 	if (local[0]) {
-		e = srv_idem_find(s, a->eid, r->device, local);
+		e = srv_idem_find_key(s, &ik);
 		if (e && e->durable >= 0) {
 			/* A resend: the original ids, never stored twice.  While the
 			 * first copy is still being stored here, the answer waits
@@ -888,7 +891,8 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	/* Appended: ctx belongs to the completion now.  This fails only out
 	 * of memory (the strings were checked above), which leaves the resend
 	 * key unrecorded; the version is always taken. */
-	if (srv_state_note_msg(s, chat, v, a->eid, r->device, local, ro, so, &ctx->idem))
+	if (srv_state_note_msg(s, chat, v, a->eid, r->device, local, local[0] ? &ik : NULL, ro,
+			       so, &ctx->idem))
 		bm_err("chat", "cannot record message %s.%lld in memory", chat->id,
 		       (long long)v);
 	if (ctx->idem)

@@ -293,9 +293,19 @@ void srv_chat_id(const char *a, const char *b, char out[SRV_CHAT_ID_LEN + 1]);
 void srv_message_id(char *dst, size_t cap, const char *chat, int64_t v);
 struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 			       const char *local);
-/* Start loading the lines srv_idem_find/srv_idem_add will read (see
+/* A resend key built and hashed once, for a handler that prefetches, looks
+ * up and adds the same key (h_chat). */
+struct srv_idem_key {
+	size_t len;
+	uint64_t hash;
+	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
+};
+void srv_idem_key(struct srv *s, struct srv_idem_key *k, const char *eid, const char *dev,
+		  const char *local);
+/* Start loading the lines the lookup and the add of k will read (see
  * bm_keyring_prefetch): early in a handler, before its other lookups. */
-void srv_idem_prefetch(struct srv *s, const char *eid, const char *dev, const char *local);
+void srv_idem_prefetch(struct srv *s, const struct srv_idem_key *k);
+struct srv_idem *srv_idem_find_key(struct srv *s, const struct srv_idem_key *k);
 /* The entry for the key, made (durable 0) when it is new; a key already
  * known comes back as it is, chat and version unchanged.  NULL only for a
  * key past BM_KEYRING_KEY_MAX, which bounded names never make. */
@@ -334,7 +344,8 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
  * BM_ENOMEM (the chat's version is taken even then). */
 int srv_state_note_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		       const char *sender, const char *dev, const char *local,
-		       uint64_t ro, uint64_t so, struct srv_idem **idem);
+		       const struct srv_idem_key *k, uint64_t ro, uint64_t so,
+		       struct srv_idem **idem);
 /* Apply a state record (also used by the replay at start). */
 int srv_state_apply(struct srv *s, void *json_obj);
 int srv_revoked(struct srv *s, const char *eid, const char *device,

@@ -281,30 +281,46 @@ struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
 	return bm_keyring_get(&s->idem, key, n);
 }
 
-void srv_idem_prefetch(struct srv *s, const char *eid, const char *dev, const char *local)
+void srv_idem_key(struct srv *s, struct srv_idem_key *k, const char *eid, const char *dev,
+		  const char *local)
 {
-	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
-	size_t n = idem_key(key, sizeof(key), eid, dev, local);
-
-	bm_keyring_prefetch(&s->idem, key, n);
+	k->len = idem_key(k->key, sizeof(k->key), eid, dev, local);
+	k->hash = bm_keyring_hash(&s->idem, k->key, k->len);
 }
 
-struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
-			      const char *local, const char *chat_id, int64_t version)
+void srv_idem_prefetch(struct srv *s, const struct srv_idem_key *k)
 {
-	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
-	size_t n = idem_key(key, sizeof(key), eid, dev, local);
+	bm_keyring_prefetch_h(&s->idem, k->hash);
+}
+
+struct srv_idem *srv_idem_find_key(struct srv *s, const struct srv_idem_key *k)
+{
+	return bm_keyring_get_h(&s->idem, k->key, k->len, k->hash);
+}
+
+static struct srv_idem *idem_add(struct srv *s, const struct srv_idem_key *k,
+				 const char *chat_id, int64_t version)
+{
 	struct srv_idem *e;
 	int existed;
 
 	/* Known already (a repeated record): the first entry stays.  A new
 	 * one may make the ring forget its oldest keys (bounded memory). */
-	e = bm_keyring_add(&s->idem, key, n, &existed);
+	e = bm_keyring_add_h(&s->idem, k->key, k->len, k->hash, &existed);
 	if (!e || existed)
 		return e;
 	BM_SET_STR(e->chat_id, chat_id);
 	e->version = version;
 	return e;
+}
+
+struct srv_idem *srv_idem_add(struct srv *s, const char *eid, const char *dev,
+			      const char *local, const char *chat_id, int64_t version)
+{
+	struct srv_idem_key k;
+
+	srv_idem_key(s, &k, eid, dev, local);
+	return idem_add(s, &k, chat_id, version);
 }
 
 /* --- revocations ----------------------------------------------------------- */
@@ -383,7 +399,8 @@ static int set_flag(struct bm_map *m, const char *k, int on)
  * its copies (where the repair at start-up begins), the resend key. */
 static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const char *b,
 		     int64_t v, const char *sender, const char *dev, const char *local,
-		     uint64_t ro, uint64_t so, struct srv_idem **idem)
+		     const struct srv_idem_key *k, uint64_t ro, uint64_t so,
+		     struct srv_idem **idem)
 {
 	struct srv_chat *c = known ? known : srv_chat_get(s, a, b, 1);
 	/* Offsets are named only when the copies were appended here. */
@@ -400,8 +417,9 @@ static int apply_msg(struct srv *s, struct srv_chat *known, const char *a, const
 	if (rb && ro > rb->ref_offset)
 		rb->ref_offset = ro;
 	if (*local) {
-		/* One lookup: an existing key comes back as it is. */
-		e = srv_idem_add(s, sender, dev, local, c->id, v);
+		/* One lookup: an existing key comes back as it is.  k, when
+		 * given, is this key already built and hashed. */
+		e = k ? idem_add(s, k, c->id, v) : srv_idem_add(s, sender, dev, local, c->id, v);
 		if (e && s->replaying)
 			e->durable = 1;
 		if (idem)
@@ -477,20 +495,21 @@ int srv_state_log_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 	rc = bm_queue_append(s->q, STATE_STREAM, buf, (size_t)(p - buf), NULL, cb, ud);
 	if (rc)
 		return rc;
-	if (srv_state_note_msg(s, c, v, sender, dev, local, ro, so, idem))
+	if (srv_state_note_msg(s, c, v, sender, dev, local, NULL, ro, so, idem))
 		bm_err("state", "cannot apply state record '%s'", buf);
 	return 0;
 }
 
 int srv_state_note_msg(struct srv *s, const struct srv_chat *c, int64_t v,
 		       const char *sender, const char *dev, const char *local,
-		       uint64_t ro, uint64_t so, struct srv_idem **idem)
+		       const struct srv_idem_key *k, uint64_t ro, uint64_t so,
+		       struct srv_idem **idem)
 {
 	/* Counted as a state change: snapshots bound the repair at start. */
 	s->snap_records++;
 	if (idem)
 		*idem = NULL;
-	return apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, ro, so,
+	return apply_msg(s, (struct srv_chat *)c, c->a, c->b, v, sender, dev, local, k, ro, so,
 			 idem);
 }
 
@@ -571,7 +590,7 @@ int srv_state_apply(struct srv *s, void *obj)
 	}
 	if (!strcmp(t, "msg"))
 		return apply_msg(s, NULL, str(o, "a"), str(o, "b"), num(o, "v"), str(o, "e"),
-				 str(o, "d"), str(o, "l"), (uint64_t)num(o, "ro"),
+				 str(o, "d"), str(o, "l"), NULL, (uint64_t)num(o, "ro"),
 				 (uint64_t)num(o, "so"), NULL);
 	if (!strcmp(t, "seen")) {
 		u = srv_user_get(s, str(o, "e"), 1);

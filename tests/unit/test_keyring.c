@@ -73,7 +73,8 @@ static void run_model(size_t max, size_t arena, int keyspace, int maxlen, unsign
 	for (int i = 0; i < 40000; i++) {
 		int k = (int)((seed = seed * 1103515245 + 12345) >> 8) % keyspace;
 		/* The key's length is a function of k, so k names one key. */
-		int len = 1 + (k * 7919) % maxlen, existed;
+		int len = 1 + (k * 7919) % maxlen, existed, hashed;
+		uint64_t h;
 		long at;
 		struct val *v;
 
@@ -81,8 +82,15 @@ static void run_model(size_t max, size_t arena, int keyspace, int maxlen, unsign
 		while ((int)strlen(key) < len)
 			strcat(key, "x");
 		at = model_find(&m, key);
+		/* Every other step through the hash-once calls (prefetch, get,
+		 * add with bm_keyring_hash): the same answers. */
+		hashed = (seed >> 20) & 1;
+		h = bm_keyring_hash(&r, key, strlen(key));
+		if (hashed)
+			bm_keyring_prefetch_h(&r, h);
 		if ((seed >> 16) % 3 == 0) {
-			v = bm_keyring_get(&r, key, strlen(key));
+			v = hashed ? bm_keyring_get_h(&r, key, strlen(key), h)
+				   : bm_keyring_get(&r, key, strlen(key));
 			if (at < 0) {
 				assert_null(v);
 			} else {
@@ -91,7 +99,8 @@ static void run_model(size_t max, size_t arena, int keyspace, int maxlen, unsign
 			}
 			continue;
 		}
-		v = bm_keyring_add(&r, key, strlen(key), &existed);
+		v = hashed ? bm_keyring_add_h(&r, key, strlen(key), h, &existed)
+			   : bm_keyring_add(&r, key, strlen(key), &existed);
 		assert_non_null(v);
 		if (at >= 0) {
 			assert_int_equal(existed, 1);
