@@ -80,14 +80,27 @@ static int run(int argc, char **argv)
 {
 	static bimip_MessageScheme m;
 	static unsigned seq;
-	char local[64], text[8192] = "";
+	static char text[BM_CLIENT_TEXT_MAX + 1];
+	char local[64];
 	int rc;
 
 	if (argc < 1)
 		return 2;
 	if (!strcmp(argv[0], "send") && argc >= 3) {
+		size_t len = 0;
+
+		/* The words joined by spaces; refused whole when too long (never
+		 * cut: the receiver would get less than was typed). */
+		for (int i = 2; i < argc; i++)
+			len += strlen(argv[i]) + (i + 1 < argc);
+		if (len > BM_CLIENT_TEXT_MAX) {
+			fprintf(stderr, "bimip-cli: message of %zu bytes exceeds the limit of %d "
+				"bytes; nothing sent\n", len, BM_CLIENT_TEXT_MAX);
+			return 1;
+		}
+		text[0] = 0;
 		for (int i = 2; i < argc; i++) {
-			strncat(text, argv[i], sizeof(text) - strlen(text) - 2);
+			strcat(text, argv[i]);
 			if (i + 1 < argc)
 				strcat(text, " ");
 		}

@@ -649,6 +649,9 @@ int bm_client_send_text(struct bm_client *c, const char *to, const char *text,
 	bimip_TextPayloadRequest *t = &begin(bimip_MessageScheme_text_payload_request_tag)
 						->payload.text_payload_request;
 
+	if (strlen(text) >= sizeof(t->content) || strlen(to) >= sizeof(t->to[0].eid) ||
+	    (local_id && strlen(local_id) >= sizeof(t->message_id_local)))
+		return BM_ETOOBIG;
 	t->to_count = 1;
 	BM_SET_STR(t->to[0].eid, to);
 	BM_SET_STR(t->content, text);

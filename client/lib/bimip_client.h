@@ -91,6 +91,10 @@ const char *bm_client_close_reason(const struct bm_client *c);
 const char *bm_client_eid(const struct bm_client *c);
 
 /* --- stanza helpers (all return as bm_client_send) ------------------------- */
+/* Longest text a TextPayloadRequest carries (bytes, proto/bimip.options). */
+#define BM_CLIENT_TEXT_MAX ((int)sizeof(((bimip_TextPayloadRequest *)0)->content) - 1)
+/* BM_ETOOBIG, nothing sent, when text, to or local_id is longer than its
+ * field holds: never a message cut short. */
 int bm_client_send_text(struct bm_client *c, const char *to, const char *text,
 			const char *local_id);
 int bm_client_send_ack(struct bm_client *c, const char *to, const char *message_id,

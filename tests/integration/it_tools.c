@@ -26,7 +26,7 @@ static const struct bm_h_node *servers[1] = { &srv };
 /* Run a shell command; its stdout (and stderr) into out.  Returns the exit status. */
 static int run(char *out, size_t cap, const char *fmt, ...)
 {
-	char cmd[2048];
+	char cmd[16384];
 	size_t got = 0;
 	va_list ap;
 	FILE *f;
@@ -179,6 +179,25 @@ static void test_bimip_cli(void **state)
 	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid b@cli "
 			     "--device d ping", bin(), sig.url, srv.admin), 0);
 	assert_non_null(strstr(out, "pong: status 2"));
+	/* A text over the 8192-byte bound is refused whole, not cut: nothing
+	 * is stored, and the largest that fits arrives complete. */
+	{
+		static char big[8200];
+
+		memset(big, 'x', 8193);
+		big[8193] = 0;
+		assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid a@cli "
+				     "--device d send b@cli %s 2>&1", bin(), sig.url, srv.admin, big), 1);
+		assert_non_null(strstr(out, "8193 bytes exceeds the limit of 8192"));
+		big[8192] = 0;
+		assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid a@cli "
+				     "--device d send b@cli %s 2>&1", bin(), sig.url, srv.admin, big), 0);
+		assert_non_null(strstr(out, "version 2"));
+		assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --admin %s --eid b@cli "
+				     "--device d history", bin(), sig.url, srv.admin), 0);
+		assert_non_null(strstr(out, big));
+		assert_non_null(strstr(out, "2 stanzas"));
+	}
 	/* A bad token: the HTTP refusal is shown to the user. */
 	assert_int_equal(run(out, sizeof(out), "%s/bimip-cli --url %s --token x.y.z ping 2>&1",
 			     bin(), sig.url), 1);
