@@ -279,30 +279,6 @@ static int env_fast(const uint8_t *p, size_t n, bimip_MessageScheme *out)
 }
 
 static int decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
-			 struct bm_env_err *err);
-
-int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
-		  struct bm_env_err *err)
-{
-	if (n > BM_ENV_MAX_BYTES)
-		return too_big(n, err);
-	out->route = 0;
-	out->offset = 0;
-	out->which_payload = 0;
-	if (env_fast(p, n, out) == 0)
-		return check_payload(out->route, out->which_payload, err);
-	return decode_nanopb(p, n, out, err);
-}
-
-int bm_env_decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
-			 struct bm_env_err *err)
-{
-	if (n > BM_ENV_MAX_BYTES)
-		return too_big(n, err);
-	return decode_nanopb(p, n, out, err);
-}
-
-static int decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 			 struct bm_env_err *err)
 {
 	pb_istream_t in;
@@ -330,6 +306,29 @@ static int decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 			    "cannot decode MessageScheme: %s", why);
 	}
 	return check_payload(out->route, out->which_payload, err);
+}
+
+int bm_env_decode(const uint8_t *p, size_t n, bimip_MessageScheme *out,
+		  struct bm_env_err *err)
+{
+	if (n > BM_ENV_MAX_BYTES)
+		return too_big(n, err);
+	/* decode_nanopb's reset, for the fast path (which sets which_payload
+	 * only when it meets the request). */
+	out->route = 0;
+	out->offset = 0;
+	out->which_payload = 0;
+	if (env_fast(p, n, out) == 0)
+		return check_payload(out->route, out->which_payload, err);
+	return decode_nanopb(p, n, out, err);
+}
+
+int bm_env_decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
+			 struct bm_env_err *err)
+{
+	if (n > BM_ENV_MAX_BYTES)
+		return too_big(n, err);
+	return decode_nanopb(p, n, out, err);
 }
 
 /* A protobuf varint at p[*i..n), at most 10 bytes as nanopb reads it. */

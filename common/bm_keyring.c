@@ -151,8 +151,7 @@ uint64_t bm_keyring_hash(const struct bm_keyring *r, const char *key, size_t len
 
 void *bm_keyring_get(const struct bm_keyring *r, const char *key, size_t len)
 {
-	return len > BM_KEYRING_KEY_MAX ? NULL
-					: bm_keyring_get_h(r, key, len, key_hash(key, len, r->seed));
+	return bm_keyring_get_h(r, key, len, key_hash(key, len, r->seed));
 }
 
 void *bm_keyring_get_h(const struct bm_keyring *r, const char *key, size_t len, uint64_t hash)
@@ -246,11 +245,6 @@ static long arena_place(const struct bm_keyring *r, size_t n)
 
 void *bm_keyring_add(struct bm_keyring *r, const char *key, size_t len, int *existed)
 {
-	if (len > BM_KEYRING_KEY_MAX) {
-		if (existed)
-			*existed = 0;
-		return NULL;
-	}
 	return bm_keyring_add_h(r, key, len, key_hash(key, len, r->seed), existed);
 }
 

@@ -27,24 +27,24 @@ uint64_t bm_mono_ms(void)
 	return bm_mono_ns() / 1000000u;
 }
 
-int64_t bm_wall_ms(void)
+static int64_t wall_ms(clockid_t clock)
 {
 	struct timespec ts;
 
 	if (fake_wall)
 		return *fake_wall;
-	clock_gettime(CLOCK_REALTIME, &ts);
+	clock_gettime(clock, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t bm_wall_ms(void)
+{
+	return wall_ms(CLOCK_REALTIME);
 }
 
 int64_t bm_wall_ms_coarse(void)
 {
-	struct timespec ts;
-
-	if (fake_wall)
-		return *fake_wall;
-	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return wall_ms(CLOCK_REALTIME_COARSE);
 }
 
 int64_t bm_wall_s(void)

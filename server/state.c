@@ -272,20 +272,20 @@ void srv_user_load(struct srv_user *u, json_t *o)
 	u->gone = json_is_true(json_object_get(o, "gone"));
 }
 
-struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
-			       const char *local)
-{
-	char key[SRV_EID_MAX + SRV_DEV_MAX + 80];
-	size_t n = idem_key(key, sizeof(key), eid, dev, local);
-
-	return bm_keyring_get(&s->idem, key, n);
-}
-
 void srv_idem_key(struct srv *s, struct srv_idem_key *k, const char *eid, const char *dev,
 		  const char *local)
 {
 	k->len = idem_key(k->key, sizeof(k->key), eid, dev, local);
 	k->hash = bm_keyring_hash(&s->idem, k->key, k->len);
+}
+
+struct srv_idem *srv_idem_find(struct srv *s, const char *eid, const char *dev,
+			       const char *local)
+{
+	struct srv_idem_key k;
+
+	srv_idem_key(s, &k, eid, dev, local);
+	return srv_idem_find_key(s, &k);
 }
 
 void srv_idem_prefetch(struct srv *s, const struct srv_idem_key *k)
