@@ -207,6 +207,15 @@ static void raw_sub(struct raw *r, unsigned field, const struct raw *sub)
 	raw_bytes(r, field, sub->b, sub->n);
 }
 
+/* env = route 14 and req as its text_payload_request. */
+static void text_env(struct raw *env, const struct raw *req)
+{
+	env->n = 0;
+	raw_key(env, 1, 0);
+	raw_varint(env, 14);
+	raw_sub(env, 14, req);
+}
+
 static void same_identity(const bimip_Identity *a, const bimip_Identity *b)
 {
 	assert_string_equal(a->eid, b->eid);
@@ -282,10 +291,7 @@ static void test_text_fast_path(void **state)
 	raw_str(&req, 5, "5");
 	raw_key(&req, 6, 0);
 	raw_varint(&req, 1763900000000ull);
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 
 	/* Offset first, route last, and a second request that merges into the
@@ -305,10 +311,8 @@ static void test_text_fast_path(void **state)
 	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 
 	/* An empty request, and no route (BM_EROUTE from both). */
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_bytes(&env, 14, "", 0);
+	req.n = 0;
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 	env.n = 0;
 	raw_bytes(&env, 14, "", 0);
@@ -317,52 +321,37 @@ static void test_text_fast_path(void **state)
 	/* Left to nanopb: an unknown field inside (skipped), a negative
 	 * created_at (a 10-byte varint), content at and over its bound, a
 	 * fifth `to`, a string with the wrong wire type, a truncated one. */
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
 	req.n = 0;
 	raw_str(&req, 3, "hi");
 	raw_str(&req, 40, "unknown");
 	raw_key(&req, 6, 0);
 	raw_varint(&req, (uint64_t)-5);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 
 	memset(big, 'c', sizeof(big) - 1);
 	big[8192] = 0;
 	req.n = 0;
 	raw_str(&req, 3, big);
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), 0);
 	big[8192] = 'c';
 	big[8193] = 0;
 	req.n = 0;
 	raw_str(&req, 3, big);
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), BM_ETOOBIG);
 
 	req.n = 0;
 	for (int i = 0; i < 5; i++)
 		raw_sub(&req, 2, &id2);
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), BM_ETOOBIG);
 
 	req.n = 0;
 	raw_key(&req, 3, 0);
 	raw_varint(&req, 7);
-	env.n = 0;
-	raw_key(&env, 1, 0);
-	raw_varint(&env, 14);
-	raw_sub(&env, 14, &req);
+	text_env(&env, &req);
 	assert_int_equal(same_as_nanopb(env.b, env.n), BM_EDECODE);
 
 	env.n -= 1;
