@@ -12,6 +12,7 @@
 #define BENCH_H
 
 int bench_queue_main(int argc, char **argv);
+int bench_disk_main(int argc, char **argv);
 /* connections, pairs, fanout (bench_load.c); argv[0] picks the mode. */
 int bench_load_main(int argc, char **argv);
 

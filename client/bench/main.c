@@ -15,8 +15,6 @@ struct mode {
 	const char *help;
 };
 
-/* Modes `connections`, `pairs` and `fanout` (client load through the
- * signal nodes) are to be added here by their owners. */
 static const struct mode modes[] = {
 	{ "queue", bench_queue_main,
 	  "BimipQueue: appends/s and MB/s per record size and fsync policy against a "
@@ -26,6 +24,9 @@ static const struct mode modes[] = {
 	{ "pairs", bench_load_main,
 	  "P sender/receiver pairs, W in flight: delivered msgs/s, latency p50/p99/p999 "
 	  "(--mqtt HOST:PORT: the same against an MQTT broker)" },
+	{ "disk", bench_disk_main,
+	  "one write + fdatasync on a disk, paced: latency p50/p99/p999, the floor "
+	  "under any durable answer" },
 	{ "fanout", bench_load_main,
 	  "awareness change of a user with K subscribers online: time until all K know" },
 };

@@ -17,7 +17,7 @@
 #   BENCH_P=100 BENCH_W=10 BENCH_T=10     pairs: pairs, window, seconds
 #   BENCH_K=1000 BENCH_ROUNDS=5           fanout: subscribers, rounds
 #   BENCH_SKIP="queue mqtt"               figures to leave out (queue connections
-#                                         pairs fanout mqtt cluster)
+#                                         pairs disk fanout mqtt cluster)
 #   BENCH_FSYNC=group                     the server's queue.fsync (always|group|none)
 #   BENCH_GROUP_WINDOW=1ms                the server's queue.group_window
 #   BENCH_SNAPSHOT_EVERY=200000           the server's state.snapshot_every
@@ -179,8 +179,23 @@ if ! skip pairs; then
 	if [ -n "$PEAK" ] && [ "$PEAK" -gt 0 ]; then
 		HALF=$((PEAK / 2))
 		echo "# the same at half the peak load ($HALF msgs/s offered)"
-		$BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T" --rate "$HALF" \
+		HOUT=$($BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T" --rate "$HALF") \
 			|| FAIL=1
+		echo "$HOUT"
+	fi
+fi
+
+# The floor under any durable answer: one write + fdatasync on the server's
+# disk, measured now, with the server idle (a message's latency also holds
+# the group window and the sync in flight when it arrived).
+if ! skip disk; then
+	DOUT=$($BENCH disk --dir "$TMP/server/data" -t 3) || FAIL=1
+	echo "$DOUT"
+	H99=$(echo "${HOUT:-}" | sed -n 's/.* p99=\([0-9.]*\)ms.*/\1/p')
+	D99=$(echo "$DOUT" | sed -n 's/.* fsync_p99=\([0-9.]*\)ms.*/\1/p')
+	if [ -n "$H99" ] && [ -n "$D99" ]; then
+		awk -v h="$H99" -v d="$D99" 'BEGIN { if (d > 0)
+			printf "ratio half_load_p99/disk_fsync_p99 = %.1f (%.3f ms / %.3f ms)\n", h / d, h, d }'
 	fi
 fi
 

@@ -1,8 +1,9 @@
 /*
  * The load modes of bimip-bench (connections, pairs, fanout) run for about
  * two seconds each against a real bimip-server + bimip-signal, so `make
- * test` exercises the benchmark code.  Asserts only that each mode ran and
- * delivered something, never a rate.
+ * test` exercises the benchmark code; `disk` runs a few writes in a
+ * temporary directory.  Asserts only that each mode ran and delivered
+ * something, never a rate.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "bm_harness.h"
@@ -21,9 +23,9 @@ static struct bm_h_node srv, sig;
 static const struct bm_h_node *servers[1] = { &srv };
 static char key[400];
 
-/* Run bimip-bench MODE ARGS against the test node; returns the line that
- * starts with the mode name (static), failing the test on a bad exit. */
-static const char *run_bench(const char *mode, const char *args)
+/* Run bimip-bench MODE ARGS; returns the line that starts with the mode
+ * name (static), failing the test on a bad exit. */
+static const char *run_mode(const char *mode, const char *args)
 {
 	static char line[2048];
 	const char *bin = getenv("BIMIP_BIN");
@@ -31,8 +33,8 @@ static const char *run_bench(const char *mode, const char *args)
 	FILE *f;
 	int st, found = 0;
 
-	snprintf(cmd, sizeof(cmd), "timeout 60 %s/bimip-bench %s --url %s --key %s %s 2>&1",
-		 bin ? bin : "build/bin", mode, sig.url, key, args);
+	snprintf(cmd, sizeof(cmd), "timeout 60 %s/bimip-bench %s %s 2>&1",
+		 bin ? bin : "build/bin", mode, args);
 	f = popen(cmd, "r");
 	assert_non_null(f);
 	while (fgets(buf, sizeof(buf), f)) {
@@ -48,6 +50,15 @@ static const char *run_bench(const char *mode, const char *args)
 	if (!found)
 		fail_msg("'%s' printed no '%s' line", cmd, mode);
 	return line;
+}
+
+/* The same against the test node. */
+static const char *run_bench(const char *mode, const char *args)
+{
+	char all[1536];
+
+	snprintf(all, sizeof(all), "--url %s --key %s %s", sig.url, key, args);
+	return run_mode(mode, all);
 }
 
 /* The integer after "name=" in line (-1 if absent). */
@@ -125,6 +136,29 @@ static void test_fanout(void **state)
 	assert_int_equal(field(l, "notified"), 40);
 }
 
+static void test_disk(void **state)
+{
+	char dir[] = "/tmp/it_bench_disk.XXXXXX", args[256], cmd[512];
+	const char *bin = getenv("BIMIP_BIN"), *l;
+	int st;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(args, sizeof(args), "--dir %s -n 20 -t 5 --gap-us 0", dir);
+	l = run_mode("disk", args);
+	assert_int_equal(field(l, "n"), 20);
+	assert_non_null(strstr(l, " fsync_p99="));
+	/* Its file is gone; the directory is empty again. */
+	assert_int_equal(rmdir(dir), 0);
+	/* A directory that does not exist: a message and status 1. */
+	snprintf(cmd, sizeof(cmd), "%s/bimip-bench disk --dir %s/missing -n 1 2>&1 | grep -q 'cannot create'",
+		 bin ? bin : "build/bin", dir);
+	assert_int_equal(system(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "%s/bimip-bench disk --dir %s/missing -n 1 2>/dev/null",
+		 bin ? bin : "build/bin", dir);
+	st = system(cmd);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -132,6 +166,7 @@ int main(void)
 		cmocka_unit_test(test_ten_thousand_sessions),
 		cmocka_unit_test(test_pairs),
 		cmocka_unit_test(test_fanout),
+		cmocka_unit_test(test_disk),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
