@@ -1,5 +1,6 @@
 #include "bm_env.h"
 #include "bm_err.h"
+#include "bm_ipc.h"
 
 #include <inttypes.h>
 #include <stddef.h>
@@ -331,20 +332,15 @@ int bm_env_decode_nanopb(const uint8_t *p, size_t n, bimip_MessageScheme *out,
 	return decode_nanopb(p, n, out, err);
 }
 
-/* A protobuf varint at p[*i..n), at most 10 bytes as nanopb reads it. */
+/* A protobuf varint at p[*i..n), at most 10 bytes as nanopb reads it;
+ * *i moves past the bytes read, as in fast_varint. */
 static int peek_varint(const uint8_t *p, size_t n, size_t *i, uint64_t *v)
 {
-	uint64_t r = 0;
+	struct fast_in in = { p + *i, p + n };
+	int rc = fast_varint(&in, 10, v);
 
-	for (unsigned k = 0; k < 10 && *i < n; k++) {
-		uint8_t b = p[(*i)++];
-		r |= (uint64_t)(b & 0x7f) << (7 * k);
-		if (!(b & 0x80)) {
-			*v = r;
-			return 0;
-		}
-	}
-	return -1;
+	*i = (size_t)(in.p - p);
+	return rc;
 }
 
 /* An unknown field's varint: nanopb's pb_skip_varint reads up to the first
@@ -593,12 +589,7 @@ size_t bm_env_version_update(uint8_t *out, size_t cap, const char *eid,
 
 void bm_env_strset(char *dst, size_t cap, const char *src)
 {
-	size_t n = src ? strlen(src) : 0;
-
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, src ? src : "", n);
-	dst[n] = 0;
+	bm_ipc_set_str(dst, cap, src ? src : "");
 }
 
 void bm_env_make_error(bimip_MessageScheme *m, int code, int64_t route,

@@ -96,7 +96,8 @@ struct bm_ipc_hdr {
  * up to their NUL.  Once per stanza, on both sides. */
 void bm_ipc_hdr_init(struct bm_ipc_hdr *h, int kind, const char *origin);
 /* Set one of h's strings: src cut at cap - 1 bytes (snprintf "%s" without
- * the formatting). */
+ * the formatting).  The bounded copy of every fixed-size string field:
+ * BM_SET_STR (bm_env.h) goes through it too.  cap >= 1. */
 void bm_ipc_set_str(char *dst, size_t cap, const char *src);
 
 /* Encode h into out[0..cap); returns the size (> 0) or BM_ETOOBIG/BM_EINVAL
