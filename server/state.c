@@ -207,13 +207,6 @@ size_t srv_join(char *out, size_t cap, const char *a, const char *b, const char 
 	return o;
 }
 
-/* "eid\x1fdevice\x1flocal" into out; returns its length. */
-static size_t idem_key(char *out, size_t cap, const char *eid, const char *dev,
-		       const char *local)
-{
-	return srv_join(out, cap, eid, dev, local);
-}
-
 int srv_idem_parts(const char *key, char eid[SRV_EID_MAX + 1],
 		   char dev[SRV_DEV_MAX + 1], const char **local)
 {
@@ -275,7 +268,8 @@ void srv_user_load(struct srv_user *u, json_t *o)
 void srv_idem_key(struct srv *s, struct srv_idem_key *k, const char *eid, const char *dev,
 		  const char *local)
 {
-	k->len = idem_key(k->key, sizeof(k->key), eid, dev, local);
+	/* "eid\x1fdevice\x1flocal" */
+	k->len = srv_join(k->key, sizeof(k->key), eid, dev, local);
 	k->hash = bm_keyring_hash(&s->idem, k->key, k->len);
 }
 
