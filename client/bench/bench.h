@@ -16,4 +16,7 @@ int bench_disk_main(int argc, char **argv);
 /* connections, pairs, fanout (bench_load.c); argv[0] picks the mode. */
 int bench_load_main(int argc, char **argv);
 
+/* qsort comparator of uint64_t, ascending (latency samples). */
+int bench_cmp_u64(const void *a, const void *b);
+
 #endif

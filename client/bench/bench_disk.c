@@ -27,13 +27,6 @@
 #include "bench.h"
 #include "bm_time.h"
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static double pct_ms(const uint64_t *v, size_t n, double p)
 {
 	size_t i = (size_t)(p * (double)n);
@@ -130,7 +123,7 @@ int bench_disk_main(int argc, char **argv)
 		fprintf(stderr, "bimip-bench: no write finished in %ld s\n", secs);
 		goto out;
 	}
-	qsort(lat, done, sizeof(*lat), cmp_u64);
+	qsort(lat, done, sizeof(*lat), bench_cmp_u64);
 	printf("disk dir=%s size=%ld n=%zu gap_us=%ld fsync_p50=%.3fms fsync_p99=%.3fms "
 	       "fsync_p999=%.3fms max=%.3fms\n",
 	       dir, size, done, gap, pct_ms(lat, done, 0.50), pct_ms(lat, done, 0.99),

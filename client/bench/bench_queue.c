@@ -203,7 +203,7 @@ static double run_raw(const struct cfg *c, enum bm_queue_sync pol, size_t size)
 	return (double)n / ((double)(t_end - t0) / 1e9);
 }
 
-static int cmp_u64(const void *a, const void *b)
+int bench_cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
@@ -245,7 +245,7 @@ static void run_reads(const struct cfg *c)
 		lat[i] = bm_mono_ns() - t;
 	}
 	t0 = bm_mono_ns() - t0;
-	qsort(lat, c->reads, sizeof(*lat), cmp_u64);
+	qsort(lat, c->reads, sizeof(*lat), bench_cmp_u64);
 	printf("queue.read size=256 streams=%u records=%" PRIu64 " reads_per_s=%.0f "
 	       "p50_us=%.1f p99_us=%.1f max_us=%.1f cache=warm\n", c->streams,
 	       per * c->streams, c->reads / (t0 / 1e9), lat[c->reads / 2] / 1e3,
