@@ -2308,6 +2308,107 @@ static int rdr_record(struct rdr *r, uint64_t off, struct rec_hdr *h,
 	return REC_OK;
 }
 
+/* --- the log in order ------------------------------------------------- */
+
+int bm_queue_locate(struct bm_queue *q, const char *stream, uint64_t after,
+		    uint64_t *pos)
+{
+	struct stream *s;
+	struct rec_hdr h;
+	uint64_t off;
+	size_t n;
+	int rc;
+
+	if (check_name(stream, &n) || !pos)
+		return BM_EINVAL;
+	pthread_mutex_lock(&q->mu);
+	s = stream_find(q, stream, n);
+	if (!s) {
+		rc = BM_ENOENT;
+	} else {
+		off = after < s->first ? s->first : after + 1;
+		rc = off > s->head || after == UINT64_MAX ? BM_ERANGE
+							   : locate(q, s, off, pos, &h);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return rc;
+}
+
+/* Bytes one call of bm_queue_scan_log reads at most (it holds the lock). */
+#define SCAN_LOG_BYTES (64u << 20)
+
+int bm_queue_scan_log(struct bm_queue *q, uint64_t *pos_io, unsigned max_records,
+		      bm_queue_log_fn *fn, void *ud)
+{
+	struct rdr r = { .fd = -1 };
+	struct seg *sg = NULL;
+	uint64_t pos, stop, start;
+	unsigned cnt = 0;
+	int rc = 0;
+
+	if (!pos_io || !fn || max_records == 0 || max_records > SCAN_MAX)
+		return BM_EINVAL;
+	pthread_mutex_lock(&q->mu);
+	pos = *pos_io;
+	if (q->nsegs && pos < q->segs[0].base)
+		pos = q->segs[0].base;
+	/* Only durable records: those are written and never change. */
+	stop = q->durable_pos;
+	start = pos;
+	while (pos < stop && cnt < max_records && (pos - start < SCAN_LOG_BYTES || !cnt)) {
+		struct bm_queue_meta m;
+		struct rec_hdr h;
+		const uint8_t *payload;
+		struct stream *s;
+		int kind, err, st = 0;
+
+		if (!sg || pos >= sg->base + r.size) {
+			sg = seg_of(q, pos);
+			if (!sg || pos < sg->base) {
+				bm_err(C, "position %" PRIu64 " is outside the log of '%s'",
+				       pos, q->dir);
+				rc = BM_ECORRUPT;
+				break;
+			}
+			r.fd = sg->fd;
+			r.size = (sg->end < stop ? sg->end : stop) - sg->base;
+			r.boff = 0;
+			r.len = 0;
+			if (pos == sg->base + r.size)
+				break;        /* an empty active segment */
+		}
+		kind = rdr_record(&r, pos - sg->base, &h, &payload, &err);
+		if (kind != REC_OK) {
+			bm_err(C, "record at position %" PRIu64 " in segment %020" PRIu64
+			       " of '%s' is %s", pos, sg->base, q->dir,
+			       err ? "unreadable" : "damaged");
+			rc = err == BM_ENOMEM ? BM_ENOMEM : err ? BM_EIO : BM_ECORRUPT;
+			break;
+		}
+		pos += HDR + h.len;
+		if (h.type != REC_DATA)
+			continue;
+		s = stream_by_id(q, h.stream);
+		if (!s) {
+			bm_err(C, "record at position %" PRIu64 " of '%s' names no stream",
+			       pos - HDR - h.len, q->dir);
+			rc = BM_ECORRUPT;
+			break;
+		}
+		fill_meta(&m, &h);
+		if (h.erased == REC_ERASED)
+			st = BM_EDESTROYED;
+		cnt++;
+		if (fn(ud, s->name, &m, st ? NULL : payload, st))
+			break;
+	}
+	free(r.buf);
+	if (!rc)
+		*pos_io = pos;
+	pthread_mutex_unlock(&q->mu);
+	return rc ? rc : (int)cnt;
+}
+
 struct mark {
 	uint64_t pos, target;
 };

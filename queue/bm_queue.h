@@ -163,6 +163,35 @@ typedef int bm_queue_scan_fn(void *ud, const struct bm_queue_meta *meta,
 int bm_queue_scan(struct bm_queue *q, const char *stream, uint64_t after_offset,
 		  unsigned max_records, bm_queue_scan_fn *fn, void *ud);
 
+/*
+ * Position in the log of the first available record of stream with an
+ * offset after `after` (after 0: its first record).  Returns 0, BM_ENOENT
+ * (unknown stream), BM_ERANGE (no record after it), BM_EINVAL, BM_ECORRUPT,
+ * BM_EIO.  Reads at most 15 headers (the sparse index).
+ */
+int bm_queue_locate(struct bm_queue *q, const char *stream, uint64_t after,
+		    uint64_t *pos);
+
+/* Called for each record of a log scan: as bm_queue_scan_fn, with the name
+ * of the record's stream (valid during the call). */
+typedef int bm_queue_log_fn(void *ud, const char *stream,
+			    const struct bm_queue_meta *meta, const void *data,
+			    int status);
+
+/*
+ * Visits the durable stream records of every stream in log order, from
+ * position *pos (a position bm_queue_locate or an earlier call gave, or 0
+ * for the start of the log), at most max_records (<= 65536) of them and
+ * 64 MiB of log per call, reading the segments sequentially in 1 MiB
+ * blocks: the way to read a large part of the log, where bm_queue_scan
+ * reads one stream.  *pos is set to where the next call goes on.  Returns
+ * the number visited (0 at the end of the durable log), BM_EINVAL,
+ * BM_ECORRUPT (a record fails its checks: nothing after it is visited),
+ * BM_EIO, BM_ENOMEM.  The lock rule of bm_queue_scan applies to fn.
+ */
+int bm_queue_scan_log(struct bm_queue *q, uint64_t *pos, unsigned max_records,
+		      bm_queue_log_fn *fn, void *ud);
+
 /* Head (last assigned offset, 0 if none) and first available offset (head+1
  * when retention deleted everything).  Either pointer may be NULL.
  * Returns 0 or BM_ENOENT for an unknown stream. */

@@ -210,6 +210,9 @@ static void test_kill9_during_sends(void **state)
 		      "retried; all delivered once, versions 1..%d gapless\n",
 		      trials, n_sent, lost_window, n_sent);
 	assert_true(bm_h_log_has(&srv, "loaded the state snapshot"));
+	/* The tails were read in log order, not stream by stream. */
+	assert_true(bm_h_log_has(&srv, "repair: read"));
+	assert_false(bm_h_log_has(&srv, "cannot read the log in order"));
 	/* A damaged snapshot is refused and the whole state log replayed: the
 	 * chat goes on at the next version, no version handed out twice. */
 	assert_int_equal(bm_h_stop(&srv, SIGTERM), 0);
