@@ -12,7 +12,9 @@
  *   rest          the log bytes (segment 0, and segment k with bit 1)
  *
  * The target opens the queue, reads every stream from its first offset,
- * its device offsets, appends a record and closes it again; the only
+ * its device offsets and its first record's position, the whole log in
+ * order (below a fuzzed checkpoint, bytes open never read), appends a
+ * record and closes it again; the only
  * acceptable outcomes are success or a clean error code.  Files live in a
  * fresh directory under $TMPDIR (/dev/shm when present, for speed).
  */
@@ -57,6 +59,17 @@ static int on_rec(void *ud, const struct bm_queue_meta *m, const void *d, int st
 	return 0;
 }
 
+static int on_log_rec(void *ud, const char *stream, const struct bm_queue_meta *m,
+		      const void *d, int status)
+{
+	volatile uint8_t sink = (uint8_t)stream[0];
+
+	if (d && m->len)
+		sink = ((const uint8_t *)d)[m->len - 1];
+	(void)sink;
+	return 0;
+}
+
 static int on_stream(void *ud, const char *name, uint64_t head, uint64_t first)
 {
 	struct bm_queue *q = ud;
@@ -70,6 +83,7 @@ static int on_stream(void *ud, const char *name, uint64_t head, uint64_t first)
 		after += (uint64_t)rc;
 	}
 	bm_queue_committed_offset(q, name, "d", &off);
+	bm_queue_locate(q, name, 0, &off);
 	return 0;
 }
 
@@ -130,7 +144,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	o.sync = BM_QUEUE_SYNC_NONE;
 	o.create = 0;
 	if (bm_queue_open(&q, dir, &o) == 0) {
+		uint64_t pos = 0;
+
 		bm_queue_streams(q, on_stream, q);
+		/* Bounded: at most 64 calls of 256 records. */
+		for (int i = 0; i < 64 && bm_queue_scan_log(q, &pos, 256, on_log_rec, NULL) > 0; i++)
+			;
 		bm_queue_append(q, "fuzz", "x", 1, NULL, NULL, NULL);
 		bm_queue_close(q);
 		/* What recovery left behind must reopen. */
