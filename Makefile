@@ -117,7 +117,12 @@ tests: $(UNIT_BIN) $(IT_BIN) $(FUZZ_REPLAY) $(SOAK_BIN)
 
 # --- protocol ----------------------------------------------------------------
 NANOPB_GEN ?= /usr/bin/python3 /usr/bin/nanopb_generator.py
+NANOPB_PY  := $(lastword $(NANOPB_GEN))
 $(GEN)/bimip.pb.c $(GEN)/bimip.pb.h &: proto/bimip.proto proto/bimip.options | $(GEN)
+	@test -f $(NANOPB_PY) || command -v $(NANOPB_PY) >/dev/null || { \
+	    echo "make: nanopb's generator $(NANOPB_PY) is missing: run 'make deps' as root" \
+	         "(it installs the Debian packages), or 'make run' / 'make test', which do that first" >&2; \
+	    exit 1; }
 	$(NANOPB_GEN) -q -I proto -f proto/bimip.options -D $(GEN) proto/bimip.proto
 
 $(B)/obj/gen/bimip.pb.o: $(GEN)/bimip.pb.c $(B)/.flags
