@@ -738,9 +738,44 @@ static void on_error(struct pair_stats *st, const bimip_ErrorMessage *e)
 			e->message);
 }
 
+struct drain_ctx {
+	struct peer *p;
+	struct pair_stats *st;
+};
+
+static void on_stanza(void *ud, bimip_MessageScheme *m)
+{
+	struct drain_ctx *d = ud;
+	struct peer *p = d->p;
+	struct pair_stats *st = d->st;
+
+	switch (m->which_payload) {
+	case bimip_MessageScheme_version_update_tag:
+		if (p->sender && p->inflight > 0) {
+			p->inflight--;
+			st->acked++;
+		}
+		break;
+	case bimip_MessageScheme_chat_message_tag:
+		if (!p->sender)
+			on_payload(st, m->payload.chat_message.payload.text,
+				   strlen(m->payload.chat_message.payload.text));
+		break;
+	case bimip_MessageScheme_error_message_tag:
+		on_error(st, &m->payload.error_message);
+		/* A refused message leaves the window too. */
+		if (p->sender && p->inflight > 0)
+			p->inflight--;
+		break;
+	default:
+		break;
+	}
+}
+
 /* Take what the peer has received.  Returns 0 or a connection error. */
 static int peer_drain(struct peer *p, struct pair_stats *st)
 {
+	struct drain_ctx d = { p, st };
 	int rc;
 
 	if (p->q) {
@@ -755,37 +790,7 @@ static int peer_drain(struct peer *p, struct pair_stats *st)
 		}
 		return rc == BM_EAGAIN ? 0 : rc;
 	}
-	for (int i = 0; i < 100000; i++) {
-		rc = bm_client_recv(p->c, &msg, 0);
-		if (rc == BM_ETIMEDOUT)
-			return 0;
-		if (rc == BM_EDECODE)
-			continue;
-		if (rc)
-			return rc;
-		switch (msg.which_payload) {
-		case bimip_MessageScheme_version_update_tag:
-			if (p->sender && p->inflight > 0) {
-				p->inflight--;
-				st->acked++;
-			}
-			break;
-		case bimip_MessageScheme_chat_message_tag:
-			if (!p->sender)
-				on_payload(st, msg.payload.chat_message.payload.text,
-					   strlen(msg.payload.chat_message.payload.text));
-			break;
-		case bimip_MessageScheme_error_message_tag:
-			on_error(st, &msg.payload.error_message);
-			/* A refused message leaves the window too. */
-			if (p->sender && p->inflight > 0)
-				p->inflight--;
-			break;
-		default:
-			break;
-		}
-	}
-	return 0;
+	return bm_client_drain(p->c, &msg, on_stanza, &d);
 }
 
 static int parse_hostport(const char *hp, char *host, size_t cap, int *port)

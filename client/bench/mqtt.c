@@ -25,6 +25,7 @@ struct mqtt {
 	uint8_t *rbuf;
 	size_t rlen, roff;   /* bytes held; start of the next packet */
 	size_t consumed;     /* packet returned last call, dropped on the next */
+	int drained;         /* the last read did not fill the buffer */
 };
 
 static void seterr(char *err, size_t len, const char *fmt, ...)
@@ -177,6 +178,13 @@ int mqtt_next(struct mqtt *m, struct mqtt_ev *ev)
 		rc = parse(m, ev);
 		if (rc != BM_EAGAIN)
 			break;
+		/* A read that did not fill the buffer emptied the socket: say
+		 * EAGAIN now instead of reading to be told so, and read on the
+		 * next call (the caller polls in between). */
+		if (m->drained) {
+			m->drained = 0;
+			return BM_EAGAIN;
+		}
 		if (m->roff) {
 			memmove(m->rbuf, m->rbuf + m->roff, m->rlen - m->roff);
 			m->rlen -= m->roff;
@@ -187,6 +195,7 @@ int mqtt_next(struct mqtt *m, struct mqtt_ev *ev)
 			return BM_ECLOSED;
 		if (n == -1)
 			return errno == EAGAIN || errno == EINTR ? BM_EAGAIN : BM_EIO;
+		m->drained = (size_t)n < RBUF_CAP - m->rlen;
 		m->rlen += (size_t)n;
 	}
 	if (rc)

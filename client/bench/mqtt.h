@@ -20,7 +20,8 @@
  * One struct mqtt is one connection, used by one thread; it fits a poll()
  * loop like libbimip-client: mqtt_fd() for readiness and mqtt_next(m, ev)
  * to take the packets already received (it reads once when its buffer holds
- * no complete packet).  An incoming QoS 1 PUBLISH is acknowledged (PUBACK)
+ * no complete packet, and after a read that left the socket empty it says
+ * BM_EAGAIN once without reading).  An incoming QoS 1 PUBLISH is acknowledged (PUBACK)
  * by mqtt_next before it is returned.
  */
 #ifndef BENCH_MQTT_H

@@ -599,6 +599,51 @@ int bm_client_recv(struct bm_client *c, bimip_MessageScheme *m, int timeout_ms)
 	}
 }
 
+int bm_client_drain(struct bm_client *c, bimip_MessageScheme *m, bm_client_stanza_fn *fn,
+		    void *ud)
+{
+	for (;;) {
+		size_t space;
+		ssize_t n;
+		int rc;
+
+		while ((rc = next_message(c, m)) == 0 || rc == BM_EDECODE)
+			if (!rc)
+				fn(ud, m);
+		if (rc != BM_EAGAIN)
+			return rc;
+		if (c->closed || c->fd < 0)
+			return BM_ECLOSED;
+		if (c->rlen >= c->rcap)
+			return BM_EIO;
+		space = c->rcap - c->rlen;
+		n = c_read(c, c->rbuf + c->rlen, space);
+		if (n == BM_EAGAIN)
+			break;
+		if (n == 0) {
+			c->closed = 1;
+			if (!c->close_code)
+				c->close_code = 1006;
+			return BM_ECLOSED;
+		}
+		if (n < 0)
+			return BM_EIO;
+		c->rlen += (size_t)n;
+		/* TLS hands out a record at a time: read on until EAGAIN. */
+		if ((size_t)n < space && !c->tls) {
+			while ((rc = next_message(c, m)) == 0 || rc == BM_EDECODE)
+				if (!rc)
+					fn(ud, m);
+			if (rc != BM_EAGAIN)
+				return rc;
+			break;
+		}
+	}
+	if (c->o.commit_every > 0 && c->since_commit >= c->o.commit_every)
+		bm_client_commit(c);
+	return 0;
+}
+
 int bm_client_commit(struct bm_client *c)
 {
 	bimip_MessageScheme m;

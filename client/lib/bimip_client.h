@@ -74,6 +74,17 @@ int bm_client_send_raw(struct bm_client *c, const void *p, size_t n, int text);
  * MessageScheme; skipped), BM_EIO. */
 int bm_client_recv(struct bm_client *c, bimip_MessageScheme *m, int timeout_ms);
 
+/* For an event loop, when bm_client_fd() is readable: read what the socket
+ * holds and pass each complete stanza to fn (m is the caller's storage,
+ * reused for each).  One read() usually: a plain-socket read that does not
+ * fill the buffer left the socket empty, so no second read is spent to be
+ * told EAGAIN.  Invalid frames are skipped as with bm_client_recv, and a
+ * commit is sent once commit_every stanzas arrived.  Returns 0 (nothing
+ * more now), BM_ECLOSED or BM_EIO. */
+typedef void bm_client_stanza_fn(void *ud, bimip_MessageScheme *m);
+int bm_client_drain(struct bm_client *c, bimip_MessageScheme *m, bm_client_stanza_fn *fn,
+		    void *ud);
+
 /* Commit the highest offset received so far (no-op when already
  * committed).  Returns 0 or a send error. */
 int bm_client_commit(struct bm_client *c);

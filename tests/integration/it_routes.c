@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -303,6 +304,84 @@ static void test_commit_after_reconnect(void **state)
 	expect_nothing(f, 100);
 	bm_client_close(a);
 	bm_client_close(f);
+}
+
+struct drained {
+	int chats;
+	int in_order;
+};
+
+static void on_drained(void *ud, bimip_MessageScheme *m)
+{
+	struct drained *d = ud;
+	char want[16];
+
+	if (m->which_payload != bimip_MessageScheme_chat_message_tag)
+		return;
+	snprintf(want, sizeof(want), "d%d", d->chats + 1);
+	if (strcmp(m->payload.chat_message.payload.text, want))
+		d->in_order = 0;
+	d->chats++;
+}
+
+/* bm_client_drain, as an event loop uses it: poll the descriptor, take what
+ * arrived; every message once, in order, and commits as they come. */
+static void test_drain_event_loop(void **state)
+{
+	char *tok = bm_h_token(&srv, "hal@it", "tab", 3600);
+	struct bm_client_opts o = { .url = sig.url, .token = tok, .commit_every = 10 };
+	struct bm_client *a = connect_dev("ida@it", "phone"), *h = NULL;
+	struct drained d = { 0, 1 };
+	bimip_MessageScheme m;
+	uint64_t deadline;
+	char err[256];
+
+	if (bm_client_connect(&h, &o, err, sizeof(err)))
+		fail_msg("connect: %s", err);
+	free(tok);
+	for (int i = 1; i <= 40; i++) {
+		char text[16];
+		snprintf(text, sizeof(text), "d%d", i);
+		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
+	}
+	deadline = bm_mono_ms() + 5000;
+	while (d.chats < 40 && bm_mono_ms() < deadline) {
+		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+		if (poll(&p, 1, 100) == 1)
+			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
+	}
+	assert_int_equal(d.chats, 40);
+	assert_true(d.in_order);
+	assert_int_equal(bm_client_last_offset(h), 40);
+	/* Committed by the drains, at least every 10. */
+	deadline = bm_mono_ms() + 5000;
+	while (server_committed("hal@it", "tab") < 31 && bm_mono_ms() < deadline) {
+		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+		if (poll(&p, 1, 20) == 1)
+			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
+	}
+	assert_true(server_committed("hal@it", "tab") >= 31);
+	/* Nothing more is there: a drain returns at once with nothing. */
+	assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
+	assert_int_equal(d.chats, 40);
+	/* The server ends the session: the drain says so. */
+	assert_int_equal(bm_client_logout(h), 0);
+	deadline = bm_mono_ms() + 5000;
+	for (;;) {
+		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+		int rc = 0;
+		if (poll(&p, 1, 100) == 1)
+			rc = bm_client_drain(h, &m, on_drained, &d);
+		if (rc) {
+			assert_int_equal(rc, BM_ECLOSED);
+			break;
+		}
+		if (bm_mono_ms() > deadline)
+			fail_msg("the drain did not see the session end");
+	}
+	assert_int_equal(bm_client_close_code(h), 1000);
+	bm_client_abort(h);
+	bm_client_close(a);
 }
 
 static void test_contacts_awareness_block(void **state)
@@ -708,6 +787,7 @@ int main(void)
 		cmocka_unit_test(test_chat_two_users_two_devices),
 		cmocka_unit_test(test_sync_resume_and_new_device),
 		cmocka_unit_test(test_commit_after_reconnect),
+		cmocka_unit_test(test_drain_event_loop),
 		cmocka_unit_test(test_contacts_awareness_block),
 		cmocka_unit_test(test_errors_and_ping),
 		cmocka_unit_test(test_logout_and_revoke),
