@@ -317,6 +317,8 @@ struct bm_queue {
 	size_t walk_cap;
 	uint64_t pending_since_ns;
 	uint64_t synced_at_ns;    /* when the last group sync ended (0 = never) */
+	int corked;               /* mu: bm_queue_cork() depth */
+	int kick_due;             /* mu: a wake-up of the sync thread held back */
 	int failed;
 	int ev_armed;
 
@@ -870,14 +872,15 @@ static void *sync_main(void *arg)
 			continue;
 		}
 		now = mono_ns();
-		/* The window gathers appends into one sync.  An append that finds
-		 * the disk idle for a whole window gathers nothing by waiting: it
-		 * is synced now.  Syncs still start at least a window after the
-		 * previous one ended, so this adds none under load. */
+		/* The window gathers appends into one sync: a sync starts at
+		 * least a window after the previous one ended, so there are at
+		 * most 1/(window + sync time) of them a second.  An append waits
+		 * only for what is left of that window, not a whole one: one
+		 * that finds the disk idle for a window is synced now. */
 		deadline = q->pending_since_ns;
 		if (q->synced_at_ns &&
-		    q->pending_since_ns < q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u)
-			deadline += (uint64_t)q->o.group_window_us * 1000u;
+		    deadline < q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u)
+			deadline = q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u;
 		if (!q->stop && now < deadline &&
 		    q->appended_pos - q->taken_pos < q->o.group_bytes) {
 			struct timespec ts = {
@@ -1129,7 +1132,10 @@ static int after_append(struct bm_queue *q, int queued)
 	case BM_QUEUE_SYNC_NONE:
 		if (q->pending_since_ns == 0) {
 			q->pending_since_ns = mono_ns();
-			pthread_cond_signal(&q->cv);
+			if (q->corked)
+				q->kick_due = 1;
+			else
+				pthread_cond_signal(&q->cv);
 		} else if (q->appended_pos - q->taken_pos >= q->o.group_bytes) {
 			pthread_cond_signal(&q->cv);
 		}
@@ -1138,6 +1144,23 @@ static int after_append(struct bm_queue *q, int queued)
 		break;
 	}
 	return 0;
+}
+
+void bm_queue_cork(struct bm_queue *q)
+{
+	pthread_mutex_lock(&q->mu);
+	q->corked++;
+	pthread_mutex_unlock(&q->mu);
+}
+
+void bm_queue_uncork(struct bm_queue *q)
+{
+	pthread_mutex_lock(&q->mu);
+	if (q->corked > 0 && --q->corked == 0 && q->kick_due) {
+		q->kick_due = 0;
+		pthread_cond_signal(&q->cv);
+	}
+	pthread_mutex_unlock(&q->mu);
 }
 
 static int check_name(const char *s, size_t *n)

@@ -111,6 +111,15 @@ int bm_queue_close(struct bm_queue *q);
 int bm_queue_append(struct bm_queue *q, const char *stream, const void *data,
 		    size_t len, uint64_t *offset, bm_queue_done_fn *cb, void *ud);
 
+/* Group commit (sync group/none): while corked, appends do not wake the
+ * sync thread; bm_queue_uncork() does, once.  Cork around a burst of
+ * appends that should reach the disk in one sync -- the two copies of a
+ * chat message, a loop turn's messages -- so that the sync thread does not
+ * take the first of them alone and make the rest wait for the next sync.
+ * Nests; a sync the group window or group_bytes calls for still happens. */
+void bm_queue_cork(struct bm_queue *q);
+void bm_queue_uncork(struct bm_queue *q);
+
 /* cb (from bm_queue_poll, with offset 0) once everything appended so far
  * is durable -- and after the completions of those appends.  Returns 0,
  * BM_EIO (queue failed) or BM_ENOMEM; cb does not run on error. */

@@ -383,10 +383,27 @@ static void on_stanza(struct srv *s, const uint8_t *rid, size_t rid_len,
 	srv_route(s, &r);
 }
 
+static void on_uncork(evutil_socket_t fd, short what, void *arg)
+{
+	struct srv *s = arg;
+
+	s->q_corked = 0;
+	bm_queue_uncork(s->q);
+}
+
 static void on_msg(struct bm_zsock *z, const uint8_t *rid, size_t rid_len,
 		   const struct bm_ipc_hdr *h, const uint8_t *body, size_t n, void *ud)
 {
 	struct srv *s = ud;
+
+	/* What this turn's messages append (two copies per chat message, a
+	 * batch of them) goes to the disk in one sync: the sync thread is
+	 * woken once the turn is done, not at the first append. */
+	if (!s->q_corked) {
+		s->q_corked = 1;
+		bm_queue_cork(s->q);
+		event_active(s->uncork_ev, EV_WRITE, 0);
+	}
 
 	if (srv_peer_msg(s, rid, rid_len, h, body, n))
 		return;
@@ -444,6 +461,9 @@ int srv_link_open(struct srv *s)
 	struct timeval tv = { 0, 50000 };
 	int hwm = 100000;
 
+	s->uncork_ev = event_new(s->base, -1, 0, on_uncork, s);
+	if (!s->uncork_ev)
+		return BM_ENOMEM;
 	s->zctx = bm_zmq_ctx_new();
 	if (!s->zctx)
 		return BM_ESYS;
@@ -480,6 +500,12 @@ void srv_link_close(struct srv *s)
 	if (s->tick)
 		event_free(s->tick);
 	bm_zsock_free(s->router);
+	if (s->uncork_ev)
+		event_free(s->uncork_ev);
+	if (s->q_corked) {
+		s->q_corked = 0;
+		bm_queue_uncork(s->q);
+	}
 	if (s->zctx)
 		zmq_ctx_term(s->zctx);
 }

@@ -224,6 +224,8 @@ struct srv {
 	struct bm_queue *q;
 	struct event *q_ev;
 	struct event *tick;
+	struct event *uncork_ev;          /* end of a turn that appended: wake the sync */
+	int q_corked;
 	struct bm_admin *admin;
 	struct bm_cluster *cluster;       /* NULL when cluster.bind is empty */
 	struct bm_jwt_key *key;           /* signing key */

@@ -425,6 +425,59 @@ static void test_group_idle_disk(void **state)
 	qt_rmtree(f->dir);
 }
 
+/* Polls the queue for ms milliseconds. */
+static void poll_for(struct bm_queue *q, uint64_t ms)
+{
+	uint64_t t0 = bm_mono_ms();
+
+	while (bm_mono_ms() - t0 < ms) {
+		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
+		poll(&p, 1, 10);
+		bm_queue_poll(q);
+	}
+}
+
+/* Corked, appends do not wake the idle sync thread: nothing is synced until
+ * the last bm_queue_uncork(), and then at once, in one sync. */
+static void test_group_cork(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	uint64_t off, t0, syncs;
+
+	f->o.sync = BM_QUEUE_SYNC_GROUP;
+	reset_done();
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	bm_queue_uncork(q);   /* not corked: nothing happens */
+	/* An append uncorked wakes the sync thread by itself; then it is idle. */
+	assert_int_equal(bm_queue_append(q, "a", "zero", 4, &off, on_done, (void *)1), 0);
+	wait_done(q, 1);
+	poll_for(q, 50);
+	bm_queue_stats(q, &st);
+	syncs = st.syncs;
+	bm_queue_cork(q);
+	bm_queue_cork(q);
+	assert_int_equal(bm_queue_append(q, "a", "one", 3, &off, on_done, (void *)2), 0);
+	assert_int_equal(bm_queue_append(q, "b", "two", 3, &off, on_done, (void *)3), 0);
+	poll_for(q, 150);
+	assert_int_equal(done_count, 1);
+	bm_queue_uncork(q);   /* still corked once */
+	poll_for(q, 150);
+	assert_int_equal(done_count, 1);
+	bm_queue_stats(q, &st);
+	assert_true(st.durable_pos < st.appended_pos);
+	t0 = bm_mono_ms();
+	bm_queue_uncork(q);
+	wait_done(q, 3);
+	assert_true(bm_mono_ms() - t0 < 2000);
+	assert_true(done_order_ok);
+	bm_queue_stats(q, &st);
+	assert_int_equal(st.syncs, syncs + 1);
+	assert_int_equal(bm_queue_close(q), 0);
+	qt_rmtree(f->dir);
+}
+
 /* bm_queue_after: runs after the completions of what was appended before
  * it, before those of what comes after; on an idle queue, at the next poll. */
 static void test_after(void **state)
@@ -1438,6 +1491,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_streams_and_offsets, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_idle_disk, setup, teardown),
+cmocka_unit_test_setup_teardown(test_group_cork, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_after, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_and_size_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_age_retention, setup, teardown),
