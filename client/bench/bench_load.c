@@ -780,6 +780,8 @@ static int peer_drain(struct peer *p, struct pair_stats *st)
 
 	if (p->q) {
 		struct mqtt_ev ev;
+		/* The PUBACKs of what one read brought leave in one write. */
+		mqtt_cork(p->q);
 		while ((rc = mqtt_next(p->q, &ev)) == 0) {
 			if (ev.type == MQTT_EV_PUBACK && p->inflight > 0) {
 				p->inflight--;
@@ -788,6 +790,8 @@ static int peer_drain(struct peer *p, struct pair_stats *st)
 				on_payload(st, (const char *)ev.payload, ev.payload_len);
 			}
 		}
+		if (mqtt_uncork(p->q) && rc == BM_EAGAIN)
+			rc = BM_EIO;
 		return rc == BM_EAGAIN ? 0 : rc;
 	}
 	return bm_client_drain(p->c, &msg, on_stanza, &d);
@@ -885,15 +889,23 @@ static int mode_pairs(const struct load_opts *o, const struct minter *mt)
 		} else {
 			for (int i = 0; i < np; i += 2) {
 				struct peer *p = &peers[i];
+				int failed = 0;
+				/* What is due now leaves in one write (both protocols). */
+				if (p->q)
+					mqtt_cork(p->q);
+				else
+					bm_client_cork(p->c);
 				for (int b = 0; b < o->w && p->inflight < o->w &&
 				     (!interval || p->next_due <= now); b++) {
-					if (peer_send(o, p, now_ns())) {
-						fprintf(stderr, "bimip-bench: send failed\n");
-						goto out;
-					}
+					if ((failed = peer_send(o, p, now_ns())) != 0)
+						break;
 					p->inflight++;
 					st.sent++;
 					p->next_due += interval;
+				}
+				if ((p->q ? mqtt_uncork(p->q) : bm_client_uncork(p->c)) || failed) {
+					fprintf(stderr, "bimip-bench: send failed\n");
+					goto out;
 				}
 				/* Do not save up sends across a stall. */
 				if (interval && p->next_due + 100000000ull < now)

@@ -19,6 +19,7 @@
 #include "bm_time.h"
 
 #define RBUF_CAP (256 * 1024)
+#define OBUF_CAP (16 * 1024)
 
 struct mqtt {
 	int fd;
@@ -26,6 +27,9 @@ struct mqtt {
 	size_t rlen, roff;   /* bytes held; start of the next packet */
 	size_t consumed;     /* packet returned last call, dropped on the next */
 	int drained;         /* the last read did not fill the buffer */
+	int corked;          /* packets wait in obuf for mqtt_uncork */
+	uint8_t obuf[OBUF_CAP];
+	size_t olen;
 };
 
 static void seterr(char *err, size_t len, const char *fmt, ...)
@@ -78,6 +82,42 @@ static int write_all(struct mqtt *m, const uint8_t *p, size_t n, int timeout_ms)
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+/* A packet out: written now, or gathered while corked. */
+static int put_out(struct mqtt *m, const uint8_t *p, size_t n)
+{
+	int rc;
+
+	if (!m->corked)
+		return write_all(m, p, n, 5000);
+	if (m->olen + n > sizeof(m->obuf)) {
+		rc = write_all(m, m->obuf, m->olen, 5000);
+		m->olen = 0;
+		if (rc)
+			return rc;
+		if (n > sizeof(m->obuf))
+			return write_all(m, p, n, 5000);
+	}
+	memcpy(m->obuf + m->olen, p, n);
+	m->olen += n;
+	return 0;
+}
+
+void mqtt_cork(struct mqtt *m)
+{
+	m->corked = 1;
+}
+
+int mqtt_uncork(struct mqtt *m)
+{
+	int rc = 0;
+
+	m->corked = 0;
+	if (m->olen)
+		rc = write_all(m, m->obuf, m->olen, 5000);
+	m->olen = 0;
+	return rc;
 }
 
 /* Fixed header with the remaining length; returns its size (2..5). */
@@ -203,7 +243,7 @@ int mqtt_next(struct mqtt *m, struct mqtt_ev *ev)
 	if (ev->type == MQTT_EV_PUBLISH && ev->qos == 1) {
 		uint8_t ack[4] = { 0x40, 2, (uint8_t)(ev->packet_id >> 8),
 				   (uint8_t)ev->packet_id };
-		rc = write_all(m, ack, sizeof(ack), 5000);
+		rc = put_out(m, ack, sizeof(ack));
 	}
 	return rc;
 }
@@ -356,7 +396,7 @@ int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t 
 		pkt[n++] = (uint8_t)packet_id;
 	}
 	memcpy(pkt + n, payload, len);
-	return write_all(m, pkt, n + len, 5000);
+	return put_out(m, pkt, n + len);
 }
 
 int mqtt_fd(const struct mqtt *m)

@@ -72,6 +72,11 @@ int mqtt_publish(struct mqtt *m, const char *topic, const void *payload, size_t 
  * complete), BM_ECLOSED (peer closed) or BM_EIO / BM_EDECODE (broken
  * stream). */
 int mqtt_next(struct mqtt *m, struct mqtt_ev *ev);
+/* Between these, PUBLISHes and PUBACKs are gathered and written at uncork
+ * in one write (as a client does with what it has queued).  Returns 0 or a
+ * write error. */
+void mqtt_cork(struct mqtt *m);
+int mqtt_uncork(struct mqtt *m);
 int mqtt_fd(const struct mqtt *m);
 /* Send DISCONNECT, close and free.  NULL is a no-op. */
 void mqtt_close(struct mqtt *m);

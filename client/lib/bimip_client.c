@@ -41,6 +41,9 @@ struct bm_client {
 	size_t msg_len;
 	uint8_t *wbuf;
 	size_t wcap;
+	int corked;              /* frames gather in obuf until bm_client_uncork */
+	uint8_t *obuf;
+	size_t olen, ocap;
 	int closed;
 	int close_code;
 	char close_reason[128];
@@ -255,6 +258,8 @@ static void drop_conn(struct bm_client *c)
 		close(c->fd);
 	c->fd = -1;
 	c->rlen = 0;
+	c->olen = 0;
+	c->corked = 0;
 	free(c->msg);
 	c->msg = NULL;
 	c->msg_len = 0;
@@ -412,6 +417,7 @@ void bm_client_abort(struct bm_client *c)
 	bm_tls_config_unref(c->tls_cfg);
 	free(c->rbuf);
 	free(c->wbuf);
+	free(c->obuf);
 	free(c->url);
 	free(c->token);
 	free(c->ca_file);
@@ -438,7 +444,37 @@ static int send_frame(struct bm_client *c, int op, const void *p, size_t n)
 	hn = bm_ws_frame_header(c->wbuf, (enum bm_ws_opcode)op, 1, n, key);
 	memcpy(c->wbuf + hn, p, n);
 	bm_ws_mask(c->wbuf + hn, n, key, 0);
-	return c_write_all(c, c->wbuf, hn + n, 5000);
+	if (!c->corked)
+		return c_write_all(c, c->wbuf, hn + n, 5000);
+	if (c->olen + hn + n > c->ocap) {
+		size_t cap = c->ocap ? c->ocap : 16384;
+		uint8_t *o;
+		while (cap < c->olen + hn + n)
+			cap *= 2;
+		if (!(o = realloc(c->obuf, cap)))
+			return BM_ENOMEM;
+		c->obuf = o;
+		c->ocap = cap;
+	}
+	memcpy(c->obuf + c->olen, c->wbuf, hn + n);
+	c->olen += hn + n;
+	return 0;
+}
+
+void bm_client_cork(struct bm_client *c)
+{
+	c->corked = 1;
+}
+
+int bm_client_uncork(struct bm_client *c)
+{
+	int rc = 0;
+
+	c->corked = 0;
+	if (c->olen && !c->closed && c->fd >= 0)
+		rc = c_write_all(c, c->obuf, c->olen, 5000);
+	c->olen = 0;
+	return rc;
 }
 
 void bm_client_close(struct bm_client *c)
@@ -449,6 +485,8 @@ void bm_client_close(struct bm_client *c)
 
 	if (!c)
 		return;
+	if (c->olen)
+		bm_client_uncork(c);
 	if (!c->closed && c->fd >= 0) {
 		n = bm_ws_close_frame(f, BM_WS_CLIENT, 1000, "bye");
 		if (n > 0)

@@ -66,6 +66,11 @@ void bm_client_abort(struct bm_client *c);
 int bm_client_send(struct bm_client *c, bimip_MessageScheme *m);
 /* Send raw bytes as one binary (or, with text=1, text) message. */
 int bm_client_send_raw(struct bm_client *c, const void *p, size_t n, int text);
+/* Between these, the frames of bm_client_send* are gathered and written at
+ * uncork in one write -- what an application does with several stanzas
+ * ready at once.  Returns 0 or a send error (of any of them). */
+void bm_client_cork(struct bm_client *c);
+int bm_client_uncork(struct bm_client *c);
 
 /* Next stanza into *m within timeout_ms (0 = only what is already there,
  * -1 = forever).  Stanzas whose offset the application already saw are

@@ -364,6 +364,32 @@ static void test_drain_event_loop(void **state)
 	/* Nothing more is there: a drain returns at once with nothing. */
 	assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
 	assert_int_equal(d.chats, 40);
+	/* Corked, sends wait in the client: nothing arrives until uncork, then
+	 * all of them, in order, from one write. */
+	d.chats = 0;
+	d.in_order = 1;
+	bm_client_cork(a);
+	for (int i = 1; i <= 3; i++) {
+		char text[16];
+		snprintf(text, sizeof(text), "d%d", i);
+		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
+	}
+	deadline = bm_mono_ms() + 300;
+	while (bm_mono_ms() < deadline) {
+		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+		if (poll(&p, 1, 20) == 1)
+			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
+	}
+	assert_int_equal(d.chats, 0);
+	assert_int_equal(bm_client_uncork(a), 0);
+	deadline = bm_mono_ms() + 5000;
+	while (d.chats < 3 && bm_mono_ms() < deadline) {
+		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+		if (poll(&p, 1, 100) == 1)
+			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
+	}
+	assert_int_equal(d.chats, 3);
+	assert_true(d.in_order);
 	/* The server ends the session: the drain says so. */
 	assert_int_equal(bm_client_logout(h), 0);
 	deadline = bm_mono_ms() + 5000;
