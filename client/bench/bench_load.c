@@ -62,6 +62,7 @@ struct load_opts {
 	int n, procs, hold_s, inflight;
 	int p, w, t_s, warmup_s, size;
 	double rate;            /* pairs: total msgs/s, 0 = as fast as the window allows */
+	int write_each;         /* pairs: a write per message, not per burst */
 	int k, rounds, interval_ms;
 	pid_t signal_pid;
 	char run[24];
@@ -244,6 +245,8 @@ static void usage(const char *mode)
 	       "      --warmup S         seconds before measuring (1)\n"
 	       "      --size B           message bytes, >= 20 (20)\n"
 	       "      --rate R           total messages/s to offer (0 = window-limited)\n"
+	       "      --write-each       one write() per message (default: a sender writes the\n"
+	       "                         messages due at once, up to W, in one write)\n"
 	       "      --mqtt H:P         run against an MQTT 3.1.1 broker (QoS 1) instead\n"
 	       "fanout:\n"
 	       "  -k, --subscribers K    subscribers online (1000)\n"
@@ -272,6 +275,7 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 		{ "warmup", required_argument, 0, 'U' },
 		{ "size", required_argument, 0, 'Z' },
 		{ "rate", required_argument, 0, 'R' },
+		{ "write-each", no_argument, 0, 'E' },
 		{ "mqtt", required_argument, 0, 'M' },
 		{ "subscribers", required_argument, 0, 'k' },
 		{ "rounds", required_argument, 0, 'r' },
@@ -316,6 +320,7 @@ static int parse_opts(int argc, char **argv, struct load_opts *o)
 		case 'U': o->warmup_s = atoi(optarg); break;
 		case 'Z': o->size = atoi(optarg); break;
 		case 'R': o->rate = atof(optarg); break;
+		case 'E': o->write_each = 1; break;
 		case 'M': o->mqtt = optarg; break;
 		case 'k': o->k = atoi(optarg); break;
 		case 'r': o->rounds = atoi(optarg); break;
@@ -682,6 +687,7 @@ struct peer {
 	struct bm_client *c;
 	struct mqtt *q;
 	int sender;
+	int write_each;         /* --write-each: no corking, PUBACKs included */
 	int inflight;
 	uint16_t packet_id;
 	uint64_t seq;
@@ -693,6 +699,7 @@ struct peer {
 struct pair_stats {
 	uint64_t t0, t1;        /* measured window */
 	uint64_t sent, acked, received, delivered, errors;
+	uint64_t writes;        /* sender writes: sent/writes messages per write */
 	struct hist lat;
 };
 
@@ -781,7 +788,8 @@ static int peer_drain(struct peer *p, struct pair_stats *st)
 	if (p->q) {
 		struct mqtt_ev ev;
 		/* The PUBACKs of what one read brought leave in one write. */
-		mqtt_cork(p->q);
+		if (!p->write_each)
+			mqtt_cork(p->q);
 		while ((rc = mqtt_next(p->q, &ev)) == 0) {
 			if (ev.type == MQTT_EV_PUBACK && p->inflight > 0) {
 				p->inflight--;
@@ -825,6 +833,7 @@ static int pairs_connect(const struct load_opts *o, const struct minter *mt, str
 			const char *sa = src_addr(o, 0, 2 * i + pass, src, sizeof(src));
 
 			p->sender = pass == 1;
+			p->write_each = o->write_each;
 			snprintf(p->topic, sizeof(p->topic), "bench/%s/%d", o->run, i);
 			snprintf(p->to, sizeof(p->to), "%s-r%d@bench", o->run, i);
 			if (o->mqtt) {
@@ -890,8 +899,11 @@ static int mode_pairs(const struct load_opts *o, const struct minter *mt)
 			for (int i = 0; i < np; i += 2) {
 				struct peer *p = &peers[i];
 				int failed = 0;
+				uint64_t before = st.sent;
 				/* What is due now leaves in one write (both protocols). */
-				if (p->q)
+				if (o->write_each)
+					;
+				else if (p->q)
 					mqtt_cork(p->q);
 				else
 					bm_client_cork(p->c);
@@ -903,6 +915,8 @@ static int mode_pairs(const struct load_opts *o, const struct minter *mt)
 					st.sent++;
 					p->next_due += interval;
 				}
+				if (st.sent > before)
+					st.writes += o->write_each ? st.sent - before : 1;
 				if ((p->q ? mqtt_uncork(p->q) : bm_client_uncork(p->c)) || failed) {
 					fprintf(stderr, "bimip-bench: send failed\n");
 					goto out;
@@ -931,11 +945,12 @@ static int mode_pairs(const struct load_opts *o, const struct minter *mt)
 	}
 	printf("pairs %s P=%d W=%d T=%ds size=%d rate=%s%.0f sent=%" PRIu64 " acked=%" PRIu64
 	       " received=%" PRIu64 " delivered=%" PRIu64 " msgs/s=%.0f p50=%.3fms p99=%.3fms"
-	       " p999=%.3fms max=%.3fms errors=%" PRIu64 "\n",
+	       " p999=%.3fms max=%.3fms errors=%" PRIu64 " writes=%s msgs_per_write=%.2f\n",
 	       what, o->p, o->w, o->t_s, o->size, o->rate > 0 ? "" : "max/", o->rate, st.sent,
 	       st.acked, st.received, st.delivered, (double)st.delivered / o->t_s,
 	       hist_ms(&st.lat, 0.50), hist_ms(&st.lat, 0.99), hist_ms(&st.lat, 0.999),
-	       (double)st.lat.max_us / 1000.0, st.errors);
+	       (double)st.lat.max_us / 1000.0, st.errors, o->write_each ? "each" : "due",
+	       st.writes ? (double)st.sent / (double)st.writes : 0.0);
 	rc = st.delivered > 0 ? 0 : 1;
 out:
 	for (int i = 0; peers && i < np; i++) {

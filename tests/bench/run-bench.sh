@@ -183,6 +183,14 @@ if ! skip pairs; then
 			|| FAIL=1
 		echo "$HOUT"
 	fi
+	# The peak again with a write() per message: the default lets a sender
+	# write the messages it has due at once in one write (msgs_per_write).
+	C0=$(cpu_ticks $SRV $SIG)
+	EOUT=$($BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T" --write-each) || FAIL=1
+	C1=$(cpu_ticks $SRV $SIG)
+	echo "$EOUT"
+	cpu_line bimip-write-each "$C0" "$C1" "$EOUT"
+	EPEAK=$(echo "$EOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
 fi
 
 # The floor under any durable answer: one write + fdatasync on the server's
@@ -259,6 +267,16 @@ CONF
 		if [ -n "$MRATE" ] && [ "$MRATE" -gt 0 ]; then
 			awk -v b="$PEAK" -v m="$MRATE" \
 				'BEGIN { printf "ratio bimip/mosquitto = %.2f (pairs msgs/s %d / %d)\n", b / m, b, m }'
+		fi
+		C0=$(cpu_ticks $MQ)
+		MEOUT=$($BENCH pairs --mqtt "127.0.0.1:$MPORT" -p "$P" -w "$W" -t "$T" --write-each) || FAIL=1
+		C1=$(cpu_ticks $MQ)
+		echo "$MEOUT"
+		cpu_line mosquitto-write-each "$C0" "$C1" "$MEOUT"
+		MERATE=$(echo "$MEOUT" | sed -n 's/.* msgs\/s=\([0-9]*\).*/\1/p')
+		if [ -n "${EPEAK:-}" ] && [ -n "$MERATE" ] && [ "$MERATE" -gt 0 ]; then
+			awk -v b="$EPEAK" -v m="$MERATE" \
+				'BEGIN { printf "ratio bimip/mosquitto write-each = %.2f (pairs msgs/s %d / %d)\n", b / m, b, m }'
 		fi
 	fi
 fi

@@ -125,8 +125,13 @@ static void test_pairs(void **state)
 
 	assert_true(field(l, "delivered") > 0);
 	assert_int_equal(field(l, "errors"), 0);
+	assert_non_null(strstr(l, " writes=due msgs_per_write="));
 	l = run_bench("pairs", "-p 2 -w 2 -t 1 --warmup 0 --rate 200");
 	assert_true(field(l, "delivered") > 0);
+	/* A write per message: the ratio is exactly 1. */
+	l = run_bench("pairs", "-p 2 -w 4 -t 1 --warmup 0 --write-each");
+	assert_true(field(l, "delivered") > 0);
+	assert_non_null(strstr(l, " writes=each msgs_per_write=1.00"));
 }
 
 static void test_fanout(void **state)
