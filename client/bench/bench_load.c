@@ -901,11 +901,9 @@ static int mode_pairs(const struct load_opts *o, const struct minter *mt)
 				int failed = 0;
 				uint64_t before = st.sent;
 				/* What is due now leaves in one write (both protocols). */
-				if (o->write_each)
-					;
-				else if (p->q)
+				if (!o->write_each && p->q)
 					mqtt_cork(p->q);
-				else
+				else if (!o->write_each)
 					bm_client_cork(p->c);
 				for (int b = 0; b < o->w && p->inflight < o->w &&
 				     (!interval || p->next_due <= now); b++) {

@@ -84,6 +84,15 @@ static int write_all(struct mqtt *m, const uint8_t *p, size_t n, int timeout_ms)
 	return 0;
 }
 
+/* Writes what obuf gathered (emptied either way). */
+static int flush_out(struct mqtt *m)
+{
+	int rc = m->olen ? write_all(m, m->obuf, m->olen, 5000) : 0;
+
+	m->olen = 0;
+	return rc;
+}
+
 /* A packet out: written now, or gathered while corked. */
 static int put_out(struct mqtt *m, const uint8_t *p, size_t n)
 {
@@ -92,9 +101,7 @@ static int put_out(struct mqtt *m, const uint8_t *p, size_t n)
 	if (!m->corked)
 		return write_all(m, p, n, 5000);
 	if (m->olen + n > sizeof(m->obuf)) {
-		rc = write_all(m, m->obuf, m->olen, 5000);
-		m->olen = 0;
-		if (rc)
+		if ((rc = flush_out(m)))
 			return rc;
 		if (n > sizeof(m->obuf))
 			return write_all(m, p, n, 5000);
@@ -111,13 +118,8 @@ void mqtt_cork(struct mqtt *m)
 
 int mqtt_uncork(struct mqtt *m)
 {
-	int rc = 0;
-
 	m->corked = 0;
-	if (m->olen)
-		rc = write_all(m, m->obuf, m->olen, 5000);
-	m->olen = 0;
-	return rc;
+	return flush_out(m);
 }
 
 /* Fixed header with the remaining length; returns its size (2..5). */

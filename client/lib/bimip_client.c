@@ -599,6 +599,30 @@ static int next_message(struct bm_client *c, bimip_MessageScheme *m)
 	return rc;
 }
 
+/* One read into the receive buffer: bytes read (> 0), BM_EAGAIN, BM_ECLOSED
+ * (EOF: close code 1006 unless the server sent one) or BM_EIO. */
+static ssize_t fill(struct bm_client *c)
+{
+	ssize_t n;
+
+	if (c->closed || c->fd < 0)
+		return BM_ECLOSED;
+	if (c->rlen >= c->rcap)
+		return BM_EIO;
+	n = c_read(c, c->rbuf + c->rlen, c->rcap - c->rlen);
+	if (n > 0) {
+		c->rlen += (size_t)n;
+		return n;
+	}
+	if (n == 0) {
+		c->closed = 1;
+		if (!c->close_code)
+			c->close_code = 1006;
+		return BM_ECLOSED;
+	}
+	return n == BM_EAGAIN ? BM_EAGAIN : BM_EIO;
+}
+
 int bm_client_recv(struct bm_client *c, bimip_MessageScheme *m, int timeout_ms)
 {
 	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : bm_mono_ms() + (uint64_t)timeout_ms;
@@ -611,23 +635,11 @@ int bm_client_recv(struct bm_client *c, bimip_MessageScheme *m, int timeout_ms)
 		rc = next_message(c, m);
 		if (rc != BM_EAGAIN)
 			return rc;
-		if (c->closed || c->fd < 0)
-			return BM_ECLOSED;
-		if (c->rlen >= c->rcap)
-			return BM_EIO;
-		n = c_read(c, c->rbuf + c->rlen, c->rcap - c->rlen);
-		if (n > 0) {
-			c->rlen += (size_t)n;
+		n = fill(c);
+		if (n > 0)
 			continue;
-		}
-		if (n == 0) {
-			c->closed = 1;
-			if (!c->close_code)
-				c->close_code = 1006;
-			return BM_ECLOSED;
-		}
 		if (n != BM_EAGAIN)
-			return BM_EIO;
+			return (int)n;
 		if (timeout_ms == 0)
 			return BM_ETIMEDOUT;
 		rc = wait_fd(c->fd, POLLIN,
@@ -640,42 +652,26 @@ int bm_client_recv(struct bm_client *c, bimip_MessageScheme *m, int timeout_ms)
 int bm_client_drain(struct bm_client *c, bimip_MessageScheme *m, bm_client_stanza_fn *fn,
 		    void *ud)
 {
+	int emptied = 0, rc;
+
 	for (;;) {
-		size_t space;
+		size_t space = c->rcap - c->rlen;
 		ssize_t n;
-		int rc;
 
 		while ((rc = next_message(c, m)) == 0 || rc == BM_EDECODE)
 			if (!rc)
 				fn(ud, m);
 		if (rc != BM_EAGAIN)
 			return rc;
-		if (c->closed || c->fd < 0)
-			return BM_ECLOSED;
-		if (c->rlen >= c->rcap)
-			return BM_EIO;
-		space = c->rcap - c->rlen;
-		n = c_read(c, c->rbuf + c->rlen, space);
+		if (emptied)
+			break;
+		n = fill(c);
 		if (n == BM_EAGAIN)
 			break;
-		if (n == 0) {
-			c->closed = 1;
-			if (!c->close_code)
-				c->close_code = 1006;
-			return BM_ECLOSED;
-		}
 		if (n < 0)
-			return BM_EIO;
-		c->rlen += (size_t)n;
+			return (int)n;
 		/* TLS hands out a record at a time: read on until EAGAIN. */
-		if ((size_t)n < space && !c->tls) {
-			while ((rc = next_message(c, m)) == 0 || rc == BM_EDECODE)
-				if (!rc)
-					fn(ud, m);
-			if (rc != BM_EAGAIN)
-				return rc;
-			break;
-		}
+		emptied = (size_t)n < space && !c->tls;
 	}
 	if (c->o.commit_every > 0 && c->since_commit >= c->o.commit_every)
 		bm_client_commit(c);

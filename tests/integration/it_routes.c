@@ -324,6 +324,16 @@ static void on_drained(void *ud, bimip_MessageScheme *m)
 	d->chats++;
 }
 
+/* One turn of an event loop: wait up to ms for h to be readable, then
+ * drain it into d.  Returns bm_client_drain's result (0 if not readable). */
+static int poll_drain(struct bm_client *h, struct drained *d, int ms)
+{
+	static bimip_MessageScheme m;
+	struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
+
+	return poll(&p, 1, ms) == 1 ? bm_client_drain(h, &m, on_drained, d) : 0;
+}
+
 /* bm_client_drain, as an event loop uses it: poll the descriptor, take what
  * arrived; every message once, in order, and commits as they come. */
 static void test_drain_event_loop(void **state)
@@ -345,21 +355,15 @@ static void test_drain_event_loop(void **state)
 		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
 	}
 	deadline = bm_mono_ms() + 5000;
-	while (d.chats < 40 && bm_mono_ms() < deadline) {
-		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
-		if (poll(&p, 1, 100) == 1)
-			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
-	}
+	while (d.chats < 40 && bm_mono_ms() < deadline)
+		assert_int_equal(poll_drain(h, &d, 100), 0);
 	assert_int_equal(d.chats, 40);
 	assert_true(d.in_order);
 	assert_int_equal(bm_client_last_offset(h), 40);
 	/* Committed by the drains, at least every 10. */
 	deadline = bm_mono_ms() + 5000;
-	while (server_committed("hal@it", "tab") < 31 && bm_mono_ms() < deadline) {
-		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
-		if (poll(&p, 1, 20) == 1)
-			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
-	}
+	while (server_committed("hal@it", "tab") < 31 && bm_mono_ms() < deadline)
+		assert_int_equal(poll_drain(h, &d, 20), 0);
 	assert_true(server_committed("hal@it", "tab") >= 31);
 	/* Nothing more is there: a drain returns at once with nothing. */
 	assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
@@ -375,29 +379,20 @@ static void test_drain_event_loop(void **state)
 		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
 	}
 	deadline = bm_mono_ms() + 300;
-	while (bm_mono_ms() < deadline) {
-		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
-		if (poll(&p, 1, 20) == 1)
-			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
-	}
+	while (bm_mono_ms() < deadline)
+		assert_int_equal(poll_drain(h, &d, 20), 0);
 	assert_int_equal(d.chats, 0);
 	assert_int_equal(bm_client_uncork(a), 0);
 	deadline = bm_mono_ms() + 5000;
-	while (d.chats < 3 && bm_mono_ms() < deadline) {
-		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
-		if (poll(&p, 1, 100) == 1)
-			assert_int_equal(bm_client_drain(h, &m, on_drained, &d), 0);
-	}
+	while (d.chats < 3 && bm_mono_ms() < deadline)
+		assert_int_equal(poll_drain(h, &d, 100), 0);
 	assert_int_equal(d.chats, 3);
 	assert_true(d.in_order);
 	/* The server ends the session: the drain says so. */
 	assert_int_equal(bm_client_logout(h), 0);
 	deadline = bm_mono_ms() + 5000;
 	for (;;) {
-		struct pollfd p = { .fd = bm_client_fd(h), .events = POLLIN };
-		int rc = 0;
-		if (poll(&p, 1, 100) == 1)
-			rc = bm_client_drain(h, &m, on_drained, &d);
+		int rc = poll_drain(h, &d, 100);
 		if (rc) {
 			assert_int_equal(rc, BM_ECLOSED);
 			break;

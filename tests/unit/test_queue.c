@@ -223,24 +223,33 @@ struct scan_ctx {
 	int stop_after;
 };
 
+/* A visited record of stream si: the payload put() wrote, or erased
+ * (counted in *destroyed). */
+static void check_rec(unsigned si, const struct bm_queue_meta *m, const void *data,
+		      int status, int *destroyed)
+{
+	uint8_t want[1024];
+	size_t n = qt_payload_len(si, m->offset);
+
+	if (status == BM_EDESTROYED) {
+		assert_null(data);
+		(*destroyed)++;
+	} else {
+		assert_int_equal(status, 0);
+		qt_payload(want, n, si, m->offset);
+		assert_int_equal(m->len, n);
+		assert_memory_equal(data, want, n);
+	}
+}
+
 static int on_rec(void *ud, const struct bm_queue_meta *m, const void *data, int status)
 {
 	struct scan_ctx *c = ud;
-	uint8_t want[1024];
-	size_t n = qt_payload_len(c->si, m->offset);
 
 	assert_int_equal(m->offset, c->next);
 	c->next++;
 	c->count++;
-	if (status == BM_EDESTROYED) {
-		assert_null(data);
-		c->destroyed++;
-	} else {
-		assert_int_equal(status, 0);
-		qt_payload(want, n, c->si, m->offset);
-		assert_int_equal(m->len, n);
-		assert_memory_equal(data, want, n);
-	}
+	check_rec(c->si, m, data, status, &c->destroyed);
 	return c->stop_after && c->count >= c->stop_after;
 }
 
@@ -383,6 +392,18 @@ static void test_policies(void **state)
 	}
 }
 
+/* Polls the queue for ms milliseconds. */
+static void poll_for(struct bm_queue *q, uint64_t ms)
+{
+	uint64_t t0 = bm_mono_ms();
+
+	while (bm_mono_ms() - t0 < ms) {
+		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
+		poll(&p, 1, 10);
+		bm_queue_poll(q);
+	}
+}
+
 /* Group commit: an append that finds the disk idle for a whole window is
  * synced at once; one that comes while the last sync is less than a window
  * old waits for the window.  A 3 s window keeps the two apart by seconds. */
@@ -409,12 +430,7 @@ static void test_group_idle_disk(void **state)
 	assert_true(bm_mono_ms() - t0 < 2000);
 	/* Right after that sync: gathered for the window, not synced at once. */
 	assert_int_equal(bm_queue_append(q, "a", "two", 3, &off, on_done, (void *)2), 0);
-	t0 = bm_mono_ms();
-	while (bm_mono_ms() - t0 < 300) {
-		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
-		poll(&p, 1, 10);
-		bm_queue_poll(q);
-	}
+	poll_for(q, 300);
 	assert_int_equal(done_count, 1);
 	bm_queue_stats(q, &st);
 	assert_true(st.durable_pos < st.appended_pos);
@@ -423,18 +439,6 @@ static void test_group_idle_disk(void **state)
 	assert_int_equal(bm_queue_close(q), 0);
 	f->o.group_window_us = 1000;
 	qt_rmtree(f->dir);
-}
-
-/* Polls the queue for ms milliseconds. */
-static void poll_for(struct bm_queue *q, uint64_t ms)
-{
-	uint64_t t0 = bm_mono_ms();
-
-	while (bm_mono_ms() - t0 < ms) {
-		struct pollfd p = { .fd = bm_queue_event_fd(q), .events = POLLIN };
-		poll(&p, 1, 10);
-		bm_queue_poll(q);
-	}
 }
 
 /* Corked, appends do not wake the idle sync thread: nothing is synced until
@@ -890,22 +894,12 @@ static int on_log_rec(void *ud, const char *stream, const struct bm_queue_meta *
 		      const void *data, int status)
 {
 	struct log_ctx *c = ud;
-	uint8_t want[1024];
 	char name[32];
-	size_t n = qt_payload_len(c->next_s, c->next_o);
 
 	snprintf(name, sizeof(name), "user-%u", c->next_s);
 	assert_string_equal(stream, name);
 	assert_int_equal(m->offset, c->next_o);
-	if (status == BM_EDESTROYED) {
-		assert_null(data);
-		c->destroyed++;
-	} else {
-		assert_int_equal(status, 0);
-		qt_payload(want, n, c->next_s, m->offset);
-		assert_int_equal(m->len, n);
-		assert_memory_equal(data, want, n);
-	}
+	check_rec(c->next_s, m, data, status, &c->destroyed);
 	if (++c->next_s == c->streams) {
 		c->next_s = 0;
 		c->next_o++;
