@@ -316,7 +316,7 @@ struct bm_queue {
 	struct walk_ent *walk;    /* mu: a scan's records, reused */
 	size_t walk_cap;
 	uint64_t pending_since_ns;
-	uint64_t synced_at_ns;    /* when the last group sync ended (0 = never) */
+	uint64_t taken_at_ns;     /* when the last batch was taken to sync (0 = never) */
 	int corked;               /* mu: bm_queue_cork() depth */
 	int kick_due;             /* mu: a wake-up of the sync thread held back */
 	int failed;
@@ -872,15 +872,19 @@ static void *sync_main(void *arg)
 			continue;
 		}
 		now = mono_ns();
-		/* The window gathers appends into one sync: a sync starts at
-		 * least a window after the previous one ended, so there are at
-		 * most 1/(window + sync time) of them a second.  An append waits
-		 * only for what is left of that window, not a whole one: one
-		 * that finds the disk idle for a window is synced now. */
+		/* The window gathers appends into one sync: a batch is taken at
+		 * least a window after the previous one was, so there are at
+		 * most 1/window syncs a second (fewer when a sync takes longer
+		 * than the window: they never overlap).  An append waits only
+		 * for what is left of that window, not a whole one: one that
+		 * finds no sync begun within the last window is synced now.
+		 * Counting from the start, not the end, of the previous sync
+		 * keeps the sync's own time out of the wait (docs/performance.md,
+		 * twelfth session). */
 		deadline = q->pending_since_ns;
-		if (q->synced_at_ns &&
-		    deadline < q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u)
-			deadline = q->synced_at_ns + (uint64_t)q->o.group_window_us * 1000u;
+		if (q->taken_at_ns &&
+		    deadline < q->taken_at_ns + (uint64_t)q->o.group_window_us * 1000u)
+			deadline = q->taken_at_ns + (uint64_t)q->o.group_window_us * 1000u;
 		if (!q->stop && now < deadline &&
 		    q->appended_pos - q->taken_pos < q->o.group_bytes) {
 			struct timespec ts = {
@@ -895,6 +899,7 @@ static void *sync_main(void *arg)
 		 * before mu is released, so writes reach the file in order. */
 		q->pending_since_ns = 0;
 		q->taken_pos = q->appended_pos;
+		q->taken_at_ns = now;
 		pthread_mutex_lock(&q->io_mu);
 		{
 			struct bm_buf t = q->sbuf;
@@ -928,7 +933,6 @@ static void *sync_main(void *arg)
 		pthread_mutex_lock(&q->mu);
 		if (fd != -1 && !err)
 			record_sync(q, sync_ns);
-		q->synced_at_ns = mono_ns();
 		if (err) {
 			set_failed(q, fd != -1 ? "fdatasync" : "write", err);
 		} else {

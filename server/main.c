@@ -52,7 +52,7 @@ static const struct bm_config_key keys[] = {
 	{ "queue.fsync", BM_CFG_ENUM, F(fsync), .def = "group", .enums = syncs,
 	  .help = "durability: fsync every append, group commit, or none" },
 	{ "queue.group_window", BM_CFG_DURATION, F(group_window_ms), .def = "1ms", .min = 0,
-	  .max = 1000, .help = "longest wait of a group commit" },
+	  .max = 1000, .help = "least time between the starts of two group commits" },
 	{ "queue.group_bytes", BM_CFG_SIZE, F(group_bytes), .def = "1MiB", .min = 4096,
 	  .max = 64 << 20, .help = "a group commit syncs early past this many bytes" },
 	{ "queue.segment_bytes", BM_CFG_SIZE, F(segment_bytes), .def = "128MiB",

@@ -441,6 +441,40 @@ static void test_group_idle_disk(void **state)
 	qt_rmtree(f->dir);
 }
 
+/* Under a steady stream of appends, batches are taken a window apart: at most
+ * one sync per window (plus the first, which finds the disk idle), and the
+ * stream is not held back to its end either. */
+static void test_group_window_rate(void **state)
+{
+	struct fx *f = *state;
+	struct bm_queue *q;
+	struct bm_queue_stats st;
+	uint64_t off, t0, ms;
+	uintptr_t n = 0;
+
+	f->o.sync = BM_QUEUE_SYNC_GROUP;
+	f->o.group_window_us = 100000;
+	reset_done();
+	assert_int_equal(bm_queue_open(&q, f->dir, &f->o), 0);
+	t0 = bm_mono_ms();
+	while (bm_mono_ms() - t0 < 1000 && n < 400) {
+		assert_int_equal(bm_queue_append(q, "a", "tick", 4, &off, on_done,
+						 (void *)++n), 0);
+		poll_for(q, 5);
+	}
+	/* Batches became durable while the stream ran. */
+	assert_true(done_count > 0);
+	wait_done(q, (int)n);
+	ms = bm_mono_ms() - t0;
+	assert_true(done_order_ok);
+	bm_queue_stats(q, &st);
+	assert_true(st.syncs >= 3);
+	assert_true(st.syncs <= ms / 100 + 2);
+	assert_int_equal(bm_queue_close(q), 0);
+	f->o.group_window_us = 1000;
+	qt_rmtree(f->dir);
+}
+
 /* Corked, appends do not wake the idle sync thread: nothing is synced until
  * the last bm_queue_uncork(), and then at once, in one sync. */
 static void test_group_cork(void **state)
@@ -1485,7 +1519,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_streams_and_offsets, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_group_idle_disk, setup, teardown),
-cmocka_unit_test_setup_teardown(test_group_cork, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_window_rate, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_cork, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_after, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_and_size_retention, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_age_retention, setup, teardown),

@@ -1,7 +1,7 @@
 #!/bin/sh
 # lat.sh BIN DIR T RATES...: one start; per rate: latency, cpu us/msg, ctx switches/msg per process, loadgen cpu
 BIN=$1; D=$2; T=$3; shift 3
-sh "$(dirname "$0")"/up.sh $BIN $D group ${WIN:-1ms} >/dev/null
+sh "$(dirname "$0")"/up.sh $BIN $D ${FSYNC:-group} ${WIN:-1ms} ${SNAP:-200000} >/dev/null
 t() { for p in $(cat $D/pids); do awk '{print $14+$15}' /proc/$p/stat; done | tr '\n' ' '; }
 cs() { for p in $(cat $D/pids); do cat /proc/$p/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; done | tr '\n' ' '; }
 for R in "$@"; do
