@@ -282,6 +282,8 @@ static int metrics_open(struct srv *s)
 {
 	static const double fsync_buckets[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
 						0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1 };
+	static const double commit_buckets[] = { 0.00025, 0.0005, 0.00075, 0.001, 0.0015,
+						 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1 };
 	struct bm_metrics *r;
 	int rc = bm_metrics_new(&s->m.reg);
 
@@ -313,6 +315,7 @@ static int metrics_open(struct srv *s)
 	     bm_metrics_counter(r, "bimip_server_handoff_records_total", "Stream records sent in hand-offs.", &s->m.handoff_records) ||
 	     bm_metrics_counter(r, "bimip_server_handoff_conflicts_total", "Records taken in a hand-off that differ from the stream's own at their offsets (logged as errors; docs/cluster.md).", &s->m.handoff_conflicts) ||
 	     bm_metrics_histogram(r, "bimip_server_fsync_seconds", "Duration of the queue's data fdatasyncs.", fsync_buckets, sizeof(fsync_buckets) / sizeof(fsync_buckets[0]), &s->m.fsync) ||
+	     bm_metrics_histogram(r, "bimip_server_chat_commit_seconds", "From accepting a chat message whose two users this server owns to both copies durable: the group commit's wait and sync.", commit_buckets, sizeof(commit_buckets) / sizeof(commit_buckets[0]), &s->m.chat_commit) ||
 	     bm_cluster_metrics(r, &s->cluster);
 	return rc ? BM_ENOMEM : 0;
 }

@@ -628,6 +628,7 @@ struct chat_ctx {
 	size_t rid_len;
 	uint64_t session;
 	int64_t route;
+	uint64_t accepted_ns;    /* for bimip_server_chat_commit_seconds */
 };
 
 /* One per chat message, freed when it is durable: reused. */
@@ -640,9 +641,12 @@ static void on_chat_stored(void *ud, int status, uint64_t offset)
 	if (status) {
 		srv_reply_error(c->s, c->rid, c->rid_len, c->session, 503, c->route,
 				"message not stored: %s", bm_strerror(status));
-	} else if (c->idem && c->idem_seq >= c->s->idem.evicted) {
+	} else {
+		bm_metrics_observe(c->s->m.chat_commit,
+				   (double)(bm_mono_ns() - c->accepted_ns) / 1e9);
 		/* Still remembered (the ring forgets oldest first): no lookup. */
-		c->idem->durable = 1;
+		if (c->idem && c->idem_seq >= c->s->idem.evicted)
+			c->idem->durable = 1;
 	}
 	bm_pool_put(&chat_pool, c);
 }
@@ -804,6 +808,7 @@ static void h_chat(struct srv *s, struct srv_req *r)
 	ctx->rid_len = r->rid_len;
 	ctx->session = r->session;
 	ctx->route = r->m->route;
+	ctx->accepted_ns = bm_mono_ns();
 
 	/* Only the fields used: the whole envelope is ~17 KiB, and the chat
 	 * message's text, caption and thumbnail arrays are ~11 KiB that an

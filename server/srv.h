@@ -212,6 +212,7 @@ struct srv_metrics {
 #define SRV_ROUTE_CACHE 64
 	uint64_t *route_count[SRV_ROUTE_CACHE];
 	struct bm_metrics_hist *fsync;
+	struct bm_metrics_hist *chat_commit;
 };
 
 struct srv {

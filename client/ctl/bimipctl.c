@@ -37,6 +37,8 @@ static void usage(FILE *f)
 		"  block|unblock EID OTHER\n"
 		"  sessions EID            online devices of a user (server)\n"
 		"  kick EID DEVICE         close a device's session\n"
+		"  metrics [PREFIX]        the Prometheus metrics (server or signal), only the\n"
+		"                          families whose name starts with PREFIX if given\n"
 		"  cluster members|join HOST:PORT|leave|remove ID\n"
 		"                          cluster membership (see docs/cluster.md); members\n"
 		"                          prints a table, --json the API's answer; remove\n"
@@ -208,6 +210,35 @@ static int members(void)
 	return 0;
 }
 
+/* metrics [PREFIX]: /metrics as it is (text, not JSON), the samples and the
+ * HELP/TYPE lines of the families whose name starts with prefix. */
+static int metrics(const char *prefix)
+{
+	static char buf[1 << 20];
+	size_t pl = prefix ? strlen(prefix) : 0;
+	int st = request("GET", "/metrics", NULL, buf, sizeof(buf));
+	char *line, *save = NULL;
+
+	if (st < 0) {
+		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,
+			bm_strerror(st));
+		return 1;
+	}
+	if (st != 200) {
+		fprintf(stderr, "bimipctl: GET /metrics: %d %s\n", st, buf);
+		return 1;
+	}
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		const char *name = line;
+
+		if (!strncmp(line, "# HELP ", 7) || !strncmp(line, "# TYPE ", 7))
+			name = line + 7;
+		if (!prefix || !strncmp(name, prefix, pl))
+			puts(line);
+	}
+	return 0;
+}
+
 static int change(const char *method, const char *path, const char *body)
 {
 	json_t *r = NULL;
@@ -278,6 +309,8 @@ int main(int argc, char **argv)
 		snprintf(path, sizeof(path), "/v1/users/%s/sessions", argv[1]);
 		return simple_get(path);
 	}
+	if (!strcmp(argv[0], "metrics") && argc <= 2)
+		return metrics(argc == 2 ? argv[1] : NULL);
 	if (!strcmp(argv[0], "kick") && argc == 3) {
 		snprintf(path, sizeof(path), "/v1/users/%s/sessions/%s", argv[1], argv[2]);
 		return change("DELETE", path, NULL);

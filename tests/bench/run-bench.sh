@@ -168,6 +168,35 @@ if ! skip connections; then
 		  printf "cpu connections broker_us/session=%.1f sessions/s_per_broker_core=%.0f\n", us, (us > 0 ? 1e6 / us : 0) }'
 fi
 
+# The server's chat commit histogram now: "le count" per bucket.
+commit_buckets() {
+	$BIN/bimipctl --admin "$(json_field "$TMP/server/ready" admin)" --key bench-admin-key \
+		metrics bimip_server_chat_commit_seconds_bucket 2>/dev/null |
+		sed -n 's/.*le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+}
+
+# commit_line NAME BEFORE AFTER: percentiles of the commits between the two.
+commit_line() {
+	printf '%s\n--\n%s\n' "$2" "$3" | awk -v name="$1" '
+		$1 == "--" { after = 1; next }
+		!after { before[$1] = $2; next }
+		{ le[n] = $1; c[n] = $2 - before[$1]; n++ }
+		function q(p,   t, i, lo, cl) {
+			t = p * c[n - 1]; lo = 0; cl = 0
+			for (i = 0; i < n; i++) {
+				if (c[i] >= t) {
+					if (le[i] == "+Inf") return lo
+					return lo + (le[i] - lo) * (t - cl) / (c[i] - cl > 0 ? c[i] - cl : 1)
+				}
+				lo = le[i]; cl = c[i]
+			}
+			return lo
+		}
+		END { if (n && c[n - 1] > 0)
+			printf "commit %s server_accept_to_durable n=%d p50=%.3fms p90=%.3fms p99=%.3fms\n",
+				name, c[n - 1], q(0.5) * 1e3, q(0.9) * 1e3, q(0.99) * 1e3 }'
+}
+
 PEAK=""
 if ! skip pairs; then
 	C0=$(cpu_ticks $SRV $SIG)
@@ -179,9 +208,14 @@ if ! skip pairs; then
 	if [ -n "$PEAK" ] && [ "$PEAK" -gt 0 ]; then
 		HALF=$((PEAK / 2))
 		echo "# the same at half the peak load ($HALF msgs/s offered)"
+		H0=$(commit_buckets)
 		HOUT=$($BENCH pairs --url "$URL" --key "$KEY" -p "$P" -w "$W" -t "$T" --rate "$HALF") \
 			|| FAIL=1
 		echo "$HOUT"
+		# The server's share of that latency: from accepting a message to
+		# both copies durable (bimip_server_chat_commit_seconds over the
+		# run, warm-up included; percentiles interpolated in its buckets).
+		commit_line half_load "$H0" "$(commit_buckets)"
 	fi
 	# The peak again with a write() per message: the default lets a sender
 	# write the messages it has due at once in one write (msgs_per_write).

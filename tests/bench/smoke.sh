@@ -11,7 +11,7 @@ OUT=$(BENCH_CONN=200 BENCH_CONN_PROCS=2 BENCH_P=4 BENCH_W=4 BENCH_T=2 BENCH_K=20
 	"$(dirname "$0")/run-bench.sh" "$BIN")
 rc=$?
 echo "$OUT"
-for fig in "connections bimip" "pairs bimip" "cpu bimip-write-each" "disk" "ratio half_load_p99/disk_fsync_p99" "fanout bimip" "pairs bimip-3node"; do
+for fig in "connections bimip" "pairs bimip" "commit half_load" "cpu bimip-write-each" "disk" "ratio half_load_p99/disk_fsync_p99" "fanout bimip" "pairs bimip-3node"; do
 	echo "$OUT" | grep -q "^$fig " || { echo "smoke: no '$fig' line" >&2; rc=1; }
 done
 if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then

@@ -190,6 +190,25 @@ static void test_chat_two_users_two_devices(void **state)
 		assert_non_null(strstr(out, "bimip_server_queue_bytes "));
 		assert_non_null(strstr(out, "bimip_server_stanzas_by_route_total{route=\"14\"}"));
 		assert_non_null(strstr(out, "bimip_server_chat_messages_total "));
+		/* Every chat message this server stored for two of its own
+		 * users was timed from acceptance to durable, and none took
+		 * longer than the test. */
+		{
+			const char *c = strstr(out, "\nbimip_server_chat_messages_total ") + 1;
+			const char *h = strstr(out, "bimip_server_chat_commit_seconds_count ");
+			const char *inf = strstr(out, "bimip_server_chat_commit_seconds_bucket{le=\"1\"} ");
+			long nc, nh, n1;
+
+			assert_non_null(h);
+			assert_non_null(inf);
+			nc = strtol(c + strlen("bimip_server_chat_messages_total "), NULL, 10);
+			nh = strtol(h + strlen("bimip_server_chat_commit_seconds_count "), NULL, 10);
+			n1 = strtol(inf + strlen("bimip_server_chat_commit_seconds_bucket{le=\"1\"} "),
+				    NULL, 10);
+			assert_true(nc >= 3);
+			assert_int_equal(nh, nc);
+			assert_int_equal(n1, nc);
+		}
 	}
 }
 

@@ -162,6 +162,24 @@ static void test_bimipctl(void **state)
 	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s status", bin(),
 			     srv.admin, BM_H_ADMIN_KEY), 0);
 	assert_non_null(strstr(out, "\"role\": \"server\""));
+	/* metrics PREFIX: one family, its HELP, TYPE and sample, nothing else. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s metrics "
+			     "bimip_server_queue_segments", bin(), srv.admin, BM_H_ADMIN_KEY), 0);
+	assert_non_null(strstr(out, "# HELP bimip_server_queue_segments "));
+	assert_non_null(strstr(out, "# TYPE bimip_server_queue_segments gauge\n"));
+	assert_non_null(strstr(out, "\nbimip_server_queue_segments "));
+	assert_null(strstr(out, "bimip_server_queue_bytes"));
+	{
+		int lines = 0;
+		for (const char *p = out; *p; p++)
+			lines += *p == '\n';
+		assert_int_equal(lines, 3);
+	}
+	/* Without a prefix: all of them, the histograms too. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s metrics", bin(),
+			     srv.admin, BM_H_ADMIN_KEY), 0);
+	assert_non_null(strstr(out, "bimip_server_queue_bytes "));
+	assert_non_null(strstr(out, "bimip_server_chat_commit_seconds_bucket{le=\"+Inf\"} "));
 }
 
 static void test_bimip_cli(void **state)
