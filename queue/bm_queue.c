@@ -3315,6 +3315,8 @@ int bm_queue_open(struct bm_queue **out, const char *dir,
 			goto fail;
 		}
 		q->thr_started = 1;
+		/* Named, so that `top -H` and perf tell it from the loop. */
+		pthread_setname_np(q->thr, "bimip-qsync");
 	}
 	q->st.open_us = (mono_ns() - t0) / 1000;
 	bm_info(C, "opened '%s': %" PRIu64 " streams, %zu segments, %" PRIu64
