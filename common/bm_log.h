@@ -42,7 +42,7 @@ void bm_log_set_sink(bm_log_sink_fn *fn, void *ud);
 void bm_log_write(enum bm_log_level level, const char *component,
 		  const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void bm_log_vwrite(enum bm_log_level level, const char *component,
-		   const char *fmt, va_list ap);
+		   const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 
 #define bm_log(level, component, ...) do { \
 	if ((int)(level) <= bm_log_level_current) \

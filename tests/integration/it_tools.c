@@ -24,6 +24,7 @@ static struct bm_h_node srv, sig;
 static const struct bm_h_node *servers[1] = { &srv };
 
 /* Run a shell command; its stdout (and stderr) into out.  Returns the exit status. */
+static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int run(char *out, size_t cap, const char *fmt, ...)
 {
 	char cmd[16384];
