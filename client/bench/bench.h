@@ -11,6 +11,9 @@
 #ifndef BENCH_H
 #define BENCH_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 int bench_queue_main(int argc, char **argv);
 int bench_disk_main(int argc, char **argv);
 /* connections, pairs, fanout (bench_load.c); argv[0] picks the mode. */
@@ -18,5 +21,8 @@ int bench_load_main(int argc, char **argv);
 
 /* qsort comparator of uint64_t, ascending (latency samples). */
 int bench_cmp_u64(const void *a, const void *b);
+/* The p-quantile (0 <= p <= 1) of n > 0 samples sorted ascending: the
+ * sample at index floor(p * n), the last one for p = 1. */
+uint64_t bench_quantile(const uint64_t *sorted, size_t n, double p);
 
 #endif

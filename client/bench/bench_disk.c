@@ -29,9 +29,7 @@
 
 static double pct_ms(const uint64_t *v, size_t n, double p)
 {
-	size_t i = (size_t)(p * (double)n);
-
-	return (double)v[i < n ? i : n - 1] / 1e6;
+	return (double)bench_quantile(v, n, p) / 1e6;
 }
 
 static void usage(FILE *f)

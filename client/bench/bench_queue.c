@@ -210,6 +210,13 @@ int bench_cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+uint64_t bench_quantile(const uint64_t *sorted, size_t n, double p)
+{
+	size_t i = (size_t)(p * (double)n);
+
+	return sorted[i < n ? i : n - 1];
+}
+
 static void run_reads(const struct cfg *c)
 {
 	char dir[4096], name[64];
@@ -248,8 +255,9 @@ static void run_reads(const struct cfg *c)
 	qsort(lat, c->reads, sizeof(*lat), bench_cmp_u64);
 	printf("queue.read size=256 streams=%u records=%" PRIu64 " reads_per_s=%.0f "
 	       "p50_us=%.1f p99_us=%.1f max_us=%.1f cache=warm\n", c->streams,
-	       per * c->streams, c->reads / (t0 / 1e9), lat[c->reads / 2] / 1e3,
-	       lat[c->reads * 99 / 100] / 1e3, lat[c->reads - 1] / 1e3);
+	       per * c->streams, c->reads / (t0 / 1e9),
+	       bench_quantile(lat, c->reads, 0.50) / 1e3,
+	       bench_quantile(lat, c->reads, 0.99) / 1e3, lat[c->reads - 1] / 1e3);
 	bm_queue_close(q);
 	bm_buf_release(&b);
 	free(lat);
