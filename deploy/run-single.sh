@@ -49,7 +49,7 @@ BIMIP is running: clients connect to ws://127.0.0.1:4000/  (Ctrl-C stops it)
   token:    $BIN/bimipctl token issue --eid alice@example.com --device phone
   chat:     $BIN/bimip-cli --eid bob@example.com --device laptop tail
             $BIN/bimip-cli --eid alice@example.com --device phone send bob@example.com hello
-  metrics:  curl -s http://127.0.0.1:4101/metrics   (signal: :4001)
+  metrics:  $BIN/bimipctl metrics bimip_server_   (signal: --admin 127.0.0.1:4001)
 
 MSG
 # Until Ctrl-C (the trap above), or until a daemon exits, or until whatever

@@ -211,13 +211,15 @@ static int members(void)
 }
 
 /* metrics [PREFIX]: /metrics as it is (text, not JSON), the samples and the
- * HELP/TYPE lines of the families whose name starts with prefix. */
+ * HELP/TYPE lines of the families whose name starts with prefix; exit
+ * status 1 when none does (a mistyped name is not an empty answer). */
 static int metrics(const char *prefix)
 {
 	static char buf[1 << 20];
 	size_t pl = prefix ? strlen(prefix) : 0;
 	int st = request("GET", "/metrics", NULL, buf, sizeof(buf));
 	char *line, *save = NULL;
+	int shown = 0;
 
 	if (st < 0) {
 		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,
@@ -233,8 +235,14 @@ static int metrics(const char *prefix)
 
 		if (!strncmp(line, "# HELP ", 7) || !strncmp(line, "# TYPE ", 7))
 			name = line + 7;
-		if (!prefix || !strncmp(name, prefix, pl))
+		if (!prefix || !strncmp(name, prefix, pl)) {
 			puts(line);
+			shown++;
+		}
+	}
+	if (!shown && prefix) {
+		fprintf(stderr, "bimipctl: no metric at %s starts with '%s'\n", admin, prefix);
+		return 1;
 	}
 	return 0;
 }

@@ -176,6 +176,11 @@ static void test_bimipctl(void **state)
 			lines += *p == '\n';
 		assert_int_equal(lines, 3);
 	}
+	/* A prefix nothing has: said so, exit status 1. */
+	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s metrics "
+			     "bimip_nosuch 2>&1", bin(), srv.admin, BM_H_ADMIN_KEY), 1);
+	assert_non_null(strstr(out, "no metric at "));
+	assert_non_null(strstr(out, "'bimip_nosuch'"));
 	/* Without a prefix: all of them, the histograms too. */
 	assert_int_equal(run(out, sizeof(out), "%s/bimipctl --admin %s --key %s metrics", bin(),
 			     srv.admin, BM_H_ADMIN_KEY), 0);
