@@ -518,16 +518,14 @@ static void stop_sig(struct bm_h_node *n)
 static long metric(const struct bm_h_node *n, const char *name)
 {
 	static char out[65536];
-	char needle[128];
-	const char *p;
+	long v;
 
 	assert_int_equal(bm_h_http(n->admin, "GET", "/metrics", NULL, NULL, out, sizeof(out)),
 			 200);
-	snprintf(needle, sizeof(needle), "\n%s ", name);
-	p = strstr(out, needle);
-	if (!p)
+	v = bm_h_metric_in(out, name);
+	if (v < 0)
 		fail_msg("no metric '%s'", name);
-	return atol(p + strlen(needle));
+	return v;
 }
 
 /* --- 1. handshake ---------------------------------------------------------------- */

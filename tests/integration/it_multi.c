@@ -60,15 +60,10 @@ static int n_msgs;
 static long metric(const struct bm_h_node *n, const char *name)
 {
 	static char out[1 << 17];
-	const char *p;
-	size_t l = strlen(name);
 
 	if (bm_h_http(n->admin, "GET", "/metrics", NULL, NULL, out, sizeof(out)) != 200)
 		return -1;
-	for (p = out; (p = strstr(p, name)); p += l)
-		if ((p == out || p[-1] == '\n') && p[l] == ' ')
-			return atol(p + l + 1);
-	return -1;
+	return bm_h_metric_in(out, name);
 }
 
 static long metric_sum(const char *name)

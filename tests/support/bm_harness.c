@@ -340,6 +340,16 @@ int bm_h_http(const char *hostport, const char *method, const char *path,
 	return bm_httpc_request(hostport, method, path, key, body, out, cap, 5000);
 }
 
+long bm_h_metric_in(const char *text, const char *name)
+{
+	size_t l = strlen(name);
+
+	for (const char *p = text; (p = strstr(p, name)); p += l)
+		if ((p == text || p[-1] == '\n') && p[l] == ' ')
+			return atol(p + l + 1);
+	return -1;
+}
+
 /* GET path from n's admin API as JSON (NULL when it does not answer 200). */
 static json_t *admin_json(const struct bm_h_node *n, const char *path)
 {

@@ -63,6 +63,10 @@ char *bm_h_token(const struct bm_h_node *server, const char *eid,
 /* Minimal HTTP/1.1 client: returns the status, body into out. */
 int bm_h_http(const char *hostport, const char *method, const char *path,
 	      const char *key, const char *body, char *out, size_t cap);
+/* The value of the sample called name (labels included, as in
+ * "x_bucket{le=\"1\"}") in the Prometheus text of a /metrics answer; -1
+ * when it has no such sample. */
+long bm_h_metric_in(const char *text, const char *name);
 
 /* Servers a signal reports up (GET /v1/status); -1 when it does not answer.
  * Thread-safe. */
