@@ -59,6 +59,28 @@ static int request(const char *method, const char *path, const char *body, char 
 	return st;
 }
 
+/* Says on stderr why an answer is not a success: no answer (st < 0), or an
+ * error status with the API's "error" text (or the body as it is).  Returns
+ * 0 for a 2xx answer, 1 otherwise. */
+static int failed(const char *method, const char *path, int st, const char *buf)
+{
+	json_t *e;
+	const char *msg;
+
+	if (st < 0) {
+		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,
+			bm_strerror(st));
+		return 1;
+	}
+	if (st >= 200 && st <= 299)
+		return 0;
+	e = json_loads(buf, 0, NULL);
+	msg = e ? json_string_value(json_object_get(e, "error")) : NULL;
+	fprintf(stderr, "bimipctl: %s %s: %d %s\n", method, path, st, msg ? msg : buf);
+	json_decref(e);
+	return 1;
+}
+
 static int call(const char *method, const char *path, const char *body, json_t **out)
 {
 	static char buf[1 << 20];
@@ -79,18 +101,8 @@ static int call(const char *method, const char *path, const char *body, json_t *
 		json_decref(e);
 	}
 
-	if (st < 0) {
-		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,
-			bm_strerror(st));
+	if (failed(method, path, st, buf))
 		return 1;
-	}
-	if (st < 200 || st > 299) {
-		json_t *e = json_loads(buf, 0, NULL);
-		const char *msg = e ? json_string_value(json_object_get(e, "error")) : NULL;
-		fprintf(stderr, "bimipctl: %s %s: %d %s\n", method, path, st, msg ? msg : buf);
-		json_decref(e);
-		return 1;
-	}
 	*out = json_loads(buf, 0, NULL);
 	if (!*out) {
 		fputs(buf, stdout);
@@ -221,15 +233,8 @@ static int metrics(const char *prefix)
 	char *line, *save = NULL;
 	int shown = 0;
 
-	if (st < 0) {
-		fprintf(stderr, "bimipctl: cannot reach the admin API at %s: %s\n", admin,
-			bm_strerror(st));
+	if (failed("GET", "/metrics", st, buf))
 		return 1;
-	}
-	if (st != 200) {
-		fprintf(stderr, "bimipctl: GET /metrics: %d %s\n", st, buf);
-		return 1;
-	}
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		const char *name = line;
 
