@@ -177,24 +177,8 @@ commit_buckets() {
 
 # commit_line NAME BEFORE AFTER: percentiles of the commits between the two.
 commit_line() {
-	printf '%s\n--\n%s\n' "$2" "$3" | awk -v name="$1" '
-		$1 == "--" { after = 1; next }
-		!after { before[$1] = $2; next }
-		{ le[n] = $1; c[n] = $2 - before[$1]; n++ }
-		function q(p,   t, i, lo, cl) {
-			t = p * c[n - 1]; lo = 0; cl = 0
-			for (i = 0; i < n; i++) {
-				if (c[i] >= t) {
-					if (le[i] == "+Inf") return lo
-					return lo + (le[i] - lo) * (t - cl) / (c[i] - cl > 0 ? c[i] - cl : 1)
-				}
-				lo = le[i]; cl = c[i]
-			}
-			return lo
-		}
-		END { if (n && c[n - 1] > 0)
-			printf "commit %s server_accept_to_durable n=%d p50=%.3fms p90=%.3fms p99=%.3fms\n",
-				name, c[n - 1], q(0.5) * 1e3, q(0.9) * 1e3, q(0.99) * 1e3 }'
+	printf '%s\n--\n%s\n' "$2" "$3" |
+		awk -v label="commit $1 server_accept_to_durable" -f "$(dirname "$0")/hist-pct.awk"
 }
 
 PEAK=""
