@@ -194,20 +194,13 @@ static void test_chat_two_users_two_devices(void **state)
 		 * users was timed from acceptance to durable, and none took
 		 * longer than the test. */
 		{
-			const char *c = strstr(out, "\nbimip_server_chat_messages_total ") + 1;
-			const char *h = strstr(out, "bimip_server_chat_commit_seconds_count ");
-			const char *inf = strstr(out, "bimip_server_chat_commit_seconds_bucket{le=\"1\"} ");
-			long nc, nh, n1;
+			long nc = bm_h_metric_in(out, "bimip_server_chat_messages_total");
 
-			assert_non_null(h);
-			assert_non_null(inf);
-			nc = strtol(c + strlen("bimip_server_chat_messages_total "), NULL, 10);
-			nh = strtol(h + strlen("bimip_server_chat_commit_seconds_count "), NULL, 10);
-			n1 = strtol(inf + strlen("bimip_server_chat_commit_seconds_bucket{le=\"1\"} "),
-				    NULL, 10);
 			assert_true(nc >= 3);
-			assert_int_equal(nh, nc);
-			assert_int_equal(n1, nc);
+			assert_int_equal(bm_h_metric_in(out, "bimip_server_chat_commit_seconds_count"),
+					 nc);
+			assert_int_equal(bm_h_metric_in(out, "bimip_server_chat_commit_seconds_bucket"
+							     "{le=\"1\"}"), nc);
 		}
 	}
 }
@@ -353,6 +346,16 @@ static int poll_drain(struct bm_client *h, struct drained *d, int ms)
 	return poll(&p, 1, ms) == 1 ? bm_client_drain(h, &m, on_drained, d) : 0;
 }
 
+/* Sends "d1".."dn" from a to eid. */
+static void send_numbered(struct bm_client *a, const char *eid, int n)
+{
+	for (int i = 1; i <= n; i++) {
+		char text[16];
+		snprintf(text, sizeof(text), "d%d", i);
+		assert_int_equal(bm_client_send_text(a, eid, text, NULL), 0);
+	}
+}
+
 /* bm_client_drain, as an event loop uses it: poll the descriptor, take what
  * arrived; every message once, in order, and commits as they come. */
 static void test_drain_event_loop(void **state)
@@ -368,11 +371,7 @@ static void test_drain_event_loop(void **state)
 	if (bm_client_connect(&h, &o, err, sizeof(err)))
 		fail_msg("connect: %s", err);
 	free(tok);
-	for (int i = 1; i <= 40; i++) {
-		char text[16];
-		snprintf(text, sizeof(text), "d%d", i);
-		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
-	}
+	send_numbered(a, "hal@it", 40);
 	deadline = bm_mono_ms() + 5000;
 	while (d.chats < 40 && bm_mono_ms() < deadline)
 		assert_int_equal(poll_drain(h, &d, 100), 0);
@@ -392,11 +391,7 @@ static void test_drain_event_loop(void **state)
 	d.chats = 0;
 	d.in_order = 1;
 	bm_client_cork(a);
-	for (int i = 1; i <= 3; i++) {
-		char text[16];
-		snprintf(text, sizeof(text), "d%d", i);
-		assert_int_equal(bm_client_send_text(a, "hal@it", text, NULL), 0);
-	}
+	send_numbered(a, "hal@it", 3);
 	deadline = bm_mono_ms() + 300;
 	while (bm_mono_ms() < deadline)
 		assert_int_equal(poll_drain(h, &d, 20), 0);
